@@ -1,0 +1,40 @@
+"""The osml error hierarchy.
+
+Every error osml raises on purpose derives from :class:`OsmlError`, so a caller (the CLI, an agent
+loop) can catch one type and print one line::
+
+    OsmlError
+    ├── ConfigError      a setting is missing, malformed or out of range
+    ├── DataError        a data file is unreadable or inconsistent (names file, row, column)
+    ├── FrameError       a frame from the network failed validation (never trusted)
+    ├── ModelError       an ONNX model or its card is missing, corrupt or does not match
+    └── ExportError      the trainer could not export a model that matches torch (parity)
+"""
+
+from __future__ import annotations
+
+__all__ = ["OsmlError", "ConfigError", "DataError", "FrameError", "ModelError", "ExportError"]
+
+
+class OsmlError(Exception):
+    """Base class of every error osml raises on purpose."""
+
+
+class ConfigError(OsmlError):
+    """A setting is missing, malformed or out of range."""
+
+
+class DataError(OsmlError):
+    """A data file is unreadable or inconsistent."""
+
+
+class FrameError(OsmlError):
+    """A frame received from the network is malformed, oversized or inconsistent."""
+
+
+class ModelError(OsmlError):
+    """An ONNX model or its card is missing, corrupt or does not match what was expected."""
+
+
+class ExportError(OsmlError):
+    """The trainer could not produce an ONNX model that reproduces the torch encoder."""

@@ -1,0 +1,75 @@
+"""The osmosis operator: what each agent's encoder is pulled toward.
+
+Pure numpy. For one agent ``a`` with embeddings ``e_a(t)`` for the steps ``t`` of a round and the
+embeddings ``e_j(t)`` that its neighbours ``j`` sent for the *same* steps, the osmosis target is
+
+    target_a(t) = sum_j  w_aj(t) * e_j(t)           (j runs over a itself and its neighbours)
+
+    w_aj(t) = m_aj * exp(cos(e_a(t), e_j(t)) / T) / sum_k m_ak * exp(cos(e_a(t), e_k(t)) / T)
+
+where ``cos`` is the plain same-step cosine, ``T > 0`` the temperature and ``m_aj`` is 1 for the
+agent itself and for neighbours inside its sub-context, 0 for neighbours outside it (see
+:mod:`osml.subcontext`). So a neighbour that agrees at step t pulls more at that step; a neighbour
+outside the sub-context never pulls; an agent alone in its sub-context is pulled toward itself.
+
+A high temperature (the default 1.0) keeps weights near uniform inside the sub-context, which is
+what makes independently initialised encoders converge: at round 0 their embedding spaces are
+unrelated and same-step cosines say little, so a sharp softmax would let nobody pull anybody.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["same_step_cosine", "osmosis_weights", "osmosis_target"]
+
+_EPS = 1e-12
+
+
+def same_step_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine between row t of ``a`` and row t of ``b`` for every t: (n, d), (n, d) -> (n,)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"need two (steps, dim) arrays of one shape, got {a.shape} and {b.shape}")
+    num = np.einsum("nd,nd->n", a, b)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return num / np.maximum(den, _EPS)
+
+
+def osmosis_weights(
+    own: np.ndarray,
+    neighbours: np.ndarray,
+    members: np.ndarray,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """Per-step blend weights, self first: returns (1 + k, n) columns that sum to 1.
+
+    ``own`` is (n, d); ``neighbours`` is (k, n, d) aligned on the same steps; ``members`` is a
+    boolean (k,) vector saying which neighbours are in the agent's sub-context.
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    own = np.asarray(own, dtype=np.float64)
+    neighbours = np.asarray(neighbours, dtype=np.float64).reshape(-1, *own.shape)
+    members = np.asarray(members, dtype=bool).reshape(-1)
+    if members.shape[0] != neighbours.shape[0]:
+        raise ValueError(f"{members.shape[0]} membership flags for {neighbours.shape[0]} neighbours")
+    cos = np.ones((1 + neighbours.shape[0], own.shape[0]))
+    for j, other in enumerate(neighbours):
+        cos[1 + j] = same_step_cosine(own, other)
+    # Subtracting the per-step maximum keeps exp() finite; cos <= 1 so this is cheap insurance.
+    logits = cos / temperature
+    logits -= logits.max(axis=0, keepdims=True)
+    raw = np.exp(logits)
+    raw[1:][~members] = 0.0
+    return raw / raw.sum(axis=0, keepdims=True)
+
+
+def osmosis_target(own: np.ndarray, neighbours: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Blend ``own`` (n, d) and ``neighbours`` (k, n, d) with ``weights`` (1 + k, n) -> (n, d)."""
+    own = np.asarray(own, dtype=np.float64)
+    stack = np.concatenate([own[None], np.asarray(neighbours, dtype=np.float64).reshape(-1, *own.shape)])
+    if weights.shape != stack.shape[:2]:
+        raise ValueError(f"weights {weights.shape} do not match {stack.shape[:2]}")
+    return np.einsum("kn,knd->nd", weights, stack).astype(np.float32)

@@ -1,0 +1,62 @@
+"""Who talks to whom: neighbour lists for a set of agents. Pure functions.
+
+* ``full``      - everyone is everyone's neighbour;
+* ``ring``      - agents in the given order, each linked to the next, the last to the first;
+* ``random:K``  - a random K-regular graph (seeded), so each agent has exactly K neighbours.
+
+Links are symmetric: if a lists b, b lists a. An agent only ever learns from its own list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from osml.errors import ConfigError
+
+__all__ = ["parse_topology", "neighbours"]
+
+
+def parse_topology(spec: str) -> tuple[str, int]:
+    """``"full"`` -> ("full", 0); ``"random:3"`` -> ("random", 3). ConfigError if malformed."""
+    kind, _, arg = spec.partition(":")
+    if kind in ("full", "ring") and not arg:
+        return kind, 0
+    if kind == "random" and arg.isdigit() and int(arg) >= 1:
+        return kind, int(arg)
+    raise ConfigError(f"topology {spec!r} not understood: use full, ring or random:K (K >= 1)")
+
+
+def _random_regular(ids: Sequence[str], k: int, rng: np.random.Generator) -> dict[str, list[str]]:
+    n = len(ids)
+    if k >= n or (n * k) % 2:
+        raise ConfigError(f"random:{k} needs k < {n} agents and k * agents even")
+    for _ in range(1000):
+        # Pair up k stubs per node at random; retry on self-loops or repeated edges.
+        stubs = rng.permutation(np.repeat(np.arange(n), k))
+        pairs = stubs.reshape(-1, 2)
+        edges = {tuple(sorted(p)) for p in pairs.tolist()}
+        if len(edges) == len(pairs) and all(a != b for a, b in edges):
+            out: dict[str, list[str]] = {i: [] for i in ids}
+            for a, b in sorted(edges):
+                out[ids[a]].append(ids[b])
+                out[ids[b]].append(ids[a])
+            return out
+    raise ConfigError(f"could not draw a random {k}-regular graph on {n} agents; try another seed")
+
+
+def neighbours(ids: Sequence[str], spec: str, seed: int = 0) -> dict[str, list[str]]:
+    """Neighbour lists for ``ids`` under topology ``spec``."""
+    ids = list(ids)
+    if len(set(ids)) != len(ids):
+        raise ConfigError("agent ids must be unique")
+    kind, k = parse_topology(spec)
+    if len(ids) < 2:
+        return {i: [] for i in ids}
+    if kind == "full":
+        return {i: [j for j in ids if j != i] for i in ids}
+    if kind == "ring":
+        n = len(ids)
+        return {ids[i]: sorted({ids[(i - 1) % n], ids[(i + 1) % n]} - {ids[i]}, key=ids.index) for i in range(n)}
+    return _random_regular(ids, k, np.random.default_rng(seed))

@@ -1,0 +1,109 @@
+"""One agent's encoder and its optimiser, trained round after round toward osmosis targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from osml.modelcard import ModelCard
+from osml.trainer.encoders import ARCHITECTURES, build_encoder
+from osml.trainer.export import export_onnx
+from osml.trainer.objectives import OBJECTIVES, alignment_loss, reconstruction_loss, variance_covariance_loss
+
+__all__ = ["TrainerSettings", "EncoderTrainer"]
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    architecture: str = "gru"
+    objective: str = "vc"
+    align_weight: float = 1.0
+    ssl_weight: float = 1.0
+    var_target: float = 1.0
+    steps_per_round: int = 40
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    mask_ratio: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.steps_per_round < 1 or self.batch_size < 2 or self.learning_rate <= 0:
+            raise ValueError("steps_per_round >= 1, batch_size >= 2 and learning_rate > 0 are required")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError("mask_ratio must be in (0, 1)")
+
+
+class EncoderTrainer:
+    """Holds one agent's torch encoder (and decoder, for ``masked``) between rounds."""
+
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        window: int,
+        n_features: int,
+        embedding_dim: int,
+        *,
+        seed: int,
+        train_data: np.ndarray,
+        offset: np.ndarray | None = None,
+    ) -> None:
+        self.settings = settings
+        self.encoder = build_encoder(settings.architecture, window, n_features, embedding_dim, seed)
+        data = np.asarray(train_data, dtype=np.float64).reshape(-1, n_features)
+        self.encoder.set_normalisation(data.mean(axis=0), data.std(axis=0))
+        if offset is not None:
+            self.encoder.set_offset(offset)
+        self.gen = torch.Generator().manual_seed(seed + 7919)
+        params = list(self.encoder.parameters())
+        self.decoder: nn.Module | None = None
+        if settings.objective == "masked":
+            torch.manual_seed(seed + 104729)
+            self.decoder = nn.Sequential(nn.Linear(embedding_dim, 64), nn.Tanh(), nn.Linear(64, window * n_features))
+            params += list(self.decoder.parameters())
+        self.optim = torch.optim.Adam(params, lr=settings.learning_rate)
+        self.version = 0
+
+    def _ssl(self, xb: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.settings
+        if s.objective == "vc":
+            return variance_covariance_loss(emb - self.encoder.offset, s.var_target), emb
+        assert self.decoder is not None
+        mask = torch.rand(xb.shape[:2], generator=self.gen) < s.mask_ratio
+        hidden_in = torch.where(mask.unsqueeze(-1), self.encoder.in_mean.expand_as(xb), xb)
+        emb_masked = self.encoder(hidden_in)
+        recon = self.decoder(emb_masked - self.encoder.offset).view_as(xb)
+        return reconstruction_loss(recon, self.encoder.normalise(xb), mask), emb
+
+    def fit(self, windows: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """``steps_per_round`` optimiser steps on (windows, osmosis targets); returns mean losses."""
+        s = self.settings
+        x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+        y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
+        self.encoder.train()
+        totals = {"align": 0.0, "ssl": 0.0}
+        for _ in range(s.steps_per_round):
+            idx = torch.randint(len(x), (min(s.batch_size, len(x)),), generator=self.gen)
+            xb, yb = x[idx], y[idx]
+            emb = self.encoder(xb)
+            ssl, _ = self._ssl(xb, emb)
+            align = alignment_loss(emb, yb)
+            loss = s.align_weight * align + s.ssl_weight * ssl
+            self.optim.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optim.step()
+            totals["align"] += align.item()
+            totals["ssl"] += ssl.item()
+        self.encoder.eval()
+        return {k: v / s.steps_per_round for k, v in totals.items()}
+
+    def export(self, windows: np.ndarray, *, agent: str = "", context: str = "") -> tuple[bytes, ModelCard, float]:
+        """Next model version as ONNX, parity-checked on up to 256 of ``windows``."""
+        self.version += 1
+        sample = windows[:: max(1, len(windows) // 256)][:256]
+        return export_onnx(self.encoder.eval(), sample, self.version, agent=agent, context=context)
