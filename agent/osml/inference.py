@@ -52,7 +52,12 @@ class OnnxEncoder:
             )
         enc = cls(card, model, session)
         # A probe batch of 2 catches a graph whose batch dimension was frozen at export.
-        probe = enc.encode(np.zeros((2, card.window, card.n_features), dtype=np.float32))
+        try:
+            probe = enc.encode(np.zeros((2, card.window, card.n_features), dtype=np.float32))
+        except ModelError:
+            raise
+        except Exception as exc:  # onnxruntime's own error types
+            raise ModelError(f"model v{card.version} does not run on windows of shape (2, {card.window}, {card.n_features}): {exc}") from exc
         if probe.shape != (2, card.embedding_dim):
             raise ModelError(f"model v{card.version}: output shape {probe.shape}, card says (2, {card.embedding_dim})")
         return enc

@@ -21,7 +21,7 @@ import numpy as np
 
 from osml.equilibrium import EquilibriumDetector, relative_change
 from osml.metrics import linear_cka
-from osml.osmosis import osmosis_target, osmosis_weights
+from osml.osmosis import osmosis_target, osmosis_weights, restore_spread
 from osml.subcontext import SubcontextMemory, SubcontextPolicy
 
 __all__ = ["LearnerSettings", "RoundOutcome", "OsmoticLearner"]
@@ -30,6 +30,7 @@ __all__ = ["LearnerSettings", "RoundOutcome", "OsmoticLearner"]
 @dataclass(frozen=True)
 class LearnerSettings:
     temperature: float = 1.0
+    keep_spread: bool = True
     policy: SubcontextPolicy = field(default_factory=SubcontextPolicy)
     equilibrium_tolerance: float = 0.02
     equilibrium_patience: int = 3
@@ -73,6 +74,8 @@ class OsmoticLearner:
         stack = np.stack([received[nb] for nb in heard]) if heard else np.zeros((0, *own.shape), np.float32)
         w = osmosis_weights(own, stack, members, self.settings.temperature)
         target = osmosis_target(own, stack, w)
+        if self.settings.keep_spread and heard:
+            target = restore_spread(target, own)
         mean_w = w.mean(axis=1)
         weights = {self.agent_id: float(mean_w[0]), **{nb: float(mean_w[1 + j]) for j, nb in enumerate(heard)}}
         change = None

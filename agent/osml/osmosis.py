@@ -21,9 +21,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["same_step_cosine", "osmosis_weights", "osmosis_target"]
+__all__ = ["same_step_cosine", "osmosis_weights", "osmosis_target", "restore_spread"]
 
 _EPS = 1e-12
+
+
+def _stack(neighbours: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(neighbours, dtype=np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, *shape)
+    if arr.shape == shape:  # one neighbour given without the leading axis
+        return arr[None]
+    if arr.ndim != 3 or arr.shape[1:] != shape:
+        raise ValueError(f"neighbours must be (k, {shape[0]}, {shape[1]}), got {arr.shape}")
+    return arr
 
 
 def same_step_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -51,7 +62,7 @@ def osmosis_weights(
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
     own = np.asarray(own, dtype=np.float64)
-    neighbours = np.asarray(neighbours, dtype=np.float64).reshape(-1, *own.shape)
+    neighbours = _stack(neighbours, own.shape)
     members = np.asarray(members, dtype=bool).reshape(-1)
     if members.shape[0] != neighbours.shape[0]:
         raise ValueError(f"{members.shape[0]} membership flags for {neighbours.shape[0]} neighbours")
@@ -69,7 +80,23 @@ def osmosis_weights(
 def osmosis_target(own: np.ndarray, neighbours: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Blend ``own`` (n, d) and ``neighbours`` (k, n, d) with ``weights`` (1 + k, n) -> (n, d)."""
     own = np.asarray(own, dtype=np.float64)
-    stack = np.concatenate([own[None], np.asarray(neighbours, dtype=np.float64).reshape(-1, *own.shape)])
+    stack = np.concatenate([own[None], _stack(neighbours, own.shape)])
     if weights.shape != stack.shape[:2]:
         raise ValueError(f"weights {weights.shape} do not match {stack.shape[:2]}")
     return np.einsum("kn,knd->nd", weights, stack).astype(np.float32)
+
+
+def restore_spread(target: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Rescale the target's step-to-step variation, per dimension, to the agent's own.
+
+    Averaging k embeddings that agree only partly shrinks what varies (the disagreeing parts
+    cancel), so a plain blend also pulls every encoder toward its mean: a slow collapse that the
+    anti-collapse term then has to undo. Keeping the blend's mean and direction of variation but
+    the agent's own per-dimension spread makes osmosis move *where* embeddings point, not how much
+    they vary. (n, d), (n, d) -> (n, d).
+    """
+    t = np.asarray(target, dtype=np.float64)
+    o = np.asarray(own, dtype=np.float64)
+    mu = t.mean(axis=0)
+    scale = o.std(axis=0) / np.maximum(t.std(axis=0), 1e-12)
+    return (mu + (t - mu) * scale).astype(np.float32)

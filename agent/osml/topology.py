@@ -32,18 +32,34 @@ def _random_regular(ids: Sequence[str], k: int, rng: np.random.Generator) -> dic
     n = len(ids)
     if k >= n or (n * k) % 2:
         raise ConfigError(f"random:{k} needs k < {n} agents and k * agents even")
-    for _ in range(1000):
-        # Pair up k stubs per node at random; retry on self-loops or repeated edges.
-        stubs = rng.permutation(np.repeat(np.arange(n), k))
-        pairs = stubs.reshape(-1, 2)
-        edges = {tuple(sorted(p)) for p in pairs.tolist()}
-        if len(edges) == len(pairs) and all(a != b for a, b in edges):
-            out: dict[str, list[str]] = {i: [] for i in ids}
-            for a, b in sorted(edges):
-                out[ids[a]].append(ids[b])
-                out[ids[b]].append(ids[a])
-            return out
-    raise ConfigError(f"could not draw a random {k}-regular graph on {n} agents; try another seed")
+    # Start from a circulant k-regular graph on a random ordering (always valid), then mix it
+    # with degree-preserving double-edge swaps: works for sparse and dense k alike.
+    order = rng.permutation(n)
+    edges: set[tuple[int, int]] = set()
+    for i in range(n):
+        for step in range(1, k // 2 + 1):
+            a, b = order[i], order[(i + step) % n]
+            edges.add((min(a, b), max(a, b)))
+        if k % 2:
+            a, b = order[i], order[(i + n // 2) % n]
+            edges.add((min(a, b), max(a, b)))
+    edge_list = sorted(edges)
+    for _ in range(10 * len(edge_list)):
+        i, j = rng.integers(len(edge_list), size=2)
+        (a, b), (c, d) = edge_list[i], edge_list[j]
+        if rng.random() < 0.5:
+            c, d = d, c
+        new1, new2 = (min(a, d), max(a, d)), (min(c, b), max(c, b))
+        if a == d or c == b or new1 in edges or new2 in edges or new1 == new2:
+            continue
+        edges -= {edge_list[i], edge_list[j]}
+        edges |= {new1, new2}
+        edge_list[i], edge_list[j] = new1, new2
+    out: dict[str, list[str]] = {x: [] for x in ids}
+    for a, b in sorted(edges):
+        out[ids[a]].append(ids[b])
+        out[ids[b]].append(ids[a])
+    return out
 
 
 def neighbours(ids: Sequence[str], spec: str, seed: int = 0) -> dict[str, list[str]]:

@@ -27,6 +27,10 @@ class TrainerSettings:
     batch_size: int = 256
     learning_rate: float = 3e-3
     mask_ratio: float = 0.3
+    cov_weight: float = 0.1
+    init_std: float = 1.0
+    per_dim_variance: bool = True
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -54,6 +58,7 @@ class EncoderTrainer:
         offset: np.ndarray | None = None,
     ) -> None:
         self.settings = settings
+        torch.set_num_threads(settings.threads)
         self.encoder = build_encoder(settings.architecture, window, n_features, embedding_dim, seed)
         data = np.asarray(train_data, dtype=np.float64).reshape(-1, n_features)
         self.encoder.set_normalisation(data.mean(axis=0), data.std(axis=0))
@@ -68,11 +73,28 @@ class EncoderTrainer:
             params += list(self.decoder.parameters())
         self.optim = torch.optim.Adam(params, lr=settings.learning_rate)
         self.version = 0
+        self._scale_head(data, window)
+
+    @torch.no_grad()
+    def _scale_head(self, data: np.ndarray, window: int) -> None:
+        # Data-dependent init: rescale the head so that every embedding dimension starts with the
+        # standard deviation the anti-collapse term asks for. Without it a fresh encoder's outputs
+        # vary by a few hundredths and the first rounds are spent just growing them.
+        if len(data) < window + 1:
+            return
+        x = torch.from_numpy(np.lib.stride_tricks.sliding_window_view(data.astype(np.float32), window, axis=0).transpose(0, 2, 1).copy())
+        emb = self.encoder.eval()(x) - self.encoder.offset
+        std = emb.std(dim=0).clamp(min=1e-3)
+        head = self.encoder.head
+        factor = (self.settings.init_std / std).unsqueeze(1)
+        head.weight.mul_(factor)
+        mean_after = (emb - head.bias) * factor.squeeze(1) + head.bias
+        head.bias.sub_(mean_after.mean(dim=0))
 
     def _ssl(self, xb: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.settings
         if s.objective == "vc":
-            return variance_covariance_loss(emb - self.encoder.offset, s.var_target), emb
+            return variance_covariance_loss(emb - self.encoder.offset, s.var_target, s.cov_weight, s.per_dim_variance), emb
         assert self.decoder is not None
         mask = torch.rand(xb.shape[:2], generator=self.gen) < s.mask_ratio
         hidden_in = torch.where(mask.unsqueeze(-1), self.encoder.in_mean.expand_as(xb), xb)

@@ -25,9 +25,12 @@ def alignment_loss(emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((emb - target) ** 2).sum(dim=1).mean()
 
 
-def variance_covariance_loss(emb: torch.Tensor, var_target: float, cov_weight: float = 0.1) -> torch.Tensor:
+def variance_covariance_loss(emb: torch.Tensor, var_target: float, cov_weight: float = 0.1, per_dim: bool = True) -> torch.Tensor:
     z = emb - emb.mean(dim=0)
-    std = torch.sqrt(z.var(dim=0) + 1e-4)
+    if per_dim:
+        std = torch.sqrt(z.var(dim=0) + 1e-4)
+    else:
+        std = torch.sqrt(z.var(dim=0).mean() + 1e-4)
     var_term = torch.relu(var_target - std).mean()
     cov = (z.T @ z) / max(len(z) - 1, 1)
     off = cov - torch.diag(torch.diag(cov))
