@@ -21,7 +21,7 @@ import numpy as np
 
 from osml.equilibrium import EquilibriumDetector, relative_change
 from osml.metrics import linear_cka
-from osml.osmosis import osmosis_target, osmosis_weights, restore_spread
+from osml.osmosis import osmosis_target, osmosis_weights, restore_spread, same_step_cosine
 from osml.subcontext import SubcontextMemory, SubcontextPolicy
 
 __all__ = ["LearnerSettings", "RoundOutcome", "OsmoticLearner"]
@@ -30,7 +30,12 @@ __all__ = ["LearnerSettings", "RoundOutcome", "OsmoticLearner"]
 @dataclass(frozen=True)
 class LearnerSettings:
     temperature: float = 1.0
-    keep_spread: bool = True
+    # How much of its own step-to-step spread an agent keeps in its target (see restore_spread):
+    # "warmup" (default) keeps all of it while sub-contexts form, when embedding spaces are still
+    # unrelated and a blend loses variance for no reason, and uses the plain blend afterwards, when
+    # lost variance means real disagreement; "agreement" keeps a share equal to the weighted mean
+    # centred same-step cosine with the members after warm-up; "always" / "never" as named.
+    keep_spread: str = "warmup"
     policy: SubcontextPolicy = field(default_factory=SubcontextPolicy)
     equilibrium_tolerance: float = 0.02
     equilibrium_patience: int = 3
@@ -38,6 +43,8 @@ class LearnerSettings:
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if self.keep_spread not in ("warmup", "agreement", "always", "never"):
+            raise ValueError("keep_spread must be warmup, agreement, always or never")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,17 @@ class RoundOutcome:
     equilibrium: bool
 
 
+def _agreement(own: np.ndarray, stack: np.ndarray, weights: np.ndarray) -> float:
+    """Osmosis-weighted mean centred same-step cosine between the agent and its neighbours
+    (1.0 when it is alone in its sub-context)."""
+    neighbour_w = weights[1:].mean(axis=1)
+    if neighbour_w.sum() <= 0:
+        return 1.0
+    oc = own - own.mean(axis=0)
+    cos = [float(np.mean(same_step_cosine(oc, nb - nb.mean(axis=0)))) for nb in stack]
+    return float(np.clip(np.dot(neighbour_w, cos) / neighbour_w.sum(), 0.0, 1.0))
+
+
 class OsmoticLearner:
     def __init__(self, agent_id: str, neighbours: list[str], settings: LearnerSettings | None = None) -> None:
         self.agent_id = agent_id
@@ -59,6 +77,7 @@ class OsmoticLearner:
         self.memory = SubcontextMemory(policy=self.settings.policy)
         self.equilibrium = EquilibriumDetector(self.settings.equilibrium_tolerance, self.settings.equilibrium_patience)
         self._previous: np.ndarray | None = None
+        self.rounds = 0
 
     def step(self, own: np.ndarray, received: Mapping[str, np.ndarray]) -> RoundOutcome:
         """One round. ``received`` maps neighbour id -> (n, d) embeddings of the same n steps as
@@ -74,8 +93,13 @@ class OsmoticLearner:
         stack = np.stack([received[nb] for nb in heard]) if heard else np.zeros((0, *own.shape), np.float32)
         w = osmosis_weights(own, stack, members, self.settings.temperature)
         target = osmosis_target(own, stack, w)
-        if self.settings.keep_spread and heard:
+        self.rounds += 1
+        mode = self.settings.keep_spread
+        in_warmup = self.rounds <= self.settings.policy.warmup_rounds
+        if heard and (mode == "always" or (mode in ("warmup", "agreement") and in_warmup)):
             target = restore_spread(target, own)
+        elif heard and mode == "agreement":
+            target = restore_spread(target, own, _agreement(own, stack, w))
         mean_w = w.mean(axis=1)
         weights = {self.agent_id: float(mean_w[0]), **{nb: float(mean_w[1 + j]) for j, nb in enumerate(heard)}}
         change = None

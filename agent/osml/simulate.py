@@ -38,7 +38,7 @@ class SimulationSettings:
     seed: int = 0
     context: str = "sim"
     architectures: dict[str, str] = field(default_factory=dict)  # per-agent override, default gru
-    anchor_norm: float = 6.0
+    anchor_norm: float = 5.0
     learner: LearnerSettings = field(default_factory=LearnerSettings)
     trainer: object = None  # osml.trainer.TrainerSettings; typed loosely to keep torch optional
 
@@ -73,6 +73,7 @@ def evaluate(
     return {
         "strict_alignment": strict,
         "centered_alignment": centred,
+        # Per sub-context as the agents saw it when these models were trained.
         "paper_similarity": {",".join(g): paper_similarity([test_emb[a] for a in g]) for g in groups if len(g) > 1},
         "probe_r2": probe,
         "spread": {a: spread(test_emb[a]) for a in ids},
@@ -114,7 +115,7 @@ def simulate(
     test_last = {a: ag.test_windows[:, -1, :] for a, ag in agents.items()}
 
     rounds: list[dict[str, object]] = []
-    subcontexts = {a: [a] + list(links[a]) for a in ids}
+    subcontexts = {a: sorted([a, *links[a]]) for a in ids}
     for r in range(settings.rounds + 1):
         # Evaluate the models as they stand at the start of this round (report only).
         train_emb = {a: ag.encoder.encode(ag.train_windows) for a, ag in agents.items()}

@@ -31,7 +31,7 @@ def parse_topology(spec: str) -> tuple[str, int]:
 def _random_regular(ids: Sequence[str], k: int, rng: np.random.Generator) -> dict[str, list[str]]:
     n = len(ids)
     if k >= n or (n * k) % 2:
-        raise ConfigError(f"random:{k} needs k < {n} agents and k * agents even")
+        raise ConfigError(f"random:{k} on {n} agents is impossible: need K < {n} and K * {n} even")
     # Start from a circulant k-regular graph on a random ordering (always valid), then mix it
     # with degree-preserving double-edge swaps: works for sparse and dense k alike.
     order = rng.permutation(n)

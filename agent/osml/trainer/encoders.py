@@ -64,7 +64,7 @@ class GRUEncoder(Encoder):
 class MLPEncoder(Encoder):
     architecture = "mlp"
 
-    def __init__(self, window: int, n_features: int, embedding_dim: int, hidden: int = 64) -> None:
+    def __init__(self, window: int, n_features: int, embedding_dim: int, hidden: int = 128) -> None:
         super().__init__(window, n_features, embedding_dim)
         self.hidden = nn.Linear(window * n_features, hidden)
         self.head = nn.Linear(hidden, embedding_dim)
@@ -92,7 +92,9 @@ class ConvEncoder(Encoder):
 ARCHITECTURES: dict[str, type[Encoder]] = {"gru": GRUEncoder, "mlp": MLPEncoder, "conv": ConvEncoder}
 
 
-def build_encoder(architecture: str, window: int, n_features: int, embedding_dim: int, seed: int) -> Encoder:
+def build_encoder(
+    architecture: str, window: int, n_features: int, embedding_dim: int, seed: int, width: int = 0
+) -> Encoder:
     """A freshly initialised encoder; ``seed`` makes the initial weights reproducible."""
     try:
         cls = ARCHITECTURES[architecture]
@@ -101,6 +103,6 @@ def build_encoder(architecture: str, window: int, n_features: int, embedding_dim
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return cls(window, n_features, embedding_dim)
+        return cls(window, n_features, embedding_dim, width) if width > 0 else cls(window, n_features, embedding_dim)
     finally:
         torch.random.set_rng_state(gen_state)

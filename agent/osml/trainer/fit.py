@@ -18,17 +18,18 @@ __all__ = ["TrainerSettings", "EncoderTrainer"]
 
 @dataclass(frozen=True)
 class TrainerSettings:
-    architecture: str = "gru"
+    architecture: str = "mlp"
     objective: str = "vc"
     align_weight: float = 1.0
     ssl_weight: float = 1.0
-    var_target: float = 1.0
-    steps_per_round: int = 40
-    batch_size: int = 256
-    learning_rate: float = 3e-3
+    var_target: float = 0.3
+    steps_per_round: int = 150
+    batch_size: int = 1024
+    learning_rate: float = 1e-2
     mask_ratio: float = 0.3
     cov_weight: float = 0.1
     init_std: float = 1.0
+    hidden: int = 0  # 0: the architecture's default width
     per_dim_variance: bool = True
     threads: int = 1
 
@@ -59,7 +60,7 @@ class EncoderTrainer:
     ) -> None:
         self.settings = settings
         torch.set_num_threads(settings.threads)
-        self.encoder = build_encoder(settings.architecture, window, n_features, embedding_dim, seed)
+        self.encoder = build_encoder(settings.architecture, window, n_features, embedding_dim, seed, settings.hidden)
         data = np.asarray(train_data, dtype=np.float64).reshape(-1, n_features)
         self.encoder.set_normalisation(data.mean(axis=0), data.std(axis=0))
         if offset is not None:

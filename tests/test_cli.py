@@ -1,0 +1,275 @@
+"""Tests of the osml command line (click's CliRunner, generated data, few rounds)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from osml import __version__
+from osml.cli import main, parse_agents, parse_architectures, progress_line
+from osml.errors import ConfigError
+
+
+def invoke(*args: str) -> Result:
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 keeps stderr apart by default
+    return runner.invoke(main, list(args), catch_exceptions=False)
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
+    """One real two-round simulation, shared by the tests that only read what it wrote."""
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = invoke(
+        "simulate",
+        "--data",
+        "generated:simple",
+        "--agents",
+        "0,1",
+        "--rounds",
+        "2",
+        "--out",
+        str(out),
+    )
+    return out, result
+
+
+# ------------------------------------------------------------------------------- simulate
+
+
+def test_simulate_writes_a_run(run_dir: tuple[Path, Result]) -> None:
+    out, result = run_dir
+    assert result.exit_code == 0, result.output
+
+    report = json.loads((out / "report.json").read_text())
+
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
+    assert report["agents"] == ["0", "1"]
+    for agent, members in report["final"]["subcontexts"].items():
+        assert agent in members
+    assert set(report["final"]["subcontexts"]) == {"0", "1"}
+    assert report["settings"]["rounds"] == 2
+    assert report["data"] == "generated:simple"
+
+
+def test_simulate_writes_embeddings_of_equal_rows(run_dir: tuple[Path, Result]) -> None:
+    out, _ = run_dir
+
+    arrays = [np.load(out / "embeddings" / f"{a}.npy", allow_pickle=False) for a in ("0", "1")]
+
+    assert arrays[0].shape[0] == arrays[1].shape[0] > 0
+    assert arrays[0].shape[1] == arrays[1].shape[1] == 5
+
+
+def test_simulate_prints_progress_and_summary(run_dir: tuple[Path, Result]) -> None:
+    out, result = run_dir
+
+    lines = result.stdout.splitlines()
+
+    progress = [line for line in lines if line.startswith("round ")]
+    assert len(progress) == 3
+    assert all(len(line) <= 100 for line in progress)
+    assert any(line.split()[:2] == ["agent", "sub-context"] for line in lines)
+    assert str(out / "report.json") in result.stdout
+
+
+def test_report_command_prints_the_table(run_dir: tuple[Path, Result]) -> None:
+    out, _ = run_dir
+
+    result = invoke("report", str(out))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].split()[:2] == ["agent", "sub-context"]
+    assert any(line.split()[0] == "1" for line in result.stdout.splitlines()[2:4])
+
+
+def test_report_command_on_a_missing_run(tmp_path: Path) -> None:
+    result = invoke("report", str(tmp_path / "nothing"))
+
+    assert_one_line_error(result, "report.json")
+
+
+# ------------------------------------------------------------------------- bad input: exit 2
+
+
+def test_bad_data_spec(tmp_path: Path) -> None:
+    result = invoke("simulate", "--data", "generated:weird", "--out", str(tmp_path))
+
+    assert_one_line_error(result, "generated:weird")
+
+
+def test_missing_data_directory(tmp_path: Path) -> None:
+    result = invoke("simulate", "--data", str(tmp_path / "absent"), "--out", str(tmp_path))
+
+    assert_one_line_error(result, str(tmp_path / "absent"))
+
+
+def test_unknown_agent(tmp_path: Path) -> None:
+    result = invoke(
+        "simulate", "--data", "generated:simple", "--agents", "0,7", "--out", str(tmp_path)
+    )
+
+    assert_one_line_error(result, "'7'")
+
+
+@pytest.mark.parametrize("topology", ["star", "random:x", "random:3"])
+def test_bad_topology(tmp_path: Path, topology: str) -> None:
+    result = invoke(
+        "simulate",
+        "--data",
+        "generated:simple",
+        "--agents",
+        "0,1",
+        "--topology",
+        topology,
+        "--out",
+        str(tmp_path),
+    )
+
+    assert_one_line_error(result)
+
+
+def test_architecture_for_an_agent_not_simulated(tmp_path: Path) -> None:
+    result = invoke(
+        "simulate",
+        "--data",
+        "generated:simple",
+        "--agents",
+        "0,1",
+        "--architecture",
+        "M0=conv",
+        "--out",
+        str(tmp_path),
+    )
+
+    assert_one_line_error(result, "'M0'")
+
+
+def test_unknown_architecture_name(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+
+    result = invoke(
+        "simulate",
+        "--data",
+        "generated:simple",
+        "--agents",
+        "0,1",
+        "--architecture",
+        "0=lstm",
+        "--out",
+        str(tmp_path),
+    )
+
+    assert_one_line_error(result, "lstm")
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_context_that_cannot_be_a_topic_level(tmp_path: Path) -> None:
+    result = invoke(
+        "simulate", "--data", "generated:simple", "--context", "a/b", "--out", str(tmp_path)
+    )
+
+    assert_one_line_error(result, "a/b")
+
+
+def test_without_torch_the_install_hint_is_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "osml.trainer", None)  # as if the trainer extra were missing
+
+    result = invoke("simulate", "--data", "generated:simple", "--out", str(tmp_path))
+
+    assert_one_line_error(result, "pip install 'osml[trainer]'")
+
+
+# ------------------------------------------------------------------------------- small parts
+
+
+def test_version() -> None:
+    result = invoke("--version")
+
+    assert result.exit_code == 0
+    assert __version__ in result.stdout
+
+
+def test_simulate_help_shows_every_flag_and_an_example() -> None:
+    result = invoke("simulate", "--help")
+
+    for flag in (
+        "--data",
+        "--agents",
+        "--rounds",
+        "--topology",
+        "--seed",
+        "--out",
+        "--window",
+        "--embedding-dim",
+        "--architecture",
+        "--objective",
+        "--context",
+        "--quiet",
+    ):
+        assert flag in result.stdout
+    assert "osml simulate --data generated:simple" in result.stdout
+
+
+def test_parse_agents() -> None:
+    assert parse_agents(None) is None
+    assert parse_agents(" 0, 1 ,M0") == ["0", "1", "M0"]
+    with pytest.raises(ConfigError, match="empty"):
+        parse_agents("0,,1")
+    with pytest.raises(ConfigError, match="twice"):
+        parse_agents("0,1,0")
+
+
+def test_parse_architectures() -> None:
+    agents = ["0", "1", "2"]
+    assert parse_architectures("gru", agents) == ("gru", {})
+    assert parse_architectures("conv", agents) == ("conv", {})
+    assert parse_architectures("0=gru,1=conv", agents) == ("mlp", {"0": "gru", "1": "conv"})
+    assert parse_architectures("mlp, 2=gru", agents) == ("mlp", {"2": "gru"})
+    for bad in ("0=", "=gru", "gru,mlp", "0=gru,0=mlp", "9=gru"):
+        with pytest.raises(ConfigError):
+            parse_architectures(bad, agents)
+
+
+def test_progress_line_fits_and_groups_by_subcontext() -> None:
+    agents = [f"agent{i:02d}" for i in range(12)]
+    groups = [agents[:5], agents[5:9], *([a] for a in agents[9:])]
+    sub = {a: g for g in groups for a in g}
+    pairs = {a: {b: 0.5 for b in agents if b != a} for a in agents}
+    entry = {
+        "round": 3,
+        "elapsed_s": 12.34,
+        "subcontexts": sub,
+        "strict_alignment": pairs,
+        "centered_alignment": pairs,
+        "bytes_sent": {a: 1000 for a in agents},
+        "equilibrium": {a: a in agents[:2] for a in agents},
+    }
+
+    text = progress_line(entry, rounds=10)
+
+    assert all(len(line) <= 100 for line in text.splitlines())
+    assert text.startswith("round  3/10")
+    assert "12.0 kB" in text and "eq 2/12" in text
+    assert "{" + ",".join(agents[:5]) + "} 0.50/0.50" in text
+    assert "{agent11}" in text
