@@ -46,12 +46,18 @@ def grade(run: Path, scenario: str) -> dict[str, object]:
         s = strict["0"]["1"]
         checks["strict01>=0.99"] = s >= 0.99
         checks["0,1 exclude M*"] = all(not ({"M0", "M1"} & sub[a]) for a in ("0", "1"))
+        links = rep["neighbours"]
+        checks["0,1 together"] = all(b in sub[a] for a, b in (("0", "1"), ("1", "0")) if b in links[a])
         w = max(weights.get(a, {}).get(m, 0.0) for a in ("0", "1") for m in ("M0", "M1"))
         checks["weight on M*<0.05"] = w < 0.05
         checks["M0,M1 apart"] = "M1" not in sub["M0"] and "M0" not in sub["M1"]
         notes.append(f"strict01 {s:.4f} max weight on M* {w:.3f} subs {json.dumps({a: sorted(v) for a, v in sub.items()})}")
     else:
-        want = {"0": {"0", "1"}, "1": {"0", "1"}, "2": {"2", "3", "4"}, "3": {"2", "3", "4"}, "4": {"2", "3", "4"}}
+        truth = {"0": {"0", "1"}, "1": {"0", "1"}, "2": {"2", "3", "4"}, "3": {"2", "3", "4"}, "4": {"2", "3", "4"}}
+        # An agent can only choose among its neighbours: on a ring, its true sub-context as seen
+        # through its own links.
+        links = rep["neighbours"]
+        want = {a: truth[a] & ({a} | set(links[a])) for a in truth}
         checks["subcontexts"] = all(sub[a] == want[a] for a in want)
         pairs = [("0", "1"), ("2", "3"), ("2", "4"), ("3", "4")]
         checks["strict>=0.99"] = all(strict[a][b] >= 0.99 for a, b in pairs)

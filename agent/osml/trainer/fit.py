@@ -30,6 +30,8 @@ class TrainerSettings:
     cov_weight: float = 0.1
     init_std: float = 1.0
     hidden: int = 0  # 0: the architecture's default width
+    weight_decay: float = 0.0
+    input_noise: float = 0.0  # std of Gaussian jitter added to windows, in units of the feature std
     per_dim_variance: bool = True
     threads: int = 1
 
@@ -72,7 +74,7 @@ class EncoderTrainer:
             torch.manual_seed(seed + 104729)
             self.decoder = nn.Sequential(nn.Linear(embedding_dim, 64), nn.Tanh(), nn.Linear(64, window * n_features))
             params += list(self.decoder.parameters())
-        self.optim = torch.optim.Adam(params, lr=settings.learning_rate)
+        self.optim = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         self.version = 0
         self._scale_head(data, window)
 
@@ -113,6 +115,8 @@ class EncoderTrainer:
         for _ in range(s.steps_per_round):
             idx = torch.randint(len(x), (min(s.batch_size, len(x)),), generator=self.gen)
             xb, yb = x[idx], y[idx]
+            if s.input_noise > 0:
+                xb = xb + s.input_noise * self.encoder.in_std * torch.randn(xb.shape, generator=self.gen)
             emb = self.encoder(xb)
             ssl, _ = self._ssl(xb, emb)
             align = alignment_loss(emb, yb)
