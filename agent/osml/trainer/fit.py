@@ -24,7 +24,7 @@ class TrainerSettings:
     ssl_weight: float = 1.0
     var_target: float = 0.3
     steps_per_round: int = 150
-    batch_size: int = 1024
+    batch_size: int = 256
     learning_rate: float = 1e-2
     mask_ratio: float = 0.3
     cov_weight: float = 0.1
