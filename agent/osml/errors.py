@@ -8,12 +8,23 @@ loop) can catch one type and print one line::
     ├── DataError        a data file is unreadable or inconsistent (names file, row, column)
     ├── FrameError       a frame from the network failed validation (never trusted)
     ├── ModelError       an ONNX model or its card is missing, corrupt or does not match
-    └── ExportError      the trainer could not export a model that matches torch (parity)
+    ├── ExportError      the trainer could not export a model that matches torch (parity)
+    ├── TransportError   the MQTT broker refused us, cannot be reached, or dropped the session
+    └── TrainerError     the local trainer process is absent, died, or answered nonsense
 """
 
 from __future__ import annotations
 
-__all__ = ["OsmlError", "ConfigError", "DataError", "FrameError", "ModelError", "ExportError"]
+__all__ = [
+    "OsmlError",
+    "ConfigError",
+    "DataError",
+    "FrameError",
+    "ModelError",
+    "ExportError",
+    "TransportError",
+    "TrainerError",
+]
 
 
 class OsmlError(Exception):
@@ -38,3 +49,11 @@ class ModelError(OsmlError):
 
 class ExportError(OsmlError):
     """The trainer could not produce an ONNX model that reproduces the torch encoder."""
+
+
+class TransportError(OsmlError):
+    """The MQTT broker refused the connection, cannot be reached, or a publish failed."""
+
+
+class TrainerError(OsmlError):
+    """The local trainer process is absent, died mid-job, or sent an invalid reply."""
