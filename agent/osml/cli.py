@@ -7,6 +7,7 @@ traceback. torch is imported only inside the commands that train.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import time
@@ -176,88 +177,130 @@ Writes OUT/report.json, OUT/embeddings/<agent>.npy and, with matplotlib
 """
 
 
+_RUN_OPTIONS = [
+    click.option(
+        "--data",
+        "data_spec",
+        required=True,
+        metavar="PATH",
+        help="A directory with train_data.csv and test_data.csv (paper format, columns "
+        "Agent<ID>[<i>]), or generated:simple / generated:complex.",
+    ),
+    click.option(
+        "--agents",
+        "agents_spec",
+        metavar="IDS",
+        help="Comma list of agent ids to simulate, e.g. 0,1,M0.  [default: every agent in the data]",
+    ),
+    click.option(
+        "--rounds",
+        type=click.IntRange(min=0),
+        default=10,
+        show_default=True,
+        help="Exchange rounds (the report has rounds + 1 entries: round 0 is before any exchange).",
+    ),
+    click.option(
+        "--topology",
+        default="full",
+        show_default=True,
+        metavar="full|ring|random:K",
+        help="Who hears whom: everyone, a ring in --agents order, or a random K-regular graph.",
+    ),
+    click.option(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Seed for generated data, encoder initialisation and random topologies.",
+    ),
+    click.option(
+        "--out",
+        "out_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        metavar="DIR",
+        help="Run directory to write.  [default: runs/<timestamp>]",
+    ),
+    click.option(
+        "--window",
+        type=click.IntRange(min=1),
+        default=10,
+        show_default=True,
+        help="Steps per input window.",
+    ),
+    click.option(
+        "--embedding-dim",
+        type=click.IntRange(min=1),
+        default=5,
+        show_default=True,
+        help="Embedding size shared by all agents.",
+    ),
+    click.option(
+        "--architecture",
+        "architecture_spec",
+        default="mlp",
+        show_default=True,
+        metavar="gru|mlp|conv",
+        help="Encoder for every agent, or per agent as AGENT=ARCH pairs, e.g. 0=gru,1=conv "
+        "(agents not named use mlp, or a bare name given too: conv,0=gru).",
+    ),
+    click.option(
+        "--objective",
+        default="vc",
+        show_default=True,
+        metavar="vc|masked",
+        help="Anti-collapse term: variance-covariance (vc) or masked reconstruction.",
+    ),
+    click.option(
+        "--context",
+        default="sim",
+        show_default=True,
+        help="Context name; it also seeds the anchor every agent embeds around.",
+    ),
+    click.option("--quiet", "-q", is_flag=True, help="Print only errors and the run directory."),
+]
+
+
+def _run_options(func: F) -> F:
+    """The flags osml simulate and osml run share."""
+    for option in reversed(_RUN_OPTIONS):
+        func = option(func)
+    return func
+
+
 @main.command(epilog=SIMULATE_EPILOG)
-@click.option(
-    "--data",
-    "data_spec",
-    required=True,
-    metavar="PATH",
-    help="A directory with train_data.csv and test_data.csv (paper format, columns "
-    "Agent<ID>[<i>]), or generated:simple / generated:complex.",
-)
-@click.option(
-    "--agents",
-    "agents_spec",
-    metavar="IDS",
-    help="Comma list of agent ids to simulate, e.g. 0,1,M0.  [default: every agent in the data]",
-)
-@click.option(
-    "--rounds",
-    type=click.IntRange(min=0),
-    default=10,
-    show_default=True,
-    help="Exchange rounds (the report has rounds + 1 entries: round 0 is before any exchange).",
-)
-@click.option(
-    "--topology",
-    default="full",
-    show_default=True,
-    metavar="full|ring|random:K",
-    help="Who hears whom: everyone, a ring in --agents order, or a random K-regular graph.",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed for generated data, encoder initialisation and random topologies.",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    metavar="DIR",
-    help="Run directory to write.  [default: runs/<timestamp>]",
-)
-@click.option(
-    "--window",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="Steps per input window.",
-)
-@click.option(
-    "--embedding-dim",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Embedding size shared by all agents.",
-)
-@click.option(
-    "--architecture",
-    "architecture_spec",
-    default="mlp",
-    show_default=True,
-    metavar="gru|mlp|conv",
-    help="Encoder for every agent, or per agent as AGENT=ARCH pairs, e.g. 0=gru,1=conv "
-    "(agents not named use mlp, or a bare name given too: conv,0=gru).",
-)
-@click.option(
-    "--objective",
-    default="vc",
-    show_default=True,
-    metavar="vc|masked",
-    help="Anti-collapse term: variance-covariance (vc) or masked reconstruction.",
-)
-@click.option(
-    "--context",
-    default="sim",
-    show_default=True,
-    help="Context name; it also seeds the anchor every agent embeds around.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="Print only errors and the run directory.")
+@_run_options
 @_one_line_errors
-def simulate(
+def simulate(**flags: Any) -> None:
+    """Run several agents in one process with an in-memory exchange.
+
+    Everything but the network is the real thing: each agent trains its own encoder, embeds with
+    onnxruntime, sends int8 wire frames to its neighbours and decides its sub-context from what
+    it alone received.
+    """
+    from osml.simulate import simulate as run_simulation
+
+    job = _prepare(**flags)
+
+    def progress(entry: dict[str, object]) -> None:
+        if not job.quiet:
+            click.echo(progress_line(entry, job.settings.rounds))
+
+    _announce(job)
+    result = run_simulation(job.dataset, job.settings, job.agent_ids, progress=progress)
+    _finish(job, result)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    data_spec: str
+    dataset: Any
+    agent_ids: list[str]
+    settings: Any
+    out: Path
+    quiet: bool
+
+
+def _prepare(
     data_spec: str,
     agents_spec: str | None,
     rounds: int,
@@ -270,18 +313,11 @@ def simulate(
     objective: str,
     context: str,
     quiet: bool,
-) -> None:
-    """Run several agents in one process with an in-memory exchange.
-
-    Everything but the network is the real thing: each agent trains its own encoder, embeds with
-    onnxruntime, sends int8 wire frames to its neighbours and decides its sub-context from what
-    it alone received.
-    """
-    from osml import report
+) -> _Job:
+    """Check every flag (torch-free checks first, so a typo fails in milliseconds)."""
     from osml.data import check_min_rows, load_dataset
     from osml.topology import neighbours
 
-    # Check everything that needs no torch first, so a typo fails in milliseconds.
     dataset = load_dataset(data_spec, seed=seed)
     agent_ids = parse_agents(agents_spec) or list(dataset.ids)
     dataset = dataset.select(agent_ids)
@@ -290,14 +326,12 @@ def simulate(
     default_arch, per_agent_arch = parse_architectures(architecture_spec, agent_ids)
     _check_wire_names(context, agent_ids)
     out = out_dir if out_dir is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-
     try:
         from osml.trainer import TrainerSettings
     except ImportError as exc:
         click.echo(f"error: {TRAINER_HINT} ({exc})", err=True)
         sys.exit(2)
     from osml.simulate import SimulationSettings
-    from osml.simulate import simulate as run_simulation
 
     trainer = TrainerSettings(architecture=default_arch, objective=objective)
     for arch in set(per_agent_arch.values()):
@@ -312,32 +346,31 @@ def simulate(
         architectures=per_agent_arch,
         trainer=trainer,
     )
+    return _Job(data_spec, dataset, agent_ids, settings, out, quiet)
 
-    def progress(entry: dict[str, object]) -> None:
-        if not quiet:
-            click.echo(progress_line(entry, rounds))
 
-    if not quiet:
-        plural = "" if rounds == 1 else "s"
-        click.echo(
-            f"{dataset.name}: {len(agent_ids)} agents ({', '.join(agent_ids)}), "
-            f"topology {topology}, {rounds} round{plural}; "
-            "alignment shown as strict/centered per sub-context"
-        )
-    result = run_simulation(dataset, settings, agent_ids, progress=progress)
-    result = {
-        "osml_version": __version__,
-        "data": data_spec,
-        "settings": settings,
-        **result,
-    }
-    report.write_run(out, result)
-    if quiet:
-        click.echo(str(out))
+def _announce(job: _Job, how: str = "") -> None:
+    if job.quiet:
+        return
+    rounds = job.settings.rounds
+    click.echo(
+        f"{job.dataset.name}: {len(job.agent_ids)} agents ({', '.join(job.agent_ids)}), "
+        f"topology {job.settings.topology}, {rounds} round{'' if rounds == 1 else 's'}{how}; "
+        "alignment shown as strict/centered per sub-context"
+    )
+
+
+def _finish(job: _Job, result: dict[str, Any]) -> None:
+    from osml import report
+
+    result = {"osml_version": __version__, "data": job.data_spec, "settings": job.settings, **result}
+    report.write_run(job.out, result)
+    if job.quiet:
+        click.echo(str(job.out))
         return
     click.echo()
     click.echo(report.summary_table(result))
-    _print_files(out, list(agent_ids))
+    _print_files(job.out, list(job.agent_ids))
 
 
 def _check_wire_names(context: str, agent_ids: Sequence[str]) -> None:

@@ -1,0 +1,378 @@
+"""The agent process: decentralized osmosis rounds over MQTT, one per device.
+
+Each round, with no coordinator anywhere, an agent
+
+1. installs a newer model if its trainer has delivered one (verified: card, sha256, shapes);
+2. embeds the round's windows with onnxruntime and sends one frame (chunked when large) to each
+   neighbour's inbox ``osml/<ctx>/<nb>/in/<me>``;
+3. collects its neighbours' frames for the *same* round until all arrived or ``rounds.deadline``
+   passes - a frame for an older round is counted late and dropped, one for a future round is
+   kept for later;
+4. runs :class:`~osml.learner.OsmoticLearner` on what it has (missing neighbours are simply absent);
+5. hands the windows and osmosis targets to its trainer over a local socket and waits up to
+   ``rounds.train_wait`` for the next model; if the trainer is slow, dead or absent the agent
+   goes on with its current model and says so in its status;
+6. saves its state (a SIGKILL at any point resumes from the last finished round) and publishes
+   its metrics and retained status.
+
+Raw data never leaves the process: only embeddings go on the network, and training windows go
+only to the trainer on the same host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from osml import topics
+from osml.anchor import context_anchor
+from osml.codec import Frame, decode_frame, encode_frame
+from osml.config import AgentConfig
+from osml.data import load_dataset, read_agent_csv, read_paper_dir, windows
+from osml.errors import FrameError, ModelError, OsmlError, TrainerError, TransportError
+from osml.inference import OnnxEncoder
+from osml.learner import LearnerSettings, OsmoticLearner
+from osml.modelcard import ModelCard, write_model
+from osml.state import AgentState, append_round, load_state, save_state
+from osml.subcontext import SubcontextMemory
+from osml.trainer_client import TrainerClient
+from osml.transport import Message, Transport
+
+__all__ = ["AgentRuntime", "load_series", "chunk_rows"]
+
+log = logging.getLogger("osml.agent")
+
+
+def load_series(cfg: AgentConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """The agent's own (train, test) series from its data source."""
+    kind, _, rest = cfg.data.source.partition(":")
+    who = cfg.data.agent or cfg.agent.id
+    if kind == "csv":
+        train = read_agent_csv(rest)
+        test = read_agent_csv(cfg.data.test) if cfg.data.test else None
+        return train, test
+    ds = read_paper_dir(rest) if kind == "paper" else load_dataset(f"generated:{rest}", seed=cfg.data.seed)
+    return np.asarray(ds[who].train), np.asarray(ds[who].test)
+
+
+def chunk_rows(n_rows: int, dim: int, max_frame_bytes: int) -> int:
+    """Rows per chunk so that a frame stays under ``max_frame_bytes`` (int8 rows + f32 scale)."""
+    return max(1, (max_frame_bytes - 512) // (dim + 4))
+
+
+@dataclass
+class _Inbox:
+    """Frames received, per round and source, reassembled from chunks."""
+
+    chunks: dict[tuple[int, str], dict[int, Frame]] = field(default_factory=dict)
+    late: int = 0
+    invalid: int = 0
+    frames_in: int = 0
+    bytes_in: int = 0
+
+    def add(self, frame: Frame, current_round: int) -> None:
+        if frame.round < current_round:
+            self.late += 1
+            return
+        self.chunks.setdefault((frame.round, frame.source), {})[frame.chunk] = frame
+
+    def complete(self, rnd: int, src: str) -> Frame | None:
+        parts = self.chunks.get((rnd, src))
+        if not parts:
+            return None
+        n = next(iter(parts.values())).n_chunks
+        if len(parts) < n or any(p.n_chunks != n for p in parts.values()):
+            return None
+        ordered = [parts[i] for i in range(n) if i in parts]
+        if len(ordered) != n:
+            return None
+        emb = np.concatenate([p.embeddings for p in sorted(ordered, key=lambda p: p.step_start)])
+        first = min(ordered, key=lambda p: p.step_start)
+        return Frame(context=first.context, source=src, round=rnd, step_start=first.step_start,
+                     model_version=first.model_version, embeddings=emb)
+
+    def forget_before(self, rnd: int) -> None:
+        for key in [k for k in self.chunks if k[0] < rnd]:
+            del self.chunks[key]
+
+
+class AgentRuntime:
+    def __init__(self, cfg: AgentConfig, *, learner: LearnerSettings | None = None) -> None:
+        self.cfg = cfg
+        self.id = cfg.agent.id
+        self.ctx = cfg.agent.context
+        self.state_dir = cfg.state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        train, test = load_series(cfg)
+        w = cfg.model.window
+        self.train_windows = np.ascontiguousarray(windows(train, w))
+        self.test_windows = np.ascontiguousarray(windows(test, w)) if test is not None and len(test) >= w else None
+        self.train_data = np.asarray(train, dtype=np.float32)
+        self.state = load_state(self.state_dir, self.id, self.ctx)
+        self.learner = OsmoticLearner(self.id, list(cfg.neighbours), learner)
+        if self.state.memory:
+            self.learner.memory = SubcontextMemory.from_dict(self.state.memory, self.learner.settings.policy)
+        self.learner.rounds = self.state.learner_rounds
+        self.learner.equilibrium.streak = self.state.equilibrium_streak
+        self.trainer = TrainerClient(cfg.trainer.socket, timeout=cfg.trainer.timeout)
+        self.trainer_status = "unknown"
+        self.encoder: OnnxEncoder | None = None
+        self.transport: Transport | None = None
+        self.inbox = _Inbox()
+        self.frames_out = 0
+        self.bytes_out = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"osml-train-{self.id}")
+        self._pending: Future[tuple[bytes, ModelCard, dict[str, float]]] | None = None
+
+    # -- model handling -----------------------------------------------------------------------
+
+    @property
+    def model_path(self) -> Path:
+        return self.state_dir / "model.onnx"
+
+    def _install(self, model: bytes, card: ModelCard) -> None:
+        enc = OnnxEncoder.from_bytes(model, card)  # verifies sha256, names, output shape
+        expect = (self.cfg.model.window, self.train_windows.shape[2], self.cfg.model.embedding_dim)
+        if (card.window, card.n_features, card.embedding_dim) != expect:
+            raise ModelError(f"model v{card.version} is for (window, features, dim) "
+                             f"{(card.window, card.n_features, card.embedding_dim)}, this agent needs {expect}")
+        write_model(self.model_path, model, card)
+        self.encoder = enc
+        self.state.model_version = card.version
+        save_state(self.state_dir, self.state)
+        log.info("agent %s: installed model v%d", self.id, card.version)
+
+    def _register_with_trainer(self) -> int:
+        anchor = context_anchor(self.ctx, self.cfg.model.embedding_dim, self.cfg.model.anchor_norm)
+        return self.trainer.init_agent(
+            agent_id=self.id, context=self.ctx, architecture=self.cfg.model.architecture,
+            window=self.cfg.model.window, n_features=self.train_windows.shape[2],
+            embedding_dim=self.cfg.model.embedding_dim, seed=self.cfg.model.seed,
+            train_data=self.train_data, anchor=anchor,
+            settings={"architecture": self.cfg.model.architecture, **self.cfg.trainer.settings},
+        )
+
+    def _ensure_model(self, stop: threading.Event) -> None:
+        if self.model_path.exists():
+            self.encoder = OnnxEncoder.load(self.model_path)
+            self.state.model_version = self.encoder.version
+        elif self.cfg.model.path:
+            enc = OnnxEncoder.load(self.cfg.model.path)
+            self._install(enc.model_bytes, enc.card)
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self._register_with_trainer()
+                if self.encoder is None:
+                    model, card = self.trainer.initial_model(self.id, self.train_windows, self.state.model_version + 1)
+                    self._install(model, card)
+                self.trainer_status = "ok"
+                return
+            except TrainerError as exc:
+                self.trainer_status = "unavailable"
+                if self.encoder is not None:
+                    log.warning("agent %s: trainer unavailable (%s); running on model v%d", self.id, exc, self.encoder.version)
+                    return
+                log.warning("agent %s: no model yet and the trainer is unavailable (%s); retrying", self.id, exc)
+                stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _collect_model(self, wait: float) -> None:
+        if self._pending is None:
+            return
+        try:
+            model, card, _ = self._pending.result(timeout=wait)
+        except TimeoutError:
+            self.trainer_status = "busy"
+            return
+        except (TrainerError, ModelError) as exc:
+            self.trainer_status = "unavailable"
+            log.warning("agent %s: training failed (%s); keeping model v%d", self.id, exc, self.state.model_version)
+            self._pending = None
+            return
+        self._pending = None
+        try:
+            self._install(model, card)
+            self.trainer_status = "ok"
+        except (ModelError, OSError) as exc:
+            self.trainer_status = "bad-model"
+            log.warning("agent %s: refused model from trainer (%s)", self.id, exc)
+
+    def _train_job(self, rnd: int, targets: np.ndarray, version: int) -> tuple[bytes, ModelCard, dict[str, float]]:
+        try:
+            return self.trainer.train(self.id, rnd, self.train_windows, targets, version)
+        except TrainerError:
+            # The trainer may have restarted and forgotten us: register again and retry once.
+            self._register_with_trainer()
+            return self.trainer.train(self.id, rnd, self.train_windows, targets, version)
+
+    # -- network ------------------------------------------------------------------------------
+
+    def _status(self, state: str) -> bytes:
+        return json.dumps({
+            "state": state, "agent": self.id, "round": self.state.next_round,
+            "model_version": self.state.model_version, "subcontext": self.learner.subcontext(),
+            "equilibrium": self.learner.equilibrium.at_equilibrium, "trainer": self.trainer_status,
+            "time": time.time(),
+        }).encode()
+
+    def _connect(self, stop: threading.Event) -> Transport:
+        t = Transport(
+            self.cfg.broker, f"osml-{self.ctx}-{self.id}",
+            subscriptions=[topics.inbox_filter(self.ctx, self.id)],
+            will=(topics.status(self.ctx, self.id), json.dumps({"state": "offline", "agent": self.id}).encode()),
+            drop_rate=self.cfg.drop_rate,
+        )
+        delay = 0.5
+        while True:
+            try:
+                t.connect()
+                return t
+            except TransportError as exc:
+                if "refused" in str(exc).lower() or stop.is_set():
+                    raise
+                log.warning("agent %s: broker unreachable (%s); retrying in %.1fs", self.id, exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _send(self, rnd: int, emb: np.ndarray, step_start: int) -> None:
+        assert self.transport is not None and self.encoder is not None
+        per = chunk_rows(len(emb), emb.shape[1], self.cfg.rounds.max_frame_bytes)
+        starts = list(range(0, len(emb), per))
+        payloads = [
+            encode_frame(Frame(context=self.ctx, source=self.id, round=rnd, step_start=step_start + s,
+                               model_version=self.encoder.version, embeddings=emb[s : s + per],
+                               chunk=i, n_chunks=len(starts)))
+            for i, s in enumerate(starts)
+        ]
+        for nb in self.cfg.neighbours:
+            for payload in payloads:
+                if self.transport.publish(topics.inbox(self.ctx, nb, self.id), payload, droppable=True):
+                    self.frames_out += 1
+                    self.bytes_out += len(payload)
+
+    def _handle(self, msg: Message, rnd: int) -> None:
+        parsed = topics.parse_inbox(msg.topic)
+        if parsed is None or parsed[0] != self.ctx or parsed[1] != self.id:
+            return
+        self.inbox.frames_in += 1
+        self.inbox.bytes_in += len(msg.payload)
+        try:
+            frame = decode_frame(msg.payload, max_frame_bytes=max(self.cfg.rounds.max_frame_bytes, 1 << 20))
+        except FrameError as exc:
+            self.inbox.invalid += 1
+            log.warning("agent %s: dropped invalid frame on %s: %s", self.id, msg.topic, exc)
+            return
+        if frame.source != parsed[2] or frame.context != self.ctx or frame.source not in self.cfg.neighbours:
+            self.inbox.invalid += 1  # a frame must come from the neighbour whose topic it uses
+            return
+        self.inbox.add(frame, rnd)
+
+    def _collect(self, rnd: int, stop: threading.Event) -> dict[str, Frame]:
+        assert self.transport is not None
+        deadline = time.monotonic() + self.cfg.rounds.deadline
+        got: dict[str, Frame] = {}
+        while not stop.is_set():
+            for nb in self.cfg.neighbours:
+                if nb not in got:
+                    frame = self.inbox.complete(rnd, nb)
+                    if frame is not None:
+                        got[nb] = frame
+            if len(got) == len(self.cfg.neighbours):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            msg = self.transport.get(timeout=min(left, 0.25))
+            if msg is not None:
+                self._handle(msg, rnd)
+        self.inbox.forget_before(rnd + 1)
+        return got
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _round_steps(self) -> tuple[np.ndarray, int]:
+        n = self.cfg.rounds.steps or len(self.train_windows)
+        first = len(self.train_windows) - n
+        return self.train_windows[first:], first + self.cfg.model.window - 1
+
+    def _save_eval(self, rnd: int) -> None:
+        if not self.cfg.rounds.eval_dir or self.encoder is None:
+            return
+        out = Path(self.cfg.rounds.eval_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / f"train-{rnd:04d}.npy", self.encoder.encode(self.train_windows), allow_pickle=False)
+        if self.test_windows is not None:
+            np.save(out / f"test-{rnd:04d}.npy", self.encoder.encode(self.test_windows), allow_pickle=False)
+
+    def run(self, stop: threading.Event | None = None) -> int:
+        stop = stop or threading.Event()
+        self._ensure_model(stop)
+        if self.encoder is None:
+            return 1
+        self.transport = self._connect(stop)
+        status_topic = topics.status(self.ctx, self.id)
+        self.transport.publish(status_topic, self._status("online"), retain=True)
+        count = self.cfg.rounds.count
+        try:
+            while not stop.is_set() and (count == 0 or self.state.next_round < count):
+                started = time.monotonic()
+                rnd = self.state.next_round
+                self._collect_model(0.0)
+                windows_r, step_start = self._round_steps()
+                own = self.encoder.encode(windows_r)
+                self._save_eval(rnd)
+                self._send(rnd, own, step_start)
+                frames = self._collect(rnd, stop)
+                if stop.is_set():
+                    break
+                received = {nb: f.embeddings for nb, f in frames.items()
+                            if f.step_start == step_start and f.embeddings.shape == own.shape}
+                outcome = self.learner.step(own, received)
+                if self._pending is None:
+                    self._pending = self._pool.submit(self._train_job, rnd, outcome.target, self.state.model_version + 1)
+                self.state.next_round = rnd + 1
+                self.state.memory = self.learner.memory.to_dict()
+                self.state.subcontext = outcome.subcontext
+                self.state.equilibrium_streak = self.learner.equilibrium.streak
+                self.state.learner_rounds = self.learner.rounds
+                save_state(self.state_dir, self.state)
+                self._collect_model(self.cfg.rounds.train_wait)
+                record = {
+                    "round": rnd, "model_version": self.state.model_version, "subcontext": outcome.subcontext,
+                    "osmosis_weights": outcome.weights, "affinity": outcome.affinity, "affinity_memory": outcome.memory,
+                    "equilibrium": outcome.equilibrium, "embedding_change": outcome.change,
+                    "missing": sorted(set(self.cfg.neighbours) - set(received)),
+                    "frames_in": self.inbox.frames_in, "frames_out": self.frames_out,
+                    "bytes_in": self.inbox.bytes_in, "bytes_out": self.bytes_out,
+                    "late_frames": self.inbox.late, "invalid_frames": self.inbox.invalid,
+                    "trainer": self.trainer_status, "round_s": round(time.monotonic() - started, 3),
+                    "reconnects": self.transport.stats.reconnects, "dropped_out": self.transport.stats.dropped_out,
+                }
+                append_round(self.state_dir, record)
+                self.transport.publish(topics.metrics(self.ctx, self.id), json.dumps(record).encode(), qos=0)
+                self.transport.publish(status_topic, self._status("online"), retain=True)
+                log.info("agent %s: round %d sub=%s heard=%d/%d model=v%d trainer=%s", self.id, rnd,
+                         ",".join(outcome.subcontext), len(received), len(self.cfg.neighbours),
+                         self.state.model_version, self.trainer_status)
+                pause = self.cfg.rounds.interval - (time.monotonic() - started)
+                if pause > 0:
+                    stop.wait(pause)
+            if count and self.state.next_round >= count and not stop.is_set():
+                self._collect_model(self.cfg.rounds.train_wait)
+                self._save_eval(count)
+            self.transport.publish(status_topic, self._status("offline"), retain=True)
+        except OsmlError:
+            raise
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self.transport is not None:
+                self.transport.close()
+        return 0
