@@ -399,6 +399,117 @@ def _print_files(out: Path, agents: list[str]) -> None:
         click.echo(f"plots skipped: matplotlib is not installed ({report.PLOT_INSTALL_HINT})")
 
 
+RUN_EPILOG = """\b
+Examples:
+  osml run --data generated:simple --rounds 10 --out runs/fleet
+  osml run --data path/to/complex-context --rounds 15 --topology ring
+  osml run --data generated:simple --broker mqtt://127.0.0.1:1883 --context lab
+
+\b
+Starts a private Mosquitto on a free loopback port (unless --broker is given),
+one trainer process and one agent process per agent; writes the same run
+directory as osml simulate, plus OUT/fleet/ with each agent's config, state and log.
+"""
+
+
+@main.command("run", epilog=RUN_EPILOG)
+@_run_options
+@click.option("--broker", "broker_url", metavar="URL",
+              help="Use this broker (mqtt://HOST:PORT or mqtts://HOST:PORT) instead of a private one.")
+@click.option("--drop-rate", type=click.FloatRange(0.0, 0.99), default=0.0, show_default=True,
+              help="Testing: share of outgoing frames each agent drops at random.")
+@click.option("--deadline", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds an agent waits for its neighbours' frames each round.")
+@click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
+              help="MQTT protocol version.")
+@_one_line_errors
+def run_command(broker_url: str | None, drop_rate: float, deadline: float, protocol: str, **flags: Any) -> None:
+    """Run a fleet on this machine: every agent its own process, talking over MQTT.
+
+    Same flags and outputs as osml simulate; the exchange goes through a real broker.
+    """
+    from osml.fleet import FleetOptions, run_fleet
+
+    if flags.get("context") == "sim":
+        flags["context"] = "run"
+    job = _prepare(**flags)
+    options = FleetOptions(broker_url=broker_url, drop_rate=drop_rate, deadline=deadline, protocol=protocol)
+    _announce(job, f", agents as processes over MQTT{'' if not drop_rate else f' ({drop_rate:.0%} frames dropped)'}")
+
+    def progress(entry: dict[str, object]) -> None:
+        if not job.quiet:
+            click.echo(progress_line(entry, job.settings.rounds))
+
+    def notice(text: str) -> None:
+        if not job.quiet:
+            click.echo(text)
+
+    try:
+        result = run_fleet(job.data_spec, job.dataset, job.agent_ids, job.settings, job.out / "fleet",
+                           options, progress=progress, notice=notice)
+    except KeyboardInterrupt:
+        click.echo("interrupted: every process was stopped", err=True)
+        sys.exit(130)
+    _finish(job, result)
+
+
+@main.command("agent", epilog="\b\nExample:\n  osml agent --config /etc/osml/agent.toml")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="The agent's TOML config (see the example in docs/agent.md).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
+@_one_line_errors
+def agent_command(config_path: Path, log_level: str) -> None:
+    """Run one agent: rounds of osmosis with its neighbours over MQTT, until stopped.
+
+    Needs no torch: training is the job of `osml trainer` on the same host.
+    SIGTERM or Ctrl-C ends it cleanly after publishing its status as offline.
+    """
+    import logging
+    import signal
+    import threading
+
+    from osml.config import load_config
+    from osml.runtime import AgentRuntime
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    cfg = load_config(config_path)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        code = AgentRuntime(cfg).run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+        code = 130
+    sys.exit(code)
+
+
+@main.command("trainer", epilog="\b\nExample:\n  osml trainer --socket /run/osml/trainer.sock --state-dir /var/lib/osml/trainer")
+@click.option("--socket", "socket_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="PATH", help="Unix socket the agents of this host connect to.")
+@click.option("--state-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              metavar="DIR", help="Where per-agent weights are checkpointed (survives restarts).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
+@_one_line_errors
+def trainer_command(socket_path: Path, state_dir: Path, log_level: str) -> None:
+    """Serve training jobs for the agents of this host (needs the trainer extra: torch)."""
+    import logging
+    import signal
+    import threading
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        from osml.trainer.service import serve
+    except ImportError as exc:
+        click.echo(f"error: osml trainer needs the trainer extra: pip install 'osml[trainer]' ({exc})", err=True)
+        sys.exit(2)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        serve(socket_path, state_dir, stop=stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
 @main.command("report", epilog="\b\nExample:\n  osml report runs/demo")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR")
 @click.option("--replot", is_flag=True, help="Redraw the plots even if they exist.")

@@ -1,0 +1,270 @@
+"""``osml run``: a whole fleet on one machine, every agent its own process, over a real broker.
+
+The orchestrator only *starts* things and *watches*: a private Mosquitto on a free loopback port
+(unless ``--broker`` names one), one trainer process, one ``osml agent`` process per agent with its
+own TOML config and state directory. The agents run their rounds on their own, talking only
+through the broker; the orchestrator follows their ``metrics`` topics to print a live line per
+round, waits for them to finish, stops everything by PID, and assembles the same run directory
+as ``osml simulate`` from what the agents left in their state directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from osml import topics
+from osml.broker import MosquittoProcess, find_mosquitto
+from osml.data import Dataset, windows
+from osml.errors import OsmlError, TransportError
+from osml.simulate import SimulationSettings, evaluate
+from osml.topology import neighbours as topology_neighbours
+from osml.trainer_client import TrainerClient
+from osml.transport import BrokerSettings, Transport
+
+__all__ = ["FleetOptions", "run_fleet", "agent_toml"]
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    broker_url: str | None = None  # None: start a private Mosquitto
+    drop_rate: float = 0.0
+    deadline: float = 10.0
+    train_wait: float = 60.0
+    protocol: str = "5"
+    timeout: float = 3600.0  # give up on the whole run after this many seconds
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _q(value: str) -> str:
+    return json.dumps(value)  # a TOML basic string is a JSON string
+
+
+def agent_toml(
+    agent_id: str, index: int, data_source: str, data_seed: int, links: Sequence[str],
+    settings: SimulationSettings, broker_url: str, state_dir: Path, eval_dir: Path, socket: Path,
+    options: FleetOptions,
+) -> str:
+    """The config file of one agent of the fleet."""
+    tset = settings.trainer
+    arch = settings.architectures.get(agent_id, getattr(tset, "architecture", "mlp"))
+    objective = getattr(tset, "objective", "vc")
+    return "\n".join([
+        "[agent]", f"id = {_q(agent_id)}", f"context = {_q(settings.context)}", f"state_dir = {_q(str(state_dir))}",
+        "", "[broker]", f"url = {_q(broker_url)}", f"protocol = {_q(options.protocol)}",
+        "", "[neighbours]", "ids = [" + ", ".join(_q(n) for n in links) + "]",
+        "", "[data]", f"source = {_q(data_source)}", f"agent = {_q(agent_id)}", f"seed = {data_seed}",
+        "", "[model]", f"architecture = {_q(arch)}", f"window = {settings.window}",
+        f"embedding_dim = {settings.embedding_dim}", f"seed = {settings.seed * 1000 + index}",
+        f"anchor_norm = {settings.anchor_norm}",
+        "", "[rounds]", f"count = {settings.rounds}", f"deadline = {options.deadline}",
+        f"train_wait = {options.train_wait}", f"eval_dir = {_q(str(eval_dir))}",
+        "", "[trainer]", f"socket = {_q(str(socket))}",
+        "", "[trainer.settings]", f"objective = {_q(objective)}",
+        "", "[testing]", f"drop_rate = {options.drop_rate}", "",
+    ])
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+def _spawn(name: str, args: list[str], log: Path, env: dict[str, str]) -> _Proc:
+    fh = open(log, "ab")
+    try:
+        p = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env={**os.environ, **env}, start_new_session=True)
+    finally:
+        fh.close()
+    return _Proc(name, p, log)
+
+
+def _stop(procs: Sequence[_Proc], grace: float = 10.0) -> None:
+    for p in procs:
+        if p.popen.poll() is None:
+            p.popen.send_signal(signal.SIGTERM)
+    end = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.popen.wait(timeout=max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+            p.popen.wait()
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _data_source(data_spec: str) -> str:
+    return data_spec if data_spec.startswith("generated:") else f"paper:{Path(data_spec).resolve()}"
+
+
+def run_fleet(
+    data_spec: str,
+    dataset: Dataset,
+    agent_ids: Sequence[str],
+    settings: SimulationSettings,
+    workdir: Path,
+    options: FleetOptions = FleetOptions(),
+    progress: Callable[[dict[str, object]], None] | None = None,
+    notice: Callable[[str], None] = lambda s: None,
+) -> dict[str, object]:
+    """Run the fleet to completion; returns the same result dict as :func:`osml.simulate.simulate`."""
+    ids = list(agent_ids)
+    links = topology_neighbours(ids, settings.topology, settings.seed)
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    broker: MosquittoProcess | None = None
+    procs: list[_Proc] = []
+    monitor: Transport | None = None
+    env = {"PYTHONUNBUFFERED": "1", **options.env}
+    t0 = time.perf_counter()
+    try:
+        if options.broker_url:
+            url = options.broker_url
+        else:
+            if find_mosquitto() is None:
+                raise TransportError("no mosquitto binary found: install it (apt-get install mosquitto) or pass --broker mqtt://HOST:PORT")
+            broker = MosquittoProcess(workdir / "broker")
+            broker.start()
+            url = broker.url
+            notice(f"private Mosquitto on {url} (pid {broker.pid})")
+        socket = Path(f"/tmp/osml-{os.getpid()}-{int(time.time() * 1000) % 100000}.sock")
+        (workdir / "trainer").mkdir(exist_ok=True)
+        procs.append(_spawn("trainer", [sys.executable, "-m", "osml.cli", "trainer", "--socket", str(socket),
+                                        "--state-dir", str(workdir / "trainer")], workdir / "trainer" / "trainer.log", env))
+        client = TrainerClient(socket, timeout=5.0)
+        deadline = time.monotonic() + 60
+        while not client.ping():
+            if procs[0].popen.poll() is not None or time.monotonic() > deadline:
+                raise OsmlError(f"the trainer did not start: {_tail(procs[0].log)}")
+            time.sleep(0.2)
+        source = _data_source(data_spec)
+        for i, aid in enumerate(ids):
+            adir = workdir / "agents" / aid
+            adir.mkdir(parents=True, exist_ok=True)
+            cfg = adir / "agent.toml"
+            cfg.write_text(agent_toml(aid, i, source, settings.seed, links[aid], settings, url,
+                                      adir / "state", adir / "eval", socket, options))
+        monitor = Transport(BrokerSettings(url=url, protocol=options.protocol), f"osml-run-{os.getpid()}",
+                            subscriptions=[f"{topics.ROOT}/{settings.context}/+/metrics"], persistent=False)
+        monitor.connect()
+        for aid in ids:
+            adir = workdir / "agents" / aid
+            procs.append(_spawn(f"agent {aid}", [sys.executable, "-m", "osml.cli", "agent", "--config",
+                                                 str(adir / "agent.toml")], adir / "agent.log", env))
+        seen: dict[int, dict[str, dict[str, object]]] = {}
+        shown = -1
+        agents = [p for p in procs if p.name.startswith("agent")]
+        while any(p.popen.poll() is None for p in agents):
+            if time.perf_counter() - t0 > options.timeout:
+                raise OsmlError(f"the run did not finish within {options.timeout:.0f} s")
+            for p in agents:
+                code = p.popen.poll()
+                if code not in (None, 0):
+                    raise OsmlError(f"{p.name} exited with code {code}: {_tail(p.log)}")
+            msg = monitor.get(timeout=0.5)
+            if msg is None:
+                continue
+            parsed = topics.parse_agent_topic(msg.topic)
+            if parsed is None:
+                continue
+            try:
+                rec = json.loads(msg.payload)
+            except ValueError:
+                continue
+            seen.setdefault(int(rec.get("round", -1)), {})[parsed[1]] = rec
+            while progress and len(seen.get(shown + 1, {})) == len(ids):
+                shown += 1
+                recs = seen[shown]
+                progress({"round": shown, "elapsed_s": round(time.perf_counter() - t0, 1),
+                          "subcontexts": {a: r["subcontext"] for a, r in recs.items()},
+                          "equilibrium": {a: r["equilibrium"] for a, r in recs.items()},
+                          "bytes_sent": {a: r["bytes_out"] for a, r in recs.items()},
+                          "live": True})
+        for p in agents:
+            if p.popen.returncode != 0:
+                raise OsmlError(f"{p.name} exited with code {p.popen.returncode}: {_tail(p.log)}")
+    finally:
+        if monitor is not None:
+            monitor.close()
+        _stop(procs)
+        if broker is not None:
+            broker.stop()
+    return assemble(workdir, dataset, ids, links, settings, time.perf_counter() - t0)
+
+
+def assemble(workdir: Path, dataset: Dataset, ids: list[str], links: dict[str, list[str]],
+             settings: SimulationSettings, elapsed: float) -> dict[str, object]:
+    """Build the simulate-style result from the agents' state and eval directories."""
+    w = settings.window
+    train_last = {a: np.asarray(windows(dataset[a].train, w))[:, -1, :] for a in ids}
+    test_last = {a: np.asarray(windows(dataset[a].test, w))[:, -1, :] for a in ids}
+    records: dict[str, dict[int, dict[str, object]]] = {}
+    for a in ids:
+        records[a] = {}
+        path = workdir / "agents" / a / "state" / "rounds.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            rec = json.loads(line)
+            records[a][int(rec["round"])] = rec  # a resumed agent may repeat a round: keep the last
+    rounds: list[dict[str, object]] = []
+    subcontexts = {a: sorted([a, *links[a]]) for a in ids}
+    prev_bytes = {a: 0 for a in ids}
+    for r in range(settings.rounds + 1):
+        ev = {a: workdir / "agents" / a / "eval" for a in ids}
+        if not all((ev[a] / f"test-{r:04d}.npy").exists() for a in ids):
+            break
+        train_emb = {a: np.load(ev[a] / f"train-{r:04d}.npy", allow_pickle=False) for a in ids}
+        test_emb = {a: np.load(ev[a] / f"test-{r:04d}.npy", allow_pickle=False) for a in ids}
+        entry: dict[str, object] = {"round": r, **evaluate(train_emb, test_emb, train_last, test_last, subcontexts)}
+        if all(r in records[a] for a in ids):
+            recs = {a: records[a][r] for a in ids}
+            subcontexts = {a: list(rec["subcontext"]) for a, rec in recs.items()}  # type: ignore[arg-type]
+            entry.update({
+                "subcontexts": subcontexts,
+                "model_versions": {a: rec["model_version"] for a, rec in recs.items()},
+                "osmosis_weights": {a: rec["osmosis_weights"] for a, rec in recs.items()},
+                "affinity": {a: rec["affinity"] for a, rec in recs.items()},
+                "affinity_memory": {a: rec["affinity_memory"] for a, rec in recs.items()},
+                "equilibrium": {a: rec["equilibrium"] for a, rec in recs.items()},
+                "embedding_change": {a: rec["embedding_change"] for a, rec in recs.items()},
+                "bytes_sent": {a: int(rec["bytes_out"]) - prev_bytes[a] for a, rec in recs.items()},  # type: ignore[call-overload]
+                "missing_frames": {a: rec["missing"] for a, rec in recs.items()},
+                "late_frames": {a: rec["late_frames"] for a, rec in recs.items()},
+                "trainer": {a: rec["trainer"] for a, rec in recs.items()},
+                "round_s": {a: rec["round_s"] for a, rec in recs.items()},
+            })
+            prev_bytes = {a: int(rec["bytes_out"]) for a, rec in recs.items()}  # type: ignore[call-overload]
+        else:
+            entry["subcontexts"] = subcontexts
+        rounds.append(entry)
+    if not rounds:
+        raise OsmlError(f"no agent evaluation found under {workdir / 'agents'}")
+    last = rounds[-1]
+    final_test = {a: np.load(workdir / "agents" / a / "eval" / f"test-{last['round']:04d}.npy", allow_pickle=False) for a in ids}
+    weights = next((e["osmosis_weights"] for e in reversed(rounds) if "osmosis_weights" in e), {})
+    return {
+        "dataset": dataset.name, "agents": ids, "topology": settings.topology, "neighbours": links,
+        "rounds": rounds, "elapsed_s": round(elapsed, 1), "workdir": str(workdir),
+        "final": {
+            "round": last["round"], "subcontexts": subcontexts, "osmosis_weights": weights,
+            **{k: last[k] for k in ("strict_alignment", "centered_alignment", "paper_similarity", "probe_r2", "spread")},
+        },
+        "embeddings": final_test,
+    }
