@@ -90,6 +90,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "validate")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--scenarios", default="pair,four,complex")
+    ap.add_argument("--extra", default="", help="extra flags for osml simulate, e.g. '--objective masked'")
     args = ap.parse_args()
     sources = []
     if args.only in (None, "paper"):
@@ -107,8 +109,11 @@ def main() -> int:
                 out = args.out / f"{label}-{topo}-{scenario}"
                 cmd = [sys.executable, "-m", "osml.cli", "simulate", "--data", data, "--rounds", str(rounds),
                        "--topology", topo, "--seed", str(args.seed), "--out", str(out), "--quiet"]
+                if scenario not in args.scenarios.split(","):
+                    continue
                 if agents:
                     cmd += ["--agents", agents]
+                cmd += args.extra.split()
                 t0 = time.perf_counter()
                 with tempfile.TemporaryFile() as err:
                     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)

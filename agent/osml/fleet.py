@@ -171,6 +171,7 @@ def run_fleet(
                                                  str(adir / "agent.toml")], adir / "agent.log", env))
         seen: dict[int, dict[str, dict[str, object]]] = {}
         shown = -1
+        sent_before = {a: 0 for a in ids}
         agents = [p for p in procs if p.name.startswith("agent")]
         while any(p.popen.poll() is None for p in agents):
             if time.perf_counter() - t0 > options.timeout:
@@ -193,11 +194,13 @@ def run_fleet(
             while progress and len(seen.get(shown + 1, {})) == len(ids):
                 shown += 1
                 recs = seen[shown]
+                total = {a: int(r["bytes_out"]) for a, r in recs.items()}  # type: ignore[call-overload]
                 progress({"round": shown, "elapsed_s": round(time.perf_counter() - t0, 1),
                           "subcontexts": {a: r["subcontext"] for a, r in recs.items()},
                           "equilibrium": {a: r["equilibrium"] for a, r in recs.items()},
-                          "bytes_sent": {a: r["bytes_out"] for a, r in recs.items()},
+                          "bytes_sent": {a: total[a] - sent_before[a] for a in total},
                           "live": True})
+                sent_before = total
         for p in agents:
             if p.popen.returncode != 0:
                 raise OsmlError(f"{p.name} exited with code {p.popen.returncode}: {_tail(p.log)}")

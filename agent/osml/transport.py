@@ -1,0 +1,509 @@
+"""The MQTT connection of one agent. The only osml module that imports paho.
+
+:class:`Transport` wraps one ``paho.mqtt.client.Client`` running its network loop in a thread:
+
+* :meth:`Transport.connect` opens the socket, waits for CONNACK and for the SUBACK of the
+  subscriptions, and turns every failure (refused credentials, closed port, DNS, timeout) into a
+  :class:`~osml.errors.TransportError`;
+* after that, paho reconnects by itself with a short backoff, and every reconnect resubscribes
+  (subscriptions are sent from ``on_connect``);
+* sessions are persistent by default (MQTT 5: ``clean_start=False`` plus a session expiry;
+  MQTT 3.1.1: ``clean_session=False``), so QoS 1 messages sent to an agent while it was briefly
+  offline are queued by the broker and delivered when it comes back;
+* received messages land in a thread-safe queue read with :meth:`Transport.get`;
+* the optional last will is published (retained, QoS 1) by the broker only if the connection is
+  lost without a DISCONNECT; :meth:`Transport.close` disconnects gracefully, so no will.
+
+The paho callbacks are tiny adapters: they fill the queue, set events and bump counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from osml.errors import ConfigError, TransportError
+
+__all__ = ["BrokerSettings", "Message", "Transport", "TransportStats"]
+
+_log = logging.getLogger(__name__)
+
+_SCHEMES = {"mqtt": False, "mqtts": True}
+_PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+# CONNACK reason codes that mean "your credentials are wrong" (MQTT 5 134/135; 3.1.1 4/5).
+_AUTH_REFUSALS = {"Bad user name or password", "Not authorized"}
+# Fixed header (<= 5) + topic length (2) + packet id (2) + v5 properties length (<= 4).
+_PUBLISH_OVERHEAD = 13
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where and how to connect. Validated on construction (ConfigError names the fix).
+
+    ``url`` is ``mqtt://HOST:PORT`` or ``mqtts://HOST:PORT`` (TLS); IPv6 hosts go in brackets,
+    e.g. ``mqtt://[::1]:1883``. ``tls_insecure`` skips the certificate's hostname check (lab
+    certificates). ``session_expiry`` is how long (seconds) an MQTT 5 broker keeps a persistent
+    session and its queued messages after the client goes away.
+    """
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    protocol: str = "5"
+    keepalive: int = 30
+    session_expiry: int = 3600
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in _SCHEMES:
+            raise ConfigError(
+                f"broker url {self.url!r}: scheme must be mqtt:// or mqtts:// (TLS), "
+                f"e.g. mqtt://127.0.0.1:1883"
+            )
+        if not parts.hostname:
+            raise ConfigError(f"broker url {self.url!r} has no host: use mqtt://HOST:PORT")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if port is None or not 1 <= port <= 65535:
+            raise ConfigError(
+                f"broker url {self.url!r} needs a port between 1 and 65535: use mqtt://HOST:PORT "
+                f"(usually 1883, or 8883 for mqtts)"
+            )
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                f"broker url {self.url!r}: put credentials in username/password, not in the url"
+            )
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigError(
+                f"broker url {self.url!r}: use mqtt://HOST:PORT with no path or query"
+            )
+        if self.protocol not in _PROTOCOLS:
+            raise ConfigError(f'protocol {self.protocol!r} not supported: use "5" or "3.1.1"')
+        if self.password is not None and self.username is None:
+            raise ConfigError("password is set without username: set username too")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError(
+                "cert_file and key_file go together (client certificate and its private key): "
+                "set both or neither"
+            )
+        uses_tls_files = any(f is not None for f in (self.ca_file, self.cert_file, self.key_file))
+        if (uses_tls_files or self.tls_insecure) and not self.tls:
+            raise ConfigError(
+                f"TLS options (ca_file, cert_file, key_file, tls_insecure) need an mqtts:// url, "
+                f"got {self.url!r}"
+            )
+        if not 5 <= self.keepalive <= 65535:
+            raise ConfigError(f"keepalive {self.keepalive} out of range: use 5-65535 seconds")
+        if not 0 <= self.session_expiry <= 0xFFFFFFFF:
+            raise ConfigError(
+                f"session_expiry {self.session_expiry} out of range: use 0-4294967295 seconds"
+            )
+
+    @property
+    def host(self) -> str:
+        """The broker host, without IPv6 brackets."""
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 0
+
+    @property
+    def tls(self) -> bool:
+        """True for ``mqtts://`` urls."""
+        return _SCHEMES.get(urlsplit(self.url).scheme, False)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One received MQTT message. ``retain`` is true for retained messages sent on subscribe."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass
+class TransportStats:
+    """Traffic counters, updated by :class:`Transport` (read them any time; they only grow).
+
+    ``frames_out``/``bytes_out`` count publishes handed to paho; ``dropped_out`` counts publishes
+    dropped on purpose (``drop_rate``) or QoS 0 publishes lost while offline; ``reconnects``
+    counts successful connections after the first.
+    """
+
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    dropped_out: int = 0
+    reconnects: int = 0
+
+
+def _describe(reason: ReasonCode) -> str:
+    name = str(reason)
+    if name in _AUTH_REFUSALS:
+        return (
+            f"broker refused the connection: {name} (bad credentials? check username and password)"
+        )
+    return f"broker refused the connection: {name} (reason code {reason.value})"
+
+
+def _check_filter(topic_filter: str) -> str:
+    levels = topic_filter.split("/")
+    ok = (
+        bool(topic_filter)
+        and "\0" not in topic_filter
+        and all(level in ("+", "#") or not ("+" in level or "#" in level) for level in levels)
+        and "#" not in levels[:-1]
+    )
+    if not ok:
+        raise ConfigError(
+            f"invalid subscription filter {topic_filter!r}: '+' and '#' must be whole levels, "
+            f"'#' only last"
+        )
+    return topic_filter
+
+
+class Transport:
+    """One MQTT client: connect, publish, receive, reconnect by itself, close.
+
+    ``subscriptions`` are topic filters subscribed with QoS 1 on every (re)connect. ``will`` is
+    ``(topic, payload)``, published retained with QoS 1 by the broker if the connection is lost
+    without a DISCONNECT. ``drop_rate`` (for tests) drops that share of ``droppable`` publishes at
+    random, seeded by ``seed``. ``persistent`` keeps the broker-side session across disconnects,
+    keyed by ``client_id``, which must therefore be stable and unique.
+    """
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        client_id: str,
+        *,
+        subscriptions: Sequence[str] = (),
+        will: tuple[str, bytes] | None = None,
+        drop_rate: float = 0.0,
+        seed: int | None = None,
+        persistent: bool = True,
+    ) -> None:
+        if not client_id:
+            raise ConfigError("client_id is empty: give each agent a stable, unique id")
+        if not 0.0 <= drop_rate <= 1.0:
+            raise ConfigError(f"drop_rate {drop_rate} out of range: use 0.0-1.0")
+        self.settings = settings
+        self.client_id = client_id
+        self.subscriptions = tuple(_check_filter(f) for f in subscriptions)
+        self.persistent = persistent
+        self.stats = TransportStats()
+        self._drop_rate = drop_rate
+        self._rng = random.Random(seed)
+        self._v5 = settings.protocol == "5"
+        self._inbox: queue.Queue[Message] = queue.Queue()
+        self._lock = threading.Lock()  # guards stats and the state below
+        self._session_up = threading.Event()  # CONNACK ok and subscriptions acknowledged
+        self._settled = threading.Event()  # first CONNACK or SUBACK outcome, good or bad
+        self._error: str | None = None  # why the first connection attempt failed
+        self._sub_mid: int | None = None
+        self._connects = 0
+        self._max_packet: int | None = None  # MQTT 5 broker's Maximum Packet Size
+        self._started = False
+        self._closed = False
+
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=_PROTOCOLS[settings.protocol],
+            # MQTT 5 takes clean_start at connect time; paho rejects clean_session for v5.
+            clean_session=None if self._v5 else not persistent,
+        )
+        self._client.enable_logger(_log)
+        # paho types min_delay as int but computes with floats; a short first retry matters.
+        self._client.reconnect_delay_set(min_delay=0.2, max_delay=5)  # type: ignore[arg-type]
+        self._client.max_inflight_messages_set(100)
+        self._client.max_queued_messages_set(0)  # 0 = unlimited: publish never refuses
+        if settings.username is not None:
+            self._client.username_pw_set(settings.username, settings.password)
+        if settings.tls:
+            self._setup_tls()
+        if will is not None:
+            topic, payload = will
+            if not topic or any(c in topic for c in "+#\0"):
+                raise ConfigError(
+                    f"invalid last will topic {topic!r}: a plain topic, no + # or NUL"
+                )
+            try:
+                self._client.will_set(topic, payload, qos=1, retain=True)
+            except ValueError as exc:
+                raise ConfigError(f"invalid last will {will!r}: {exc}") from exc
+        self._client.on_socket_open = self._on_socket_open
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    def _setup_tls(self) -> None:
+        s = self.settings
+        try:
+            self._client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot load TLS files (ca_file={s.ca_file!r}, cert_file={s.cert_file!r}, "
+                f"key_file={s.key_file!r}): {exc}"
+            ) from exc
+        if s.tls_insecure:
+            self._client.tls_insecure_set(True)
+
+    # -- paho callbacks: tiny adapters, run in paho's loop thread; they must never raise --------
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # paho leaves Nagle on; bursts of small frames then stall ~40 ms waiting for ACKs.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            with self._lock:
+                if self._connects == 0:
+                    self._error = _describe(reason_code)
+            _log.warning("%s: %s", self.client_id, _describe(reason_code))
+            self._settled.set()
+            return
+        with self._lock:
+            self._connects += 1
+            if self._connects > 1:
+                self.stats.reconnects += 1
+            self._max_packet = getattr(properties, "MaximumPacketSize", None)
+        if not self.subscriptions:
+            self._session_up.set()
+            self._settled.set()
+            return
+        # MQTT 5: resend retained messages only for new subscriptions, not on every reconnect.
+        if self._v5:
+            topics = [(t, SubscribeOptions(qos=1, retainHandling=1)) for t in self.subscriptions]
+        else:
+            topics = [(t, 1) for t in self.subscriptions]
+        try:
+            _rc, mid = client.subscribe(topics)  # type: ignore[arg-type]
+        except ValueError as exc:  # filters are checked in __init__; never kill paho's thread
+            with self._lock:
+                self._error = f"cannot subscribe to {self.subscriptions}: {exc}"
+            self._settled.set()
+            return
+        with self._lock:
+            self._sub_mid = mid
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            if mid != self._sub_mid:
+                return
+            failed = [
+                f"{t}: {rc}" for t, rc in zip(self.subscriptions, reason_codes) if rc.is_failure
+            ]
+            if failed and self._connects == 1:
+                self._error = "broker refused subscription(s): " + "; ".join(failed)
+        if failed:
+            _log.warning("%s: broker refused subscription(s): %s", self.client_id, failed)
+        else:
+            self._session_up.set()
+        self._settled.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._session_up.clear()
+        if not self._closed:
+            _log.info("%s: connection lost (%s); paho reconnects", self.client_id, reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
+        with self._lock:
+            self.stats.frames_in += 1
+            self.stats.bytes_in += len(payload)
+        self._inbox.put(Message(msg.topic, payload, bool(msg.retain)))
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def connect(self, timeout: float = 10.0) -> None:
+        """Connect, start paho's network thread and wait until the subscriptions are active.
+
+        Raises TransportError if the broker cannot be reached (closed port, DNS, TLS), refuses
+        the connection (bad credentials are named as such) or a subscription, or does not answer
+        within ``timeout`` seconds; the network thread is stopped in every such case. Calling it
+        again while connected does nothing.
+        """
+        if self._closed:
+            raise TransportError(f"{self.client_id}: transport is closed; create a new one")
+        if self._started:
+            return
+        s = self.settings
+        self._settled.clear()
+        with self._lock:
+            self._error = None
+            self._connects = 0
+        deadline = time.monotonic() + timeout
+        self._client.connect_timeout = max(timeout, 0.1)
+        kwargs: dict[str, Any] = {}
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = s.session_expiry if self.persistent else 0
+            kwargs = {"clean_start": not self.persistent, "properties": props}
+        try:
+            self._client.connect(s.host, s.port, keepalive=s.keepalive, **kwargs)
+        except (OSError, ValueError) as exc:
+            # OSError covers refused/unreachable ports, DNS (gaierror), timeouts and TLS errors.
+            self._client.disconnect()
+            raise TransportError(f"cannot connect to broker {s.url}: {exc}") from exc
+        self._started = True
+        self._client.loop_start()
+        self._settled.wait(max(deadline - time.monotonic(), 0.0))
+        with self._lock:
+            error = self._error
+        if error is None and not self._session_up.is_set():
+            error = f"no answer from broker {s.url} within {timeout:g} s"
+        if error is not None:
+            # After a refusal paho would retry forever: stop its thread before raising.
+            self._shutdown()
+            raise TransportError(f"{self.client_id}: {error}")
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        droppable: bool = False,
+    ) -> bool:
+        """Queue one message for sending; never waits for the PUBACK.
+
+        Returns False if the message was dropped: ``droppable`` and picked by ``drop_rate``, or
+        QoS 0 while offline. QoS 1 messages published while offline are sent after the
+        reconnect. Raises TransportError if paho or the broker's limits reject the message
+        (invalid topic or QoS, payload too large) or before :meth:`connect` / after :meth:`close`.
+        """
+        if not self._started or self._closed:
+            raise TransportError(f"{self.client_id}: publish before connect() or after close()")
+        if droppable and self._drop_rate > 0.0:
+            with self._lock:
+                drop = self._rng.random() < self._drop_rate
+                if drop:
+                    self.stats.dropped_out += 1
+            if drop:
+                return False
+        max_packet = self._max_packet
+        size = len(topic.encode("utf-8", "surrogatepass")) + len(payload) + _PUBLISH_OVERHEAD
+        if max_packet is not None and size > max_packet:
+            # The broker would disconnect us, and paho would resend the message after every
+            # reconnect: refuse it here instead.
+            raise TransportError(
+                f"payload of {len(payload)} bytes to {topic!r} exceeds the broker's maximum "
+                f"packet size of {max_packet} bytes"
+            )
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        except (ValueError, TypeError) as exc:
+            raise TransportError(f"cannot publish to {topic!r}: {exc}") from exc
+        rc = info.rc
+        if rc == mqtt.MQTT_ERR_NO_CONN and qos == 0:
+            with self._lock:
+                self.stats.dropped_out += 1
+            return False
+        if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise TransportError(f"cannot publish to {topic!r}: {mqtt.error_string(rc)}")
+        with self._lock:
+            self.stats.frames_out += 1
+            self.stats.bytes_out += len(payload)
+        return True
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        """The next received message, or None if none arrives within ``timeout`` seconds.
+
+        ``timeout=None`` waits for ever. Safe to call from any thread.
+        """
+        try:
+            return self._inbox.get(timeout=None if timeout is None else max(timeout, 0.0))
+        except queue.Empty:
+            return None
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up and the subscriptions are acknowledged."""
+        return self._session_up.is_set() and not self._closed
+
+    def close(self) -> None:
+        """Disconnect gracefully (so the broker does not publish the will) and stop the thread.
+
+        Messages already handed to paho while connected go out before the DISCONNECT.
+        Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._session_up.clear()
+        self._client.disconnect()
+        if self._started:
+            self._client.loop_stop()
+        self._started = False
+
+    def __enter__(self) -> Transport:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "connected" if self.connected else "offline"
+        return f"Transport({self.client_id!r}, {self.settings.url!r}, {state})"

@@ -1,0 +1,476 @@
+"""Transport and broker helpers: settings validation (no broker), then integration tests against
+a real Mosquitto started by the fixtures in conftest.py.
+
+Waits are bounded polls, never fixed sleeps. "Nothing else arrived" is checked with a marker
+message published after the one that must not arrive: the broker keeps per-publisher order, so
+if the marker comes first, the other message was never delivered.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from osml import topics
+from osml.broker import MosquittoProcess, find_mosquitto, free_port
+from osml.errors import ConfigError, TransportError
+from osml.transport import BrokerSettings, Message, Transport
+
+PROTOCOLS = ["5", "3.1.1"]
+WAIT = 10.0  # upper bound for anything that should happen within milliseconds
+
+MakeTransport = Callable[..., Transport]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def paho_threads(client_id: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"paho-mqtt-client-{client_id}"]
+
+
+@pytest.fixture
+def make_transport() -> Iterator[MakeTransport]:
+    """``make_transport(url, client_id, protocol=..., connect=True, **kwargs)``; all closed after."""
+    made: list[Transport] = []
+
+    def make(
+        url: str, client_id: str, *, protocol: str = "5", connect: bool = True, **kwargs: object
+    ) -> Transport:
+        t = Transport(BrokerSettings(url, protocol=protocol), client_id, **kwargs)  # type: ignore[arg-type]
+        made.append(t)
+        if connect:
+            t.connect(timeout=WAIT)
+        return t
+
+    yield make
+    for t in made:
+        t.close()
+
+
+# -- BrokerSettings: pure validation ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"url": "http://127.0.0.1:1883"}, "scheme"),
+        ({"url": "127.0.0.1:1883"}, "scheme"),
+        ({"url": "mqtt://127.0.0.1"}, "port"),
+        ({"url": "mqtt://127.0.0.1:0"}, "port"),
+        ({"url": "mqtt://127.0.0.1:99999"}, "port"),
+        ({"url": "mqtt://:1883"}, "host"),
+        ({"url": "mqtt://u:p@127.0.0.1:1883"}, "username"),
+        ({"url": "mqtt://127.0.0.1:1883/x"}, "path"),
+        ({"protocol": "4"}, "protocol"),
+        ({"protocol": "3.1"}, "protocol"),
+        ({"url": "mqtts://h:8883", "cert_file": "c.pem"}, "key_file"),
+        ({"url": "mqtts://h:8883", "key_file": "k.pem"}, "cert_file"),
+        ({"ca_file": "ca.pem"}, "mqtts"),
+        ({"tls_insecure": True}, "mqtts"),
+        ({"password": "secret"}, "username"),
+        ({"keepalive": 0}, "keepalive"),
+        ({"session_expiry": -1}, "session_expiry"),
+    ],
+)
+def test_settings_reject_bad_values(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        BrokerSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_settings_parse_hosts_ports_and_tls() -> None:
+    default = BrokerSettings()
+    v6 = BrokerSettings("mqtt://[::1]:1884")
+    tls = BrokerSettings("mqtts://broker.lan:8883", ca_file="ca.pem", cert_file="c", key_file="k")
+
+    assert (default.host, default.port, default.tls) == ("127.0.0.1", 1883, False)
+    assert (v6.host, v6.port, v6.tls) == ("::1", 1884, False)
+    assert (tls.host, tls.port, tls.tls) == ("broker.lan", 8883, True)
+
+
+def test_transport_rejects_bad_arguments() -> None:
+    s = BrokerSettings()
+    with pytest.raises(ConfigError, match="client_id"):
+        Transport(s, "")
+    with pytest.raises(ConfigError, match="drop_rate"):
+        Transport(s, "a", drop_rate=1.5)
+    with pytest.raises(ConfigError, match="filter"):
+        Transport(s, "a", subscriptions=["osml/x#"])
+    with pytest.raises(ConfigError, match="will"):
+        Transport(s, "a", will=("osml/+/status", b"x"))
+    with pytest.raises(TransportError, match="connect"):
+        Transport(s, "a").publish("osml/x", b"x")
+
+
+# -- connection failures ------------------------------------------------------------------------
+
+
+def test_connect_to_closed_port_raises_quickly() -> None:
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    t = Transport(BrokerSettings(url), "nobody-home")
+
+    with pytest.raises(TransportError, match="cannot connect"):
+        t.connect(timeout=2.0)
+
+    assert not t.connected
+    assert paho_threads("nobody-home") == []
+    t.close()
+
+
+def test_connect_to_silent_server_times_out_and_stops_the_loop() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"mqtt://127.0.0.1:{server.getsockname()[1]}"
+        t = Transport(BrokerSettings(url), "silent-server")
+
+        with pytest.raises(TransportError, match="no answer"):
+            t.connect(timeout=0.3)
+
+        assert paho_threads("silent-server") == []
+        t.close()
+
+
+def test_bad_credentials_are_named_and_stop_the_loop(tmp_path: Path) -> None:
+    if find_mosquitto() is None or not os.access("/usr/bin/mosquitto_passwd", os.X_OK):
+        pytest.skip("mosquitto and mosquitto_passwd needed (apt-get install -y mosquitto)")
+    passwd = tmp_path / "passwd"
+    subprocess.run(
+        ["/usr/bin/mosquitto_passwd", "-c", "-b", str(passwd), "alice", "right"],
+        check=True,
+        capture_output=True,
+    )
+    conf = f"allow_anonymous false\npassword_file {passwd}"
+    with MosquittoProcess(tmp_path / "broker", extra_conf=conf) as broker:
+        for protocol in PROTOCOLS:
+            cid = f"alice-{protocol}"
+            good = Transport(
+                BrokerSettings(broker.url, "alice", "right", protocol=protocol), cid + "-ok"
+            )
+            bad = Transport(BrokerSettings(broker.url, "alice", "wrong", protocol=protocol), cid)
+            try:
+                good.connect(timeout=WAIT)
+                assert good.connected
+
+                with pytest.raises(TransportError, match="credentials"):
+                    bad.connect(timeout=WAIT)
+
+                assert paho_threads(cid) == []
+            finally:
+                good.close()
+                bad.close()
+
+
+# -- messaging ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_publish_get_roundtrip(
+    mosquitto: MosquittoProcess,
+    make_transport: MakeTransport,
+    unique_context: Callable[[str], str],
+    protocol: str,
+) -> None:
+    ctx = unique_context("rt")
+    b = make_transport(
+        mosquitto.url, f"{ctx}-b", protocol=protocol, subscriptions=[topics.inbox_filter(ctx, "b")]
+    )
+    a = make_transport(mosquitto.url, f"{ctx}-a", protocol=protocol)
+    topic = topics.inbox(ctx, "b", "a")
+
+    assert a.publish(topic, b"\x00hello\xff") is True
+    got = b.get(timeout=WAIT)
+
+    assert got == Message(topic, b"\x00hello\xff", False)
+    assert (a.stats.frames_out, a.stats.bytes_out) == (1, 7)
+    assert (b.stats.frames_in, b.stats.bytes_in) == (1, 7)
+    assert b.get(timeout=0) is None
+
+
+def test_inbox_filter_receives_only_own_inbox(
+    mosquitto: MosquittoProcess, make_transport: MakeTransport, unique_context: Callable[[str], str]
+) -> None:
+    ctx = unique_context("inbox")
+    b = make_transport(mosquitto.url, f"{ctx}-b", subscriptions=[topics.inbox_filter(ctx, "b")])
+    a = make_transport(mosquitto.url, f"{ctx}-a")
+
+    a.publish(topics.inbox(ctx, "c", "a"), b"for c")
+    a.publish(topics.status(ctx, "b"), b"status, not inbox")
+    a.publish(topics.inbox(ctx, "b", "a"), b"for b")
+    a.publish(topics.inbox(ctx, "b", "c"), b"marker")
+
+    got = [b.get(timeout=WAIT), b.get(timeout=WAIT)]
+    assert [m.payload if m else None for m in got] == [b"for b", b"marker"]
+
+
+def test_tcp_nodelay_is_set(mosquitto: MosquittoProcess, make_transport: MakeTransport) -> None:
+    t = make_transport(mosquitto.url, f"nodelay-{os.getpid()}")
+
+    sock = t._client.socket()  # white-box: paho exposes the socket, osml does not
+
+    assert sock is not None
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_persistent_session_queues_qos1_while_offline(
+    mosquitto: MosquittoProcess,
+    make_transport: MakeTransport,
+    unique_context: Callable[[str], str],
+    protocol: str,
+) -> None:
+    ctx = unique_context("persist")
+    inbox = [topics.inbox_filter(ctx, "b")]
+    b1 = make_transport(mosquitto.url, f"{ctx}-b", protocol=protocol, subscriptions=inbox)
+    a = make_transport(mosquitto.url, f"{ctx}-a", protocol=protocol)
+    b1.close()  # graceful: the session (and its subscription) stays on the broker
+
+    a.publish(topics.inbox(ctx, "b", "a"), b"while you were away", qos=1)
+    b2 = make_transport(mosquitto.url, f"{ctx}-b", protocol=protocol, subscriptions=inbox)
+
+    got = b2.get(timeout=WAIT)
+    assert got is not None
+    assert (got.topic, got.payload) == (topics.inbox(ctx, "b", "a"), b"while you were away")
+
+
+def test_non_persistent_session_does_not_queue(
+    mosquitto: MosquittoProcess, make_transport: MakeTransport, unique_context: Callable[[str], str]
+) -> None:
+    ctx = unique_context("volatile")
+    inbox = [topics.inbox_filter(ctx, "b")]
+    b1 = make_transport(mosquitto.url, f"{ctx}-b", subscriptions=inbox, persistent=False)
+    a = make_transport(mosquitto.url, f"{ctx}-a")
+    b1.close()  # clean session: the broker forgets b and its subscription
+    a.publish(topics.inbox(ctx, "b", "a"), b"lost")
+
+    b2 = make_transport(mosquitto.url, f"{ctx}-b", subscriptions=inbox, persistent=False)
+    a.publish(topics.inbox(ctx, "b", "a"), b"marker")
+
+    got = b2.get(timeout=WAIT)
+    assert got is not None and got.payload == b"marker"
+
+
+# -- last will ----------------------------------------------------------------------------------
+
+_CHILD = """
+import sys
+from osml.transport import BrokerSettings, Transport
+url, cid, topic = sys.argv[1:4]
+t = Transport(BrokerSettings(url), cid, will=(topic, b'{"state": "offline"}'))
+t.connect(10)
+t.publish(topic, b'{"state": "online"}', retain=True)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_last_will_is_published_retained_when_client_dies(
+    mosquitto: MosquittoProcess, make_transport: MakeTransport, unique_context: Callable[[str], str]
+) -> None:
+    ctx = unique_context("will")
+    status = topics.status(ctx, "dying")
+    watcher = make_transport(mosquitto.url, f"{ctx}-watcher", subscriptions=[status])
+
+    with subprocess.Popen(
+        [sys.executable, "-c", _CHILD, mosquitto.url, f"{ctx}-dying", status],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == b"ready\n"
+            online = watcher.get(timeout=WAIT)
+            assert online is not None and online.payload == b'{"state": "online"}'
+        finally:
+            child.send_signal(signal.SIGKILL)  # the socket dies without a DISCONNECT
+            child.wait()
+
+    will = watcher.get(timeout=WAIT)
+    late = make_transport(mosquitto.url, f"{ctx}-late", subscriptions=[status])
+    retained = late.get(timeout=WAIT)
+
+    assert will is not None and will.payload == b'{"state": "offline"}'
+    assert retained == Message(status, b'{"state": "offline"}', True)
+
+
+def test_graceful_close_does_not_send_the_will(
+    mosquitto: MosquittoProcess, make_transport: MakeTransport, unique_context: Callable[[str], str]
+) -> None:
+    ctx = unique_context("nowill")
+    status, marker = topics.status(ctx, "leaver"), topics.metrics(ctx, "leaver")
+    leaver = make_transport(mosquitto.url, f"{ctx}-leaver", will=(status, b"offline"))
+    leaver.close()
+    leaver.close()  # idempotent
+    assert not leaver.connected
+
+    # Subscribed after the close: a retained will would arrive before anything published later.
+    watcher = make_transport(mosquitto.url, f"{ctx}-watcher", subscriptions=[status, marker])
+    watcher.publish(marker, b"marker")
+
+    got = watcher.get(timeout=WAIT)
+    assert got is not None and got.topic == marker
+
+
+# -- reconnects ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_reconnects_and_resubscribes_after_broker_restart(
+    fresh_broker: MosquittoProcess,
+    make_transport: MakeTransport,
+    unique_context: Callable[[str], str],
+    protocol: str,
+) -> None:
+    ctx = unique_context("restart")
+    b = make_transport(
+        fresh_broker.url,
+        f"{ctx}-b",
+        protocol=protocol,
+        subscriptions=[topics.inbox_filter(ctx, "b")],
+    )
+    port = fresh_broker.port
+
+    fresh_broker.restart()  # persistence off: the broker forgets b's session and subscription
+    assert fresh_broker.port == port
+    assert wait_for(lambda: b.stats.reconnects >= 1 and b.connected), "no reconnect"
+    a = make_transport(fresh_broker.url, f"{ctx}-a", protocol=protocol)
+    a.publish(topics.inbox(ctx, "b", "a"), b"after restart")
+
+    got = b.get(timeout=WAIT)
+    assert got is not None and got.payload == b"after restart"
+    assert b.stats.reconnects >= 1
+
+
+def test_qos1_published_while_offline_goes_out_after_reconnect(
+    fresh_broker: MosquittoProcess,
+    make_transport: MakeTransport,
+    unique_context: Callable[[str], str],
+) -> None:
+    ctx = unique_context("offline")
+    own_inbox = topics.inbox(ctx, "b", "b")
+    b = make_transport(fresh_broker.url, f"{ctx}-b", subscriptions=[topics.inbox_filter(ctx, "b")])
+
+    fresh_broker.stop()
+    assert wait_for(lambda: not b.connected), "disconnect not noticed"
+    queued = b.publish(own_inbox, b"queued", qos=1)
+    lost = b.publish(own_inbox, b"qos0 offline", qos=0)
+    fresh_broker.start()
+
+    got = b.get(timeout=WAIT)
+    assert (queued, lost) == (True, False)
+    assert got is not None and got.payload == b"queued"
+    assert b.stats.dropped_out == 1
+
+
+# -- publish options and limits -----------------------------------------------------------------
+
+
+def test_drop_rate_one_drops_only_droppable(
+    mosquitto: MosquittoProcess, make_transport: MakeTransport, unique_context: Callable[[str], str]
+) -> None:
+    ctx = unique_context("drop")
+    t = make_transport(
+        mosquitto.url, f"{ctx}-b", subscriptions=[topics.inbox_filter(ctx, "b")], drop_rate=1.0
+    )
+    topic = topics.inbox(ctx, "b", "b")
+
+    dropped = t.publish(topic, b"droppable", droppable=True)
+    kept = t.publish(topic, b"kept")
+
+    got = t.get(timeout=WAIT)
+    assert (dropped, kept) == (False, True)
+    assert got is not None and got.payload == b"kept"
+    assert (t.stats.dropped_out, t.stats.frames_out) == (1, 1)
+
+
+def test_drop_rate_is_reproducible_with_a_seed(
+    mosquitto: MosquittoProcess, make_transport: MakeTransport, unique_context: Callable[[str], str]
+) -> None:
+    ctx = unique_context("seed")
+    runs = []
+    for name in ("x", "y"):
+        t = make_transport(mosquitto.url, f"{ctx}-{name}", drop_rate=0.5, seed=7)
+        runs.append([t.publish(topics.metrics(ctx, name), b"m", droppable=True) for _ in range(40)])
+
+    assert runs[0] == runs[1]
+    assert 0 < sum(runs[0]) < 40
+
+
+def test_publish_rejections_raise_transport_error(
+    tmp_path: Path, make_transport: MakeTransport
+) -> None:
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
+    with MosquittoProcess(tmp_path, extra_conf="max_packet_size 4096") as broker:
+        t = make_transport(broker.url, "limits")
+
+        with pytest.raises(TransportError, match="maximum packet size"):
+            t.publish("osml/limits/x", bytes(5000))
+        with pytest.raises(TransportError, match="osml/\\+/x"):
+            t.publish("osml/+/x", b"wildcards are for filters")
+        with pytest.raises(TransportError, match="QoS"):
+            t.publish("osml/limits/x", b"x", qos=3)
+        assert t.publish("osml/limits/x", bytes(3000)) is True
+        t.close()
+        with pytest.raises(TransportError, match="close"):
+            t.publish("osml/limits/x", b"x")
+        with pytest.raises(TransportError, match="closed"):
+            t.connect()
+
+
+# -- broker helper ------------------------------------------------------------------------------
+
+
+def test_ipv6_loopback_roundtrip(tmp_path: Path, make_transport: MakeTransport) -> None:
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
+    try:
+        port = free_port("::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with MosquittoProcess(tmp_path, port, host="::1") as broker:
+        assert broker.url == f"mqtt://[::1]:{port}"
+        t = make_transport(broker.url, "v6", subscriptions=["osml/v6/#"])
+        t.publish("osml/v6/x", b"six")
+        got = t.get(timeout=WAIT)
+        assert got is not None and got.payload == b"six"
+
+
+def test_broker_start_on_a_taken_port_fails_clearly(
+    tmp_path: Path, mosquitto: MosquittoProcess
+) -> None:
+    taken = MosquittoProcess(tmp_path, mosquitto.port)  # the session broker holds this port
+    try:
+        with pytest.raises(TransportError, match="already in use"):
+            taken.start()
+
+        assert taken.pid is None
+    finally:
+        taken.stop()  # idempotent, also after a failed start
+
+
+def test_broker_start_failure_reports_the_log(tmp_path: Path) -> None:
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
+    broken = MosquittoProcess(tmp_path, extra_conf="no_such_option 1")
+    try:
+        with pytest.raises(TransportError, match="(?s)mosquitto exited.*no_such_option"):
+            broken.start()
+
+        assert broken.pid is None
+    finally:
+        broken.stop()
