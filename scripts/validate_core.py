@@ -6,6 +6,7 @@ real run, imports included) and then grades the run directory it wrote:
 
     python scripts/validate_core.py                       # paper data + generator, full + ring
     python scripts/validate_core.py --only paper --topologies full
+    python scripts/validate_core.py --command run --extra "--drop-rate 0.2"   # over MQTT
 
 Scenarios: simple context agents 0,1 (10 rounds); simple context all four (10 rounds); complex
 context (15 rounds). Data: the paper's files (../shared/reference-data/osml-paper, or --paper DIR)
@@ -91,6 +92,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "validate")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--scenarios", default="pair,four,complex")
+    ap.add_argument("--command", choices=["simulate", "run"], default="simulate",
+                    help="osml simulate (one process) or osml run (agent processes over a private Mosquitto)")
     ap.add_argument("--extra", default="", help="extra flags for osml simulate, e.g. '--objective masked'")
     args = ap.parse_args()
     sources = []
@@ -106,8 +109,8 @@ def main() -> int:
                 ("four", simple, None, 10),
                 ("complex", complex_, None, 15),
             ):
-                out = args.out / f"{label}-{topo}-{scenario}"
-                cmd = [sys.executable, "-m", "osml.cli", "simulate", "--data", data, "--rounds", str(rounds),
+                out = args.out / f"{args.command}-{label}-{topo}-{scenario}"
+                cmd = [sys.executable, "-m", "osml.cli", args.command, "--data", data, "--rounds", str(rounds),
                        "--topology", topo, "--seed", str(args.seed), "--out", str(out), "--quiet"]
                 if scenario not in args.scenarios.split(","):
                     continue
@@ -134,7 +137,7 @@ def main() -> int:
                 rows.append(row)
                 failed = [k for k, v in g["checks"].items() if not v]
                 reached = g["reached"]
-                at = f"r{reached['round']}@{reached['elapsed_s']:.1f}s" if reached else "never"
+                at = f"r{reached['round']}@{reached['elapsed_s'] or 0:.1f}s" if reached else "never"
                 print(f"{label:9} {topo:5} {scenario:8} {'PASS' if g['pass'] else 'FAIL':4} {wall:6.1f}s {at:>11} "
                       f"{row['peak_rss_mb']:5d}MB  {'; '.join(g['notes'])}" + (f"  failed: {failed}" if failed else ""), flush=True)
     if args.json:

@@ -186,6 +186,14 @@ def _section(cls: type, raw: Any, name: str, base: Path, paths: tuple[str, ...] 
         raise _fail(f"[{name}]", str(exc), "see the example in osml/config.py") from None
 
 
+def _table(raw: Any, name: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _fail(f"[{name}]", "must be a table", f"write it as [{name}]")
+    return dict(raw)
+
+
 def _neighbours(raw: Any, agent_id: str) -> tuple[str, ...]:
     if not isinstance(raw, dict):
         raise _fail("[neighbours]", "missing", 'add [neighbours] ids = ["..."] (or topology + all)')
@@ -210,7 +218,13 @@ def _neighbours(raw: Any, agent_id: str) -> tuple[str, ...]:
         everyone = raw["all"]
         if not isinstance(everyone, list) or agent_id not in everyone:
             raise _fail("neighbours.all", f"must list every agent, including {agent_id!r}", "add it")
-        links = topology_neighbours([str(x) for x in everyone], str(raw["topology"]), int(raw.get("seed", 0)))
+        seed = raw.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise _fail("neighbours.seed", f"expected an integer, got {seed!r}", "write a whole number")
+        try:
+            links = topology_neighbours([str(x) for x in everyone], str(raw["topology"]), seed)
+        except ConfigError as exc:
+            raise _fail("neighbours.topology", str(exc), "fix the topology or the list in neighbours.all") from None
         return tuple(links[agent_id])
     raise _fail("[neighbours]", "needs ids, or topology and all", 'e.g. ids = ["1"]')
 
@@ -232,8 +246,10 @@ def load_config(path: str | Path) -> AgentConfig:
     if "agent" not in raw:
         raise _fail("[agent]", "missing", 'add [agent] with id = "..." and context = "..."')
     agent = _section(AgentSection, raw["agent"], "agent", base, ("state_dir",))
-    broker_raw = dict(raw.get("broker", {}))
+    broker_raw = _table(raw.get("broker"), "broker")
     pw_file = broker_raw.pop("password_file", None)
+    if pw_file is not None and not isinstance(pw_file, str):
+        raise _fail("broker.password_file", f"expected a string, got {pw_file!r}", "quote the path")
     if pw_file is not None:
         try:
             broker_raw["password"] = (base / pw_file).read_text().strip() if not Path(pw_file).is_absolute() else Path(pw_file).read_text().strip()
@@ -249,14 +265,18 @@ def load_config(path: str | Path) -> AgentConfig:
         data = DataSection(f"{kind}:{base / rest}", data.agent, data.test, data.seed)
     model = _section(ModelSection, raw.get("model"), "model", base, ("path",))
     rounds = _section(RoundsSection, raw.get("rounds"), "rounds", base, ("eval_dir",))
-    trainer_raw = dict(raw.get("trainer", {}))
+    trainer_raw = _table(raw.get("trainer"), "trainer")
     settings = trainer_raw.pop("settings", {})
     if not isinstance(settings, dict):
         raise _fail("trainer.settings", "must be a table", "write it as [trainer.settings]")
     trainer = _section(TrainerSection, trainer_raw, "trainer", base, ("socket",))
     trainer = TrainerSection(trainer.socket, trainer.timeout, dict(settings))
-    testing = raw.get("testing", {})
-    drop = testing.get("drop_rate", 0.0) if isinstance(testing, dict) else 0.0
+    testing = _table(raw.get("testing"), "testing")
+    for key in testing:
+        if key != "drop_rate":
+            close = difflib.get_close_matches(key, ["drop_rate"], n=1)
+            raise _fail(f"testing.{key}", "unknown key", f"did you mean {close[0]!r}?" if close else "the only key is drop_rate")
+    drop = testing.get("drop_rate", 0.0)
     if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0.0 <= drop < 1.0:
         raise _fail("testing.drop_rate", f"{drop!r} is not in [0, 1)", "use e.g. 0.2")
     return AgentConfig(agent, broker, nbs, data, model, rounds, trainer, float(drop))

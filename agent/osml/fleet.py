@@ -10,8 +10,10 @@ as ``osml simulate`` from what the agents left in their state directories.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import numpy as np
 
 from osml import topics
 from osml.broker import MosquittoProcess, find_mosquitto
+from osml.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.data import Dataset, windows
 from osml.errors import OsmlError, TransportError
 from osml.simulate import SimulationSettings, evaluate
@@ -129,22 +132,35 @@ def run_fleet(
     ids = list(agent_ids)
     links = topology_neighbours(ids, settings.topology, settings.seed)
     workdir = workdir.resolve()
+    # A run starts afresh: agents resume from state they find, so clear what a previous run
+    # into the same directory left (only the sub-directories this function creates).
+    for sub in ("agents", "trainer", "broker"):
+        shutil.rmtree(workdir / sub, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    broker: MosquittoProcess | None = None
+    broker: MosquittoProcess | EmbeddedBroker | None = None
     procs: list[_Proc] = []
     monitor: Transport | None = None
     env = {"PYTHONUNBUFFERED": "1", **options.env}
     t0 = time.perf_counter()
+    wall0 = time.time()
     try:
         if options.broker_url:
             url = options.broker_url
-        else:
-            if find_mosquitto() is None:
-                raise TransportError("no mosquitto binary found: install it (apt-get install mosquitto) or pass --broker mqtt://HOST:PORT")
+        elif find_mosquitto() is not None:
             broker = MosquittoProcess(workdir / "broker")
             broker.start()
             url = broker.url
             notice(f"private Mosquitto on {url} (pid {broker.pid})")
+        elif amqtt_available():
+            broker = EmbeddedBroker(workdir / "broker")
+            broker.start()
+            url = broker.url
+            options = dataclasses.replace(options, protocol=EmbeddedBroker.protocol)
+            notice(f"no mosquitto binary: using the embedded pure-Python broker on {url} (MQTT 3.1.1, slower; "
+                   "apt-get install mosquitto for real runs)")
+        else:
+            raise TransportError("no mosquitto binary found: apt-get install mosquitto, pip install "
+                                 "'osml[embedded-broker]', or pass --broker mqtt://HOST:PORT")
         socket = Path(f"/tmp/osml-{os.getpid()}-{int(time.time() * 1000) % 100000}.sock")
         (workdir / "trainer").mkdir(exist_ok=True)
         procs.append(_spawn("trainer", [sys.executable, "-m", "osml.cli", "trainer", "--socket", str(socket),
@@ -210,11 +226,11 @@ def run_fleet(
         _stop(procs)
         if broker is not None:
             broker.stop()
-    return assemble(workdir, dataset, ids, links, settings, time.perf_counter() - t0)
+    return assemble(workdir, dataset, ids, links, settings, time.perf_counter() - t0, wall0)
 
 
 def assemble(workdir: Path, dataset: Dataset, ids: list[str], links: dict[str, list[str]],
-             settings: SimulationSettings, elapsed: float) -> dict[str, object]:
+             settings: SimulationSettings, elapsed: float, started: float | None = None) -> dict[str, object]:
     """Build the simulate-style result from the agents' state and eval directories."""
     w = settings.window
     train_last = {a: np.asarray(windows(dataset[a].train, w))[:, -1, :] for a in ids}
@@ -253,6 +269,8 @@ def assemble(workdir: Path, dataset: Dataset, ids: list[str], links: dict[str, l
                 "trainer": {a: rec["trainer"] for a, rec in recs.items()},
                 "round_s": {a: rec["round_s"] for a, rec in recs.items()},
             })
+            if started is not None and all("time" in rec for rec in recs.values()):
+                entry["elapsed_s"] = round(max(float(rec["time"]) for rec in recs.values()) - started, 2)  # type: ignore[arg-type]
             prev_bytes = {a: int(rec["bytes_out"]) for a, rec in recs.items()}  # type: ignore[call-overload]
         else:
             entry["subcontexts"] = subcontexts

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,9 +162,12 @@ class AgentRuntime:
 
     def _ensure_model(self, stop: threading.Event) -> None:
         if self.model_path.exists():
-            self.encoder = OnnxEncoder.load(self.model_path)
-            self.state.model_version = self.encoder.version
-        elif self.cfg.model.path:
+            try:
+                self.encoder = OnnxEncoder.load(self.model_path)
+                self.state.model_version = self.encoder.version
+            except ModelError as exc:  # e.g. killed between writing the model and its card
+                log.warning("agent %s: ignoring the model in %s (%s)", self.id, self.state_dir, exc)
+        if self.encoder is None and self.cfg.model.path:
             enc = OnnxEncoder.load(self.cfg.model.path)
             self._install(enc.model_bytes, enc.card)
         delay = 0.5
@@ -189,7 +193,7 @@ class AgentRuntime:
             return
         try:
             model, card, _ = self._pending.result(timeout=wait)
-        except TimeoutError:
+        except (TimeoutError, FutureTimeout):  # distinct types before Python 3.11
             self.trainer_status = "busy"
             return
         except (TrainerError, ModelError) as exc:
@@ -236,7 +240,7 @@ class AgentRuntime:
                 t.connect()
                 return t
             except TransportError as exc:
-                if "refused" in str(exc).lower() or stop.is_set():
+                if "broker refused" in str(exc) or stop.is_set():  # bad credentials or ACL: retrying won't help
                     raise
                 log.warning("agent %s: broker unreachable (%s); retrying in %.1fs", self.id, exc, delay)
                 stop.wait(delay)
@@ -314,14 +318,16 @@ class AgentRuntime:
 
     def run(self, stop: threading.Event | None = None) -> int:
         stop = stop or threading.Event()
-        self._ensure_model(stop)
-        if self.encoder is None:
-            return 1
+        # Connect (and so subscribe) first: a neighbour's round-0 frame sent while we are still
+        # waiting for our first model is then queued for us instead of lost.
         self.transport = self._connect(stop)
         status_topic = topics.status(self.ctx, self.id)
-        self.transport.publish(status_topic, self._status("online"), retain=True)
         count = self.cfg.rounds.count
         try:
+            self._ensure_model(stop)
+            if self.encoder is None:
+                return 1
+            self.transport.publish(status_topic, self._status("online"), retain=True)
             while not stop.is_set() and (count == 0 or self.state.next_round < count):
                 started = time.monotonic()
                 rnd = self.state.next_round
@@ -338,12 +344,6 @@ class AgentRuntime:
                 outcome = self.learner.step(own, received)
                 if self._pending is None:
                     self._pending = self._pool.submit(self._train_job, rnd, outcome.target, self.state.model_version + 1)
-                self.state.next_round = rnd + 1
-                self.state.memory = self.learner.memory.to_dict()
-                self.state.subcontext = outcome.subcontext
-                self.state.equilibrium_streak = self.learner.equilibrium.streak
-                self.state.learner_rounds = self.learner.rounds
-                save_state(self.state_dir, self.state)
                 self._collect_model(self.cfg.rounds.train_wait)
                 record = {
                     "round": rnd, "model_version": self.state.model_version, "subcontext": outcome.subcontext,
@@ -353,9 +353,17 @@ class AgentRuntime:
                     "frames_in": self.inbox.frames_in, "frames_out": self.frames_out,
                     "bytes_in": self.inbox.bytes_in, "bytes_out": self.bytes_out,
                     "late_frames": self.inbox.late, "invalid_frames": self.inbox.invalid,
-                    "trainer": self.trainer_status, "round_s": round(time.monotonic() - started, 3),
+                    "trainer": self.trainer_status, "round_s": round(time.monotonic() - started, 3), "time": round(time.time(), 3),
                     "reconnects": self.transport.stats.reconnects, "dropped_out": self.transport.stats.dropped_out,
                 }
+                # Only now is the round done: a SIGKILL while waiting for the trainer (above) redoes
+                # the round on restart instead of skipping it without a record.
+                self.state.next_round = rnd + 1
+                self.state.memory = self.learner.memory.to_dict()
+                self.state.subcontext = outcome.subcontext
+                self.state.equilibrium_streak = self.learner.equilibrium.streak
+                self.state.learner_rounds = self.learner.rounds
+                save_state(self.state_dir, self.state)
                 append_round(self.state_dir, record)
                 self.transport.publish(topics.metrics(self.ctx, self.id), json.dumps(record).encode(), qos=0)
                 self.transport.publish(status_topic, self._status("online"), retain=True)

@@ -457,6 +457,8 @@ class Transport:
         with self._lock:
             self.stats.frames_out += 1
             self.stats.bytes_out += len(payload)
+            if qos > 0:
+                self._last_info = info
         return True
 
     def get(self, timeout: float | None = None) -> Message | None:
@@ -482,6 +484,15 @@ class Transport:
         """
         if self._closed:
             return
+        # Let the last QoS 1 publish be acknowledged first: a DISCONNECT racing its PUBACK makes
+        # some Mosquitto versions (< 2.0.22) treat us as lost and publish the will over the final
+        # status we just sent.
+        last = getattr(self, "_last_info", None)
+        if last is not None and self._session_up.is_set():
+            try:
+                last.wait_for_publish(timeout=2.0)
+            except (RuntimeError, ValueError):
+                pass  # not connected any more: nothing to wait for
         self._closed = True
         self._shutdown()
 

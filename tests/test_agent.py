@@ -1,0 +1,437 @@
+"""The agent process against a real Mosquitto: rounds, trainer trouble, SIGKILL, broker restarts.
+
+Every agent and trainer here is a real subprocess (``python -m osml.cli agent|trainer``) on
+generated data with two agents; every one is stopped by PID when the test ends, whatever happens.
+Waits are bounded polls on the files the agents write (``rounds.jsonl``, ``state.json``), never
+fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from osml import topics
+from osml.anchor import context_anchor
+from osml.broker import MosquittoProcess, find_mosquitto
+from osml.codec import Frame, encode_frame
+from osml.config import load_config
+from osml.data import load_dataset, windows
+from osml.inference import OnnxEncoder
+from osml.modelcard import card_path, read_card, write_model
+from osml.runtime import AgentRuntime
+from osml.trainer_client import TrainerClient
+from osml.transport import BrokerSettings, Transport
+
+WAIT = 60.0  # upper bound for a whole short run; a healthy one takes a few seconds
+IDS = ("0", "1")
+
+
+def other(agent: str) -> str:
+    return IDS[1 - IDS.index(agent)]
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+class Procs:
+    """Starts subprocesses with their output in a log file; stops every one of them by PID."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as fh:
+            p = subprocess.Popen(
+                [sys.executable, "-m", "osml.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.started.append((p, log))
+        return p
+
+    def log_of(self, p: subprocess.Popen[bytes]) -> str:
+        for q, log in self.started:
+            if q is p:
+                return log.read_text(errors="replace")[-3000:]
+        return ""
+
+    def wait_ok(self, p: subprocess.Popen[bytes], timeout: float = WAIT) -> None:
+        try:
+            code = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"pid {p.pid} still running after {timeout:g} s:\n{self.log_of(p)}")
+        assert code == 0, f"pid {p.pid} exited with {code}:\n{self.log_of(p)}"
+
+    def stop_all(self) -> None:
+        for p, _ in self.started:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p, _ in self.started:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    group = Procs()
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short directory for Unix sockets (sun_path holds 107 bytes; tmp_path can be longer)."""
+    path = Path(tempfile.mkdtemp(prefix="osml-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_trainer(procs: Procs, socket: Path, state_dir: Path) -> subprocess.Popen[bytes]:
+    p = procs.start(["trainer", "--socket", str(socket), "--state-dir", str(state_dir)], state_dir.parent / "trainer.log")
+    client = TrainerClient(socket, timeout=5.0)
+    wait_until(lambda: client.ping() or p.poll() is not None, "the trainer to answer")
+    assert p.poll() is None, procs.log_of(p)
+    return p
+
+
+# -- agents -------------------------------------------------------------------------------------
+
+
+def write_config(
+    root: Path, ctx: str, agent: str, url: str, *, count: int, socket: Path, deadline: float = 3.0,
+    model_path: Path | None = None, interval: float = 0.0, neighbours: tuple[str, ...] | None = None,
+) -> Path:
+    adir = root / agent
+    adir.mkdir(parents=True, exist_ok=True)
+    nbs = neighbours if neighbours is not None else (other(agent),)
+    lines = [
+        "[agent]", f'id = "{agent}"', f'context = "{ctx}"', 'state_dir = "state"',
+        "[broker]", f'url = "{url}"',
+        "[neighbours]", "ids = [" + ", ".join(f'"{n}"' for n in nbs) + "]",
+        "[data]", 'source = "generated:simple"', f'agent = "{agent}"',
+        "[model]", 'architecture = "mlp"', "window = 10", "embedding_dim = 5", f"seed = {IDS.index(agent)}",
+        *([f'path = "{model_path}"'] if model_path else []),
+        "[rounds]", f"count = {count}", f"deadline = {deadline}", "train_wait = 30.0", f"interval = {interval}",
+        "[trainer]", f'socket = "{socket}"', "timeout = 30.0",
+        "[trainer.settings]", "steps_per_round = 40",
+    ]
+    path = adir / "agent.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_agent(procs: Procs, config: Path) -> subprocess.Popen[bytes]:
+    return procs.start(["agent", "--config", str(config)], config.parent / "agent.log")
+
+
+def state_dir(config: Path) -> Path:
+    return config.parent / "state"
+
+
+def read_rounds(config: Path) -> list[dict[str, Any]]:
+    path = state_dir(config) / "rounds.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_state(config: Path) -> dict[str, Any]:
+    return json.loads((state_dir(config) / "state.json").read_text())
+
+
+def done_round(config: Path, rnd: int) -> Callable[[], bool]:
+    return lambda: any(r["round"] >= rnd for r in read_rounds(config))
+
+
+def retained_status(url: str, ctx: str, agents: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The retained status message of each agent, as a new subscriber gets it."""
+    t = Transport(BrokerSettings(url=url), f"status-reader-{ctx}", persistent=False,
+                  subscriptions=[topics.status(ctx, a) for a in agents])
+    got: dict[str, dict[str, Any]] = {}
+    t.connect()
+    try:
+        deadline = time.monotonic() + 10
+        while len(got) < len(agents) and time.monotonic() < deadline:
+            msg = t.get(timeout=0.5)
+            if msg is not None:
+                parsed = topics.parse_agent_topic(msg.topic)
+                assert parsed is not None and msg.retain
+                got[parsed[1]] = json.loads(msg.payload)
+    finally:
+        t.close()
+    return got
+
+
+
+
+def assert_graceful_status(status: dict[str, Any], rnd: int) -> None:
+    """The retained status of an agent that stopped on its own: offline, with its last round."""
+    assert status["state"] == "offline"
+    # The graceful status (with the round), not the last will's bare {"state": "offline"}.
+    assert status["round"] == rnd
+
+
+@pytest.fixture(scope="module")
+def premade_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An initial model (v1) per agent, as a deployment would ship it: ONNX file plus card."""
+    pytest.importorskip("torch")
+    from osml.trainer.fit import EncoderTrainer, TrainerSettings
+
+    out = tmp_path_factory.mktemp("models")
+    ds = load_dataset("generated:simple")
+    paths = {}
+    for i, agent in enumerate(IDS):
+        train = np.asarray(ds[agent].train)
+        tr = EncoderTrainer(TrainerSettings(architecture="mlp"), 10, 1, 5, seed=i, train_data=train,
+                            offset=context_anchor("premade", 5, 4.5))
+        model, card, _ = tr.export(windows(train, 10), agent=agent, context="premade")
+        assert card.version == 1
+        paths[agent] = out / f"encoder-{agent}.onnx"
+        write_model(paths[agent], model, card)
+    return paths
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+def test_two_agents_and_a_trainer_run_to_completion(
+    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs, short_dir: Path,
+) -> None:
+    ctx = unique_context("full")
+    sock = short_dir / "t.sock"
+    start_trainer(procs, sock, tmp_path / "trainer")
+    # A generous deadline costs nothing when every frame arrives: it only bounds a wait.
+    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=3, socket=sock, deadline=10.0) for a in IDS}
+
+    agents = {a: start_agent(procs, c) for a, c in configs.items()}
+    for p in agents.values():
+        procs.wait_ok(p)
+
+    for a, cfg in configs.items():
+        recs = read_rounds(cfg)
+        assert [r["round"] for r in recs] == [0, 1, 2]
+        assert all(r["missing"] == [] for r in recs), [r["missing"] for r in recs]  # each heard the other
+        assert all(r["trainer"] == "ok" for r in recs)
+        assert all(r["invalid_frames"] == 0 and r["late_frames"] == 0 for r in recs)
+        assert recs[-1]["frames_in"] == 3 and recs[-1]["frames_out"] == 3
+        versions = [r["model_version"] for r in recs]
+        assert versions == sorted(versions) and versions[-1] > 1
+        state = read_state(cfg)
+        assert state["next_round"] == 3
+        assert state["model_version"] >= versions[-1]
+        assert OnnxEncoder.load(state_dir(cfg) / "model.onnx").version == state["model_version"]
+    status = retained_status(mosquitto.url, ctx, IDS)
+    assert set(status) == set(IDS)
+    for s in status.values():
+        # A graceful stop publishes the full status (the last will only says "offline").
+        assert_graceful_status(s, 3)
+        assert s["model_version"] > 1 and s["trainer"] == "ok"
+
+
+def test_without_a_trainer_the_agents_run_on_their_initial_model(
+    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
+    short_dir: Path, premade_models: dict[str, Path],
+) -> None:
+    ctx = unique_context("notrainer")
+    sock = short_dir / "absent.sock"
+    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=3, socket=sock, model_path=premade_models[a])
+               for a in IDS}
+
+    agents = {a: start_agent(procs, c) for a, c in configs.items()}
+    for p in agents.values():
+        procs.wait_ok(p)
+
+    assert not sock.exists()
+    for a, cfg in configs.items():
+        recs = read_rounds(cfg)
+        assert [r["round"] for r in recs] == [0, 1, 2]
+        assert all(r["model_version"] == 1 and r["trainer"] == "unavailable" for r in recs)
+        assert recs[-1]["missing"] == []
+        assert read_state(cfg)["model_version"] == 1
+        installed = OnnxEncoder.load(state_dir(cfg) / "model.onnx")
+        assert installed.card.sha256 == read_card(premade_models[a]).sha256
+        assert "trainer unavailable" in (cfg.parent / "agent.log").read_text()
+
+
+def test_sigkilled_agent_resumes_where_it_stopped(
+    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs, short_dir: Path,
+) -> None:
+    ctx = unique_context("sigkill")
+    sock = short_dir / "t.sock"
+    start_trainer(procs, sock, tmp_path / "trainer")
+    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=6, socket=sock) for a in IDS}
+    victim = configs["0"]
+    agents = {a: start_agent(procs, c) for a, c in configs.items()}
+
+    wait_until(done_round(victim, 1), "agent 0 to finish round 1")
+    os.kill(agents["0"].pid, signal.SIGKILL)
+    assert agents["0"].wait(timeout=10) == -signal.SIGKILL
+    before = read_rounds(victim)
+    resumed_at = read_state(victim)["next_round"]
+    assert resumed_at >= 2
+    restarted = start_agent(procs, victim)
+    procs.wait_ok(restarted)
+    procs.wait_ok(agents["1"])
+
+    after = read_rounds(victim)[len(before):]
+    rounds_after = [r["round"] for r in after]
+    assert rounds_after[0] >= 2 and 0 not in rounds_after
+    assert rounds_after[0] == resumed_at
+    assert rounds_after == list(range(rounds_after[0], 6))
+    assert after[0]["model_version"] >= before[-1]["model_version"] > 1  # not reset to v1
+    assert read_state(victim)["next_round"] == 6
+    assert [r["round"] for r in read_rounds(configs["1"])] == list(range(6))
+    # The killed agent's last will said "offline"; the restarted one ended gracefully.
+    assert_graceful_status(retained_status(mosquitto.url, ctx, ("0",))["0"], 6)
+
+
+def test_agents_keep_their_last_model_when_the_trainer_is_killed(
+    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs, short_dir: Path,
+) -> None:
+    ctx = unique_context("trainerkill")
+    sock = short_dir / "t.sock"
+    trainer = start_trainer(procs, sock, tmp_path / "trainer")
+    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=5, socket=sock) for a in IDS}
+    agents = {a: start_agent(procs, c) for a, c in configs.items()}
+
+    wait_until(lambda: all(done_round(c, 0)() for c in configs.values()), "both agents to finish round 0")
+    os.kill(trainer.pid, signal.SIGKILL)
+    trainer.wait(timeout=10)
+    at_kill = {a: max(r["model_version"] for r in read_rounds(c)) for a, c in configs.items()}
+    for p in agents.values():
+        procs.wait_ok(p)
+
+    for a, cfg in configs.items():
+        recs = read_rounds(cfg)
+        assert [r["round"] for r in recs] == list(range(5))
+        final = read_state(cfg)["model_version"]
+        # At most a job that was already done when the trainer died still lands; then no more.
+        assert at_kill[a] <= final <= at_kill[a] + 1
+        assert recs[-1]["model_version"] == recs[-2]["model_version"] == final
+        assert recs[-1]["trainer"] == recs[-2]["trainer"] == "unavailable"
+        assert OnnxEncoder.load(state_dir(cfg) / "model.onnx").version == final
+
+
+def test_agents_ride_out_a_broker_restart(
+    fresh_broker: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
+    short_dir: Path, premade_models: dict[str, Path],
+) -> None:
+    ctx = unique_context("restart")
+    # No trainer (rounds are then quick): an interval keeps the run long enough to restart in.
+    configs = {a: write_config(tmp_path, ctx, a, fresh_broker.url, count=6, socket=short_dir / "none.sock",
+                               model_path=premade_models[a], interval=1.0) for a in IDS}
+    agents = {a: start_agent(procs, c) for a, c in configs.items()}
+
+    wait_until(lambda: all(done_round(c, 1)() for c in configs.values()), "both agents to finish round 1")
+    fresh_broker.restart()
+    for p in agents.values():
+        procs.wait_ok(p)
+
+    for cfg in configs.values():
+        recs = read_rounds(cfg)
+        assert [r["round"] for r in recs] == list(range(6))
+        assert recs[-1]["reconnects"] >= 1
+        assert read_state(cfg)["next_round"] == 6
+
+
+def test_invalid_frames_are_counted_and_ignored(
+    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
+    short_dir: Path, premade_models: dict[str, Path],
+) -> None:
+    ctx = unique_context("garbage")
+    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=5, socket=short_dir / "none.sock",
+                               model_path=premade_models[a], interval=0.5) for a in IDS}
+    agents = {a: start_agent(procs, c) for a, c in configs.items()}
+    wait_until(done_round(configs["0"], 0), "agent 0 to finish round 0")
+
+    spoof = encode_frame(Frame(context=ctx, source="9", round=1, step_start=0, model_version=1,
+                               embeddings=np.zeros((4, 5), np.float32)))
+    t = Transport(BrokerSettings(url=mosquitto.url), f"intruder-{ctx}", persistent=False)
+    t.connect()
+    try:
+        t.publish(topics.inbox(ctx, "0", "1"), b"\x00garbage\xff" * 10)  # on a neighbour's topic
+        t.publish(topics.inbox(ctx, "0", "9"), spoof)  # a well-formed frame from a stranger
+    finally:
+        t.close()
+    for p in agents.values():
+        procs.wait_ok(p)
+
+    recs = read_rounds(configs["0"])
+    assert [r["round"] for r in recs] == list(range(5))
+    assert recs[-1]["invalid_frames"] == 2
+    assert recs[-1]["missing"] == []  # the real neighbour was still heard
+    assert read_rounds(configs["1"])[-1]["invalid_frames"] == 0
+
+
+def test_agent_started_before_the_broker_waits_for_it(
+    unique_context: Callable[[str], str], tmp_path: Path, procs: Procs, short_dir: Path,
+    premade_models: dict[str, Path],
+) -> None:
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
+    broker = MosquittoProcess(tmp_path / "broker")  # port chosen now, broker not started yet
+    ctx = unique_context("late")
+    configs = {a: write_config(tmp_path, ctx, a, broker.url, count=2, socket=short_dir / "none.sock",
+                               model_path=premade_models[a]) for a in IDS}
+    try:
+        agents = {a: start_agent(procs, c) for a, c in configs.items()}
+        logs = [c.parent / "agent.log" for c in configs.values()]
+        wait_until(lambda: all(log.exists() and "broker unreachable" in log.read_text() for log in logs)
+                   or any(p.poll() is not None for p in agents.values()), "both agents to retry the broker")
+        assert all(p.poll() is None for p in agents.values()), [procs.log_of(p) for p in agents.values()]
+        broker.start()
+        for p in agents.values():
+            procs.wait_ok(p)
+    finally:
+        procs.stop_all()
+        broker.stop()
+    assert all([r["round"] for r in read_rounds(c)] == [0, 1] for c in configs.values())
+
+
+def test_a_torn_model_in_the_state_directory_is_replaced(
+    tmp_path: Path, short_dir: Path, premade_models: dict[str, Path],
+) -> None:
+    """A SIGKILL between writing model.onnx and its card leaves a pair that does not verify."""
+    cfg_path = write_config(tmp_path, "torn", "0", "mqtt://127.0.0.1:1", count=1, socket=short_dir / "none.sock",
+                            model_path=premade_models["0"])
+    sdir = state_dir(cfg_path)
+    sdir.mkdir()
+    shutil.copy(premade_models["0"], sdir / "model.onnx")
+    shutil.copy(card_path(premade_models["0"]), card_path(sdir / "model.onnx"))
+    (sdir / "model.onnx").write_bytes((sdir / "model.onnx").read_bytes() + b"torn")
+
+    runtime = AgentRuntime(load_config(cfg_path))
+    runtime._ensure_model(threading.Event())
+
+    assert runtime.encoder is not None and runtime.encoder.version == 1
+    assert OnnxEncoder.load(sdir / "model.onnx").card.sha256 == read_card(premade_models["0"]).sha256
+    assert runtime.trainer_status == "unavailable"

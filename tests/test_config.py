@@ -1,0 +1,367 @@
+"""Agent config files: what a good TOML file turns into, and one clear error per bad one.
+
+No broker, no torch: load_config only reads and validates.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from osml.cli import main
+from osml.config import AgentConfig, load_config
+from osml.errors import ConfigError
+
+MINIMAL = """\
+[agent]
+id = "0"
+context = "lab"
+
+[neighbours]
+ids = ["1"]
+
+[data]
+source = "generated:simple"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load(tmp_path: Path, text: str) -> AgentConfig:
+    return load_config(write(tmp_path, text))
+
+
+def invoke(*args: str) -> Result:
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 keeps stderr apart by default
+    return runner.invoke(main, list(args), catch_exceptions=False)
+
+
+# -- good files ---------------------------------------------------------------------------------
+
+
+def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
+    cfg = load(tmp_path, MINIMAL)
+
+    assert (cfg.agent.id, cfg.agent.context) == ("0", "lab")
+    assert cfg.neighbours == ("1",)
+    assert cfg.broker.url == "mqtt://127.0.0.1:1883" and cfg.broker.protocol == "5"
+    assert cfg.data.source == "generated:simple"
+    assert (cfg.model.architecture, cfg.model.window, cfg.model.embedding_dim) == ("mlp", 10, 5)
+    assert (cfg.rounds.count, cfg.rounds.deadline, cfg.rounds.train_wait) == (0, 10.0, 30.0)
+    assert cfg.trainer.settings == {}
+    assert cfg.drop_rate == 0.0
+
+
+def test_relative_paths_are_resolved_against_the_config_directory(tmp_path: Path) -> None:
+    conf_dir = tmp_path / "etc" / "osml"
+    conf_dir.mkdir(parents=True)
+    (conf_dir / "agent.pass").write_text("s3cret\n")
+    path = write(conf_dir, """\
+        [agent]
+        id = "0"
+        context = "lab"
+        state_dir = "state/0"
+
+        [broker]
+        url = "mqtts://broker.lan:8883"
+        username = "0"
+        password_file = "agent.pass"
+        ca_file = "certs/ca.crt"
+
+        [neighbours]
+        ids = ["1", "2"]
+
+        [data]
+        source = "csv:data/sensor.csv"
+        test = "data/sensor-test.csv"
+
+        [model]
+        path = "models/initial.onnx"
+
+        [rounds]
+        count = 5
+        deadline = 3
+        eval_dir = "eval"
+
+        [trainer]
+        socket = "trainer.sock"
+        timeout = 30
+
+        [trainer.settings]
+        objective = "masked"
+        steps_per_round = 40
+
+        [testing]
+        drop_rate = 0.25
+        """)
+    # Loading from another working directory must not change where the paths point.
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        cfg = load_config(path.relative_to(tmp_path))
+    finally:
+        os.chdir(here)
+
+    base = conf_dir.resolve()
+    assert cfg.state_dir == base / "state" / "0"
+    assert cfg.broker.password == "s3cret"  # read from the file, trailing newline stripped
+    assert cfg.broker.username == "0"
+    assert cfg.broker.ca_file == str(base / "certs" / "ca.crt")
+    assert cfg.data.source == f"csv:{base / 'data' / 'sensor.csv'}"
+    assert cfg.data.test == str(base / "data" / "sensor-test.csv")
+    assert cfg.model.path == str(base / "models" / "initial.onnx")
+    assert cfg.rounds.eval_dir == str(base / "eval")
+    assert cfg.trainer.socket == str(base / "trainer.sock")
+    assert cfg.neighbours == ("1", "2")
+    # Integers where numbers are expected become floats; the settings table is passed through.
+    assert cfg.rounds.deadline == 3.0 and isinstance(cfg.rounds.deadline, float)
+    assert cfg.trainer.timeout == 30.0
+    assert cfg.trainer.settings == {"objective": "masked", "steps_per_round": 40}
+    assert cfg.drop_rate == 0.25
+
+
+def test_absolute_paths_are_kept(tmp_path: Path) -> None:
+    secret = tmp_path / "elsewhere" / "pw"
+    secret.parent.mkdir()
+    secret.write_text("abc")
+    cfg = load(tmp_path, MINIMAL.replace("[neighbours]", f"""\
+state_dir = "/var/lib/osml/0"
+
+[broker]
+username = "u"
+password_file = "{secret}"
+
+[neighbours]""").replace('"generated:simple"', '"paper:/data/simple-context"\nagent = "0"'))
+
+    assert cfg.state_dir == Path("/var/lib/osml/0")
+    assert cfg.broker.password == "abc"
+    assert cfg.data.source == "paper:/data/simple-context"
+    assert cfg.data.agent == "0"
+
+
+def test_neighbours_from_explicit_ids(tmp_path: Path) -> None:
+    cfg = load(tmp_path, MINIMAL.replace('ids = ["1"]', 'ids = ["2", "1", "M0"]'))
+    assert cfg.neighbours == ("2", "1", "M0")  # order kept as written
+
+
+@pytest.mark.parametrize(
+    ("me", "topology", "expected"),
+    [
+        ("0", "full", ("1", "2", "3")),
+        ("0", "ring", ("1", "3")),
+        ("2", "ring", ("1", "3")),
+    ],
+)
+def test_neighbours_from_topology_and_all(tmp_path: Path, me: str, topology: str, expected: tuple[str, ...]) -> None:
+    text = MINIMAL.replace('id = "0"', f'id = "{me}"').replace(
+        'ids = ["1"]', f'topology = "{topology}"\nall = ["0", "1", "2", "3"]'
+    )
+    assert load(tmp_path, text).neighbours == expected
+
+
+def test_random_topology_is_symmetric_across_agents(tmp_path: Path) -> None:
+    everyone = ["0", "1", "2", "3", "4", "5"]
+    links = {}
+    for me in everyone:
+        text = MINIMAL.replace('id = "0"', f'id = "{me}"').replace(
+            'ids = ["1"]', 'topology = "random:2"\nall = ["0", "1", "2", "3", "4", "5"]\nseed = 7'
+        )
+        links[me] = load(tmp_path, text).neighbours
+    assert all(len(nbs) == 2 and me not in nbs for me, nbs in links.items())
+    assert all(me in links[nb] for me, nbs in links.items() for nb in nbs)
+
+
+# -- bad files: one ConfigError naming the key ---------------------------------------------------
+
+
+BAD_CASES = [
+    pytest.param(
+        MINIMAL + "\n[rounds]\ndedline = 3.0\n",
+        ["rounds.dedline", "unknown key", "did you mean 'deadline'"],
+        id="unknown-key-did-you-mean",
+    ),
+    pytest.param(
+        MINIMAL.replace('context = "lab"', 'context = "lab"\nstate_dri = "s"'),
+        ["agent.state_dri", "did you mean 'state_dir'"],
+        id="unknown-agent-key",
+    ),
+    pytest.param(
+        MINIMAL + "\n[model]\nzzz = 1\n",
+        ["model.zzz", "unknown key", "known keys:"],
+        id="unknown-key-no-close-match",
+    ),
+    pytest.param(
+        MINIMAL + "\n[round]\ncount = 3\n",
+        ["[round]", "unknown section", "rounds"],
+        id="unknown-section",
+    ),
+    pytest.param(
+        MINIMAL + '\n[rounds]\ncount = "3"\n',
+        ["rounds.count", "expected an integer", "'3'"],
+        id="string-for-int",
+    ),
+    pytest.param(
+        MINIMAL + "\n[rounds]\ncount = true\n",
+        ["rounds.count", "expected an integer"],
+        id="bool-for-int",
+    ),
+    pytest.param(
+        MINIMAL + '\n[rounds]\ndeadline = "soon"\n',
+        ["rounds.deadline", "expected a number"],
+        id="string-for-float",
+    ),
+    pytest.param(
+        MINIMAL + "\n[model]\nwindow = 2.5\n",
+        ["model.window", "expected an integer"],
+        id="float-for-int",
+    ),
+    pytest.param(
+        MINIMAL.replace('id = "0"', "id = 0"),
+        ["agent.id", "expected a string"],
+        id="int-for-string",
+    ),
+    pytest.param(
+        MINIMAL + "\n[broker]\ntls_insecure = 1\n",
+        ["broker.tls_insecure", "true or false"],
+        id="int-for-bool",
+    ),
+    pytest.param(MINIMAL.replace("[agent]", "[agnt]"), ["[agnt]"], id="misspelt-agent-section"),
+    pytest.param(MINIMAL[MINIMAL.index("[neighbours]"):], ["[agent]", "missing"], id="missing-agent"),
+    pytest.param(MINIMAL.replace('id = "0"\n', ""), ["[agent]", "id"], id="missing-agent-id"),
+    pytest.param(MINIMAL.replace('id = "0"', 'id = "a/b"'), ["agent.id"], id="id-not-a-topic-level"),
+    pytest.param(MINIMAL.split("[data]")[0], ["[data]", "missing"], id="missing-data"),
+    pytest.param(
+        MINIMAL.replace("generated:simple", "ftp://host/data.csv"),
+        ["data.source", "csv:FILE"],
+        id="bad-data-source-kind",
+    ),
+    pytest.param(
+        MINIMAL.replace("generated:simple", "generated:medium"),
+        ["data.source", "medium"],
+        id="bad-generator",
+    ),
+    pytest.param(MINIMAL.replace("generated:simple", "csv:"), ["data.source"], id="empty-data-path"),
+    pytest.param(
+        MINIMAL.replace('ids = ["1"]', 'ids = ["1", "0"]'),
+        ["neighbours.ids", "itself", "'0'"],
+        id="neighbours-list-self",
+    ),
+    pytest.param(MINIMAL.replace('ids = ["1"]', 'ids = ["1", "1"]'), ["neighbours.ids", "duplicates"], id="duplicate-neighbours"),
+    pytest.param(MINIMAL.replace('ids = ["1"]', "ids = [1]"), ["neighbours.ids", "strings"], id="int-neighbour"),
+    pytest.param(MINIMAL.replace('ids = ["1"]', 'ids = ["1"]\nidz = ["2"]'), ["neighbours.idz"], id="neighbours-unknown-key"),
+    pytest.param(MINIMAL.replace('[neighbours]\nids = ["1"]\n', ""), ["[neighbours]", "missing"], id="missing-neighbours"),
+    pytest.param(
+        MINIMAL.replace('ids = ["1"]', 'topology = "ring"\nall = ["1", "2"]'),
+        ["neighbours.all", "'0'"],
+        id="all-without-self",
+    ),
+    pytest.param(
+        MINIMAL.replace('ids = ["1"]', 'topology = "star"\nall = ["0", "1"]'),
+        ["neighbours.topology", "star"],
+        id="unknown-topology",
+    ),
+    pytest.param(
+        MINIMAL.replace('ids = ["1"]', 'topology = "ring"\nall = ["0", "1"]\nseed = "x"'),
+        ["neighbours.seed", "integer"],
+        id="topology-seed-not-int",
+    ),
+    pytest.param(MINIMAL + "\n[testing]\ndrop_rate = 1.5\n", ["testing.drop_rate", "1.5"], id="drop-rate-above-one"),
+    pytest.param(MINIMAL + "\n[testing]\ndrop_rate = 1\n", ["testing.drop_rate"], id="drop-rate-one"),
+    pytest.param(MINIMAL + "\n[testing]\ndrop_rate = -0.1\n", ["testing.drop_rate"], id="drop-rate-negative"),
+    pytest.param(MINIMAL + '\n[testing]\ndrop_rate = "half"\n', ["testing.drop_rate"], id="drop-rate-string"),
+    pytest.param(MINIMAL + "\n[testing]\ndrop_rte = 0.5\n", ["testing.drop_rte", "did you mean 'drop_rate'"], id="testing-unknown-key"),
+    pytest.param("broker = 'mqtt://x:1'\n" + MINIMAL, ["[broker]", "table"], id="broker-not-a-table"),
+    pytest.param("trainer = 5\n" + MINIMAL, ["[trainer]", "table"], id="trainer-not-a-table"),
+    pytest.param("testing = 3\n" + MINIMAL, ["[testing]", "table"], id="testing-not-a-table"),
+    pytest.param(MINIMAL + "\n[trainer]\nsettings = 3\n", ["trainer.settings", "table"], id="settings-not-a-table"),
+    pytest.param(MINIMAL + "\n[model]\narchitecture = \"lstm\"\n", ["model.architecture", "lstm"], id="bad-architecture"),
+    pytest.param(MINIMAL + "\n[rounds]\ndeadline = 0\n", ["rounds.deadline"], id="zero-deadline"),
+    pytest.param(MINIMAL + "\n[rounds]\ncount = -1\n", ["rounds.count"], id="negative-count"),
+    pytest.param(MINIMAL + "\n[rounds]\nmax_frame_bytes = 10\n", ["rounds.max_frame_bytes"], id="tiny-frames"),
+    pytest.param(MINIMAL + '\n[broker]\nurl = "http://127.0.0.1:1883"\n', ["broker url", "mqtt://"], id="bad-broker-url"),
+    pytest.param(MINIMAL + '\n[broker]\npassword_file = "no-such.pass"\nusername = "u"\n', ["broker.password_file", "no-such.pass"], id="missing-password-file"),
+    pytest.param(MINIMAL + "\n[broker]\npassword_file = 5\n", ["broker.password_file", "string"], id="password-file-not-a-string"),
+    pytest.param(MINIMAL + "\n[agent\n", ["not valid TOML"], id="broken-toml"),
+    pytest.param(MINIMAL.replace('"generated:simple"', '"generated:simple'), ["not valid TOML"], id="unterminated-string"),
+]
+
+
+@pytest.mark.parametrize(("text", "fragments"), BAD_CASES)
+def test_bad_config_is_one_config_error_naming_the_key(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_unreadable_password_file(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        # root reads any file: a directory in its place is unreadable for everyone.
+        (tmp_path / "agent.pass").mkdir()
+    else:
+        (tmp_path / "agent.pass").write_text("pw")
+        (tmp_path / "agent.pass").chmod(0)
+    text = MINIMAL + '\n[broker]\nusername = "0"\npassword_file = "agent.pass"\n'
+
+    with pytest.raises(ConfigError, match=r"^broker\.password_file: cannot read agent\.pass"):
+        load(tmp_path, text)
+
+
+def test_missing_config_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read.*--config"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_broken_toml_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "\ncount = = 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert "line 11" in str(info.value)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (MINIMAL + "\n[rounds]\ndedline = 3.0\n", "rounds.dedline"),
+        (MINIMAL + "\n[agent\n", "not valid TOML"),
+        ("trainer = 5\n" + MINIMAL, "[trainer]"),
+        (MINIMAL.replace('ids = ["1"]', 'ids = ["0"]'), "neighbours.ids"),
+    ],
+)
+def test_osml_agent_with_a_bad_config_prints_one_error_line(tmp_path: Path, text: str, fragment: str) -> None:
+    path = write(tmp_path, text, "bad.toml")
+
+    result = invoke("agent", "--config", str(path))
+
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert fragment in lines[0]
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_osml_agent_with_a_missing_config(tmp_path: Path) -> None:
+    result = invoke("agent", "--config", str(tmp_path / "absent.toml"))
+
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "absent.toml" in lines[0]

@@ -1,0 +1,96 @@
+"""``osml run``: a whole fleet (private Mosquitto, trainer, one process per agent) end to end.
+
+The command starts and stops its own broker and processes (by PID, also when it fails), so these
+tests only need the mosquitto binary and torch for the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from osml.broker import find_mosquitto
+from osml.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _needs_broker_and_torch() -> None:
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
+    pytest.importorskip("torch")
+
+
+def invoke(*args: str) -> Result:
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 keeps stderr apart by default
+    return runner.invoke(main, list(args), catch_exceptions=False)
+
+
+def run_fleet(out: Path, *extra: str) -> dict[str, Any]:
+    result = invoke("run", "--data", "generated:simple", "--agents", "0,1", "--rounds", "2", "--out", str(out), *extra)
+    assert result.exit_code == 0, result.output + result.stderr
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    return report
+
+
+def agent_rounds(out: Path, agent: str) -> list[dict[str, Any]]:
+    path = out / "fleet" / "agents" / agent / "state" / "rounds.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_osml_run_writes_a_full_run_directory(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+
+    report = run_fleet(out, "--deadline", "5")
+
+    assert report["agents"] == ["0", "1"]
+    assert [e["round"] for e in report["rounds"]] == [0, 1, 2]
+    for entry in report["rounds"]:
+        for key in ("strict_alignment", "centered_alignment", "probe_r2", "spread", "subcontexts"):
+            assert set(entry[key]) == {"0", "1"}, key
+        assert -1.0 <= entry["strict_alignment"]["0"]["1"] <= 1.0
+    for entry in report["rounds"][:2]:  # rounds the agents exchanged in (round 2 is the last evaluation)
+        assert set(entry["model_versions"]) == {"0", "1"}
+        assert entry["missing_frames"] == {"0": [], "1": []}
+        assert all(v > 0 for v in entry["bytes_sent"].values())
+    assert set(report["rounds"][-1]["paper_similarity"]) == {"0,1"}  # per shared sub-context
+    final = report["final"]
+    assert final["round"] == 2
+    assert {a: sorted(s) for a, s in final["subcontexts"].items()} == {"0": ["0", "1"], "1": ["0", "1"]}
+    assert set(final["strict_alignment"]) == {"0", "1"}
+    for agent in ("0", "1"):
+        emb = np.load(out / "embeddings" / f"{agent}.npy", allow_pickle=False)
+        assert emb.ndim == 2 and emb.shape[1] == 5 and np.isfinite(emb).all()
+        assert (out / "fleet" / "agents" / agent / "agent.toml").exists()
+    # The orchestrator stopped its broker and trainer: their logs end with a clean stop.
+    assert "terminating" in (out / "fleet" / "broker" / "mosquitto.log").read_text()
+
+
+def test_osml_run_with_dropped_frames_still_completes(tmp_path: Path) -> None:
+    out = tmp_path / "drop"
+
+    report = run_fleet(out, "--drop-rate", "0.5", "--deadline", "3")
+
+    assert [e["round"] for e in report["rounds"]] == [0, 1, 2]
+    exchanged = report["rounds"][:2]
+    assert all(set(e["missing_frames"]) == {"0", "1"} for e in exchanged)
+    # Every frame an agent dropped on purpose shows up as missing at its neighbour, same round.
+    recs = {a: agent_rounds(out, a) for a in ("0", "1")}
+    for sender, receiver in (("0", "1"), ("1", "0")):
+        dropped_before = 0
+        for rnd, entry in enumerate(exchanged):
+            dropped = recs[sender][rnd]["dropped_out"] - dropped_before
+            dropped_before = recs[sender][rnd]["dropped_out"]
+            if dropped:
+                assert sender in entry["missing_frames"][receiver], (rnd, entry["missing_frames"])
+    assert set(report["final"]["subcontexts"]) == {"0", "1"}
+    assert (out / "embeddings" / "0.npy").exists() and (out / "embeddings" / "1.npy").exists()
