@@ -527,5 +527,20 @@ def report_command(run_dir: Path, replot: bool) -> None:
         click.echo(f"wrote {path}")
 
 
+def _register_optional_commands() -> None:
+    # Defined in their own modules (they import nothing heavy at module level).
+    from osml.monitor import monitor_command
+
+    main.add_command(monitor_command)
+    try:
+        from osml.broker_cli import broker
+    except ImportError:  # pragma: no cover - module not present in a partial checkout
+        return
+    main.add_command(broker)
+
+
+_register_optional_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
