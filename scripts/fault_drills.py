@@ -167,13 +167,14 @@ class Fleet:
         return self.workdir / "agents" / agent / "agent.toml"
 
     def start_trainer(self) -> None:
-        self.trainer = self.procs.start(["trainer", "--socket", str(self.socket), "--state-dir", str(self.workdir / "trainer")],
-                                        self.workdir / "trainer.log")
+        trainer = self.procs.start(["trainer", "--socket", str(self.socket), "--state-dir", str(self.workdir / "trainer")],
+                                   self.workdir / "trainer.log")
+        self.trainer = trainer
         client = TrainerClient(self.socket, timeout=5.0)
-        if not wait_until(lambda: client.ping() or self.trainer.poll() is not None, 60):
+        if not wait_until(lambda: client.ping() or trainer.poll() is not None, 60):
             raise RuntimeError("the trainer did not answer within 60 s")
-        if self.trainer.poll() is not None:
-            raise RuntimeError(f"the trainer exited with {self.trainer.returncode}")
+        if trainer.poll() is not None:
+            raise RuntimeError(f"the trainer exited with {trainer.returncode}")
 
     def start_agent(self, agent: str) -> None:
         self.agents[agent] = self.procs.start(["agent", "--config", str(self.config(agent))],
@@ -206,7 +207,9 @@ class Fleet:
         return {a: p.poll() for a, p in self.agents.items()}
 
     def result(self, started: float) -> dict[str, Any]:
-        return assemble(self.workdir, self.dataset, self.ids, self.links, self.settings, time.perf_counter() - started)
+        result: dict[str, Any] = assemble(self.workdir, self.dataset, self.ids, self.links, self.settings,
+                                          time.perf_counter() - started)
+        return result
 
     def stop(self) -> None:
         try:
@@ -299,13 +302,14 @@ def broker_restart(env: Env) -> tuple[bool, str]:
 
     def restart_when_due() -> None:
         states = [workdir / "fleet" / "agents" / a / "state" for a in ids]
-        due = lambda: finished.is_set() or any(  # noqa: E731
-            r["round"] >= FAULT_ROUND for s in states for r in read_rounds(s))
+        def due() -> bool:
+            return finished.is_set() or any(r["round"] >= FAULT_ROUND for s in states for r in read_rounds(s))
+
         if wait_until(due, env.timeout) and not finished.is_set():
             restarted_at.append(max(r["round"] for s in states for r in read_rounds(s)))
             try:
                 broker.restart()
-            except Exception as exc:  # reported on the drill's line
+            except Exception as exc:  # noqa: BLE001  # reported on the drill's line
                 errors.append(f"restart failed: {exc}")
 
     watcher = threading.Thread(target=restart_when_due, name="broker-restarter")
@@ -411,7 +415,7 @@ def main() -> int:
         t0 = time.perf_counter()
         try:
             ok, figures = DRILLS[name](env)
-        except Exception as exc:  # one broken drill must not hide the others
+        except Exception as exc:  # noqa: BLE001  # one broken drill must not hide the others
             ok, figures = False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         failures += not ok
         print(f"{name:<16} {'PASS' if ok else 'FAIL'}  {time.perf_counter() - t0:6.1f}s  {figures}", flush=True)

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from osml import topics
 from osml.anchor import context_anchor
 from osml.broker import MosquittoProcess, find_mosquitto
@@ -191,12 +190,11 @@ def retained_status(url: str, ctx: str, agents: tuple[str, ...]) -> dict[str, di
     return got
 
 
-
-
 def assert_graceful_status(status: dict[str, Any], rnd: int) -> None:
     """The retained status of an agent that stopped on its own: offline, with its last round."""
     assert status["state"] == "offline"
     # The graceful status (with the round), not the last will's bare {"state": "offline"}.
+    assert "round" in status, f"the last will replaced the graceful status: {status}"
     assert status["round"] == rnd
 
 
@@ -236,7 +234,7 @@ def test_two_agents_and_a_trainer_run_to_completion(
     for p in agents.values():
         procs.wait_ok(p)
 
-    for a, cfg in configs.items():
+    for cfg in configs.values():
         recs = read_rounds(cfg)
         assert [r["round"] for r in recs] == [0, 1, 2]
         assert all(r["missing"] == [] for r in recs), [r["missing"] for r in recs]  # each heard the other

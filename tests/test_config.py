@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-
 from osml.cli import main
 from osml.config import AgentConfig, load_config
 from osml.errors import ConfigError

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-
 from osml.broker import find_mosquitto
 from osml.cli import main
 

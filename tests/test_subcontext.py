@@ -270,3 +270,22 @@ def test_learner_reaches_equilibrium_when_nothing_moves() -> None:
 def test_learner_settings_reject_bad_temperature() -> None:
     with pytest.raises(ValueError):
         LearnerSettings(temperature=0.0)
+
+
+def test_neighbour_first_heard_after_own_warmup_is_judged_at_once() -> None:
+    # Prepare: an agent past its warm-up that never heard neighbour "late" (its frames were lost).
+    mem = SubcontextMemory(policy=SubcontextPolicy(warmup_rounds=2, enter=0.6, leave=0.45))
+    mem.observe({"early": 0.9}, own_round=1)
+    mem.observe({"early": 0.9}, own_round=2)
+    # Execute: "late" is heard for the first time in round 3 with a low affinity.
+    members = mem.observe({"early": 0.9, "late": 0.2}, own_round=3)
+    # Assert: no warm-up of its own; excluded at once, the related neighbour stays.
+    assert members == {"early": True, "late": False}
+    assert mem.subcontext("me") == ["early", "me"]
+
+
+def test_without_own_round_warmup_counts_observations_per_neighbour() -> None:
+    mem = SubcontextMemory(policy=SubcontextPolicy(warmup_rounds=2))
+    for _ in range(3):
+        mem.observe({"early": 0.9})
+    assert mem.observe({"late": 0.2})["late"] is True  # its first observation: still warm-up

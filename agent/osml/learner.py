@@ -88,7 +88,7 @@ class OsmoticLearner:
             if received[nb].shape != own.shape:
                 raise ValueError(f"{nb} sent {received[nb].shape}, own embeddings are {own.shape}")
         affinity = {nb: linear_cka(own, received[nb]) for nb in heard}
-        self.memory.observe(affinity)
+        self.memory.observe(affinity, own_round=self.rounds + 1)
         members = np.array([self.memory.is_member(nb) for nb in heard], dtype=bool)
         stack = np.stack([received[nb] for nb in heard]) if heard else np.zeros((0, *own.shape), np.float32)
         w = osmosis_weights(own, stack, members, self.settings.temperature)

@@ -130,6 +130,7 @@ class AgentRuntime:
         self.frames_out = 0
         self.bytes_out = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"osml-train-{self.id}")
+        self._idle_rounds = 0
         self._pending: Future[tuple[bytes, ModelCard, dict[str, float]]] | None = None
 
     # -- model handling -----------------------------------------------------------------------
@@ -371,6 +372,13 @@ class AgentRuntime:
                          ",".join(outcome.subcontext), len(received), len(self.cfg.neighbours),
                          self.state.model_version, self.trainer_status)
                 pause = self.cfg.rounds.interval - (time.monotonic() - started)
+                if self.trainer_status == "unavailable":
+                    # No trainer, no new model: another round right away would only resend the
+                    # same embeddings. Back off (1, 2, 4 ... 30 s) until the trainer is back.
+                    self._idle_rounds += 1
+                    pause = max(pause, min(30.0, 2.0 ** (self._idle_rounds - 1)))
+                else:
+                    self._idle_rounds = 0
                 if pause > 0:
                     stop.wait(pause)
             if count and self.state.next_round >= count and not stop.is_set():

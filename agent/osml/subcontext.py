@@ -9,8 +9,8 @@ for a neighbour whose data is unrelated noise however the encoders move.
 
 Decision, with hysteresis so that a neighbour near the line does not flap in and out:
 
-* during the first ``warmup_rounds`` rounds every neighbour is a member (their encoders are still
-  random; the first pulls are what makes related agents' affinity grow);
+* during the agent's first ``warmup_rounds`` rounds every neighbour is a member (encoders are
+  still random; the first pulls are what makes related agents' affinity grow);
 * afterwards a non-member joins when its memory reaches ``enter`` and a member leaves when its
   memory drops below ``leave`` (``leave < enter``).
 
@@ -72,12 +72,19 @@ class SubcontextMemory:
         # A neighbour never heard from yet is given the benefit of the doubt (warm-up rule).
         return self.members.get(neighbour, True)
 
-    def observe(self, affinities: dict[str, float]) -> dict[str, bool]:
-        """Fold in this round's affinities (only neighbours heard from) and decide membership."""
+    def observe(self, affinities: dict[str, float], own_round: int | None = None) -> dict[str, bool]:
+        """Fold in this round's affinities (only neighbours heard from) and decide membership.
+
+        ``own_round`` (1-based) is how many rounds this agent has run: the warm-up is counted in
+        the agent's own rounds, so a neighbour whose frames were lost early is judged as soon as
+        it is heard after the warm-up, instead of getting a warm-up of its own in which its pull
+        could drag the agent toward it. Without it, warm-up counts observations per neighbour.
+        """
         for nb, value in affinities.items():
             self.affinity[nb] = update_memory(self.affinity.get(nb), value, self.policy.memory)
             self.seen[nb] = self.seen.get(nb, 0) + 1
-            self.members[nb] = decide_member(self.is_member(nb), self.affinity[nb], self.seen[nb], self.policy)
+            rounds = own_round if own_round is not None else self.seen[nb]
+            self.members[nb] = decide_member(self.is_member(nb), self.affinity[nb], rounds, self.policy)
         return dict(self.members)
 
     def subcontext(self, self_id: str) -> list[str]:
