@@ -531,11 +531,9 @@ def _register_optional_commands() -> None:
     # Defined in their own modules (they import nothing heavy at module level).
     from osml.monitor import monitor_command
 
+    from osml.broker_cli import broker
+
     main.add_command(monitor_command)
-    try:
-        from osml.broker_cli import broker
-    except ImportError:  # pragma: no cover - module not present in a partial checkout
-        return
     main.add_command(broker)
 
 
