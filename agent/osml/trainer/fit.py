@@ -22,7 +22,7 @@ class TrainerSettings:
     objective: str = "vc"
     align_weight: float = 1.0
     ssl_weight: float = 1.0
-    var_target: float = 0.3
+    var_target: float = 0.1
     steps_per_round: int = 150
     batch_size: int = 256
     learning_rate: float = 1e-2
