@@ -45,6 +45,17 @@ __all__ = ["BrokerSettings", "Message", "Transport", "TransportStats"]
 
 _log = logging.getLogger(__name__)
 
+
+class _QuietAfterDisconnect(logging.Filter):
+    """paho's network thread logs "Client is not connected" at ERROR when it runs once more after
+    our own DISCONNECT; that is the expected end of a session, not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_log.addFilter(_QuietAfterDisconnect())
+
 _SCHEMES = {"mqtt": False, "mqtts": True}
 _PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 # CONNACK reason codes that mean "your credentials are wrong" (MQTT 5 134/135; 3.1.1 4/5).
