@@ -11,11 +11,11 @@ from osml.errors import ConfigError, DataError, ExportError, FrameError, ModelEr
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__",
-    "OsmlError",
     "ConfigError",
     "DataError",
+    "ExportError",
     "FrameError",
     "ModelError",
-    "ExportError",
+    "OsmlError",
+    "__version__",
 ]

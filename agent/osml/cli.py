@@ -529,9 +529,8 @@ def report_command(run_dir: Path, replot: bool) -> None:
 
 def _register_optional_commands() -> None:
     # Defined in their own modules (they import nothing heavy at module level).
-    from osml.monitor import monitor_command
-
     from osml.broker_cli import broker
+    from osml.monitor import monitor_command
 
     main.add_command(monitor_command)
     main.add_command(broker)

@@ -55,7 +55,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["AgentSection", "DataSection", "ModelSection", "RoundsSection", "TrainerSection", "AgentConfig", "load_config"]
+__all__ = ["AgentConfig", "AgentSection", "DataSection", "ModelSection", "RoundsSection", "TrainerSection", "load_config"]
 
 
 def _fail(key: str, problem: str, fix: str) -> ConfigError:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["relative_change", "EquilibriumDetector"]
+__all__ = ["EquilibriumDetector", "relative_change"]
 
 
 def relative_change(previous: np.ndarray, current: np.ndarray) -> float:

@@ -16,14 +16,14 @@ loop) can catch one type and print one line::
 from __future__ import annotations
 
 __all__ = [
-    "OsmlError",
     "ConfigError",
     "DataError",
+    "ExportError",
     "FrameError",
     "ModelError",
-    "ExportError",
-    "TransportError",
+    "OsmlError",
     "TrainerError",
+    "TransportError",
 ]
 
 

@@ -26,15 +26,15 @@ import numpy as np
 
 from osml import topics
 from osml.broker import MosquittoProcess, find_mosquitto
-from osml.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.data import Dataset, windows
+from osml.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.errors import OsmlError, TransportError
 from osml.simulate import SimulationSettings, evaluate
 from osml.topology import neighbours as topology_neighbours
 from osml.trainer_client import TrainerClient
 from osml.transport import BrokerSettings, Transport
 
-__all__ = ["FleetOptions", "run_fleet", "agent_toml"]
+__all__ = ["FleetOptions", "agent_toml", "run_fleet"]
 
 
 @dataclass(frozen=True)

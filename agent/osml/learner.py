@@ -21,10 +21,10 @@ import numpy as np
 
 from osml.equilibrium import EquilibriumDetector, relative_change
 from osml.metrics import linear_cka
-from osml.osmosis import osmosis_target, osmosis_weights, restore_spread, same_step_cosine
+from osml.osmosis import osmosis_target, osmosis_weights, restore_spread
 from osml.subcontext import SubcontextMemory, SubcontextPolicy
 
-__all__ = ["LearnerSettings", "RoundOutcome", "OsmoticLearner"]
+__all__ = ["LearnerSettings", "OsmoticLearner", "RoundOutcome"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,7 @@ class LearnerSettings:
     # How much of its own step-to-step spread an agent keeps in its target (see restore_spread):
     # "warmup" (default) keeps all of it while sub-contexts form, when embedding spaces are still
     # unrelated and a blend loses variance for no reason, and uses the plain blend afterwards, when
-    # lost variance means real disagreement; "agreement" keeps a share equal to the weighted mean
-    # centred same-step cosine with the members after warm-up; "always" / "never" as named.
+    # lost variance means real disagreement; "always" / "never" as named.
     keep_spread: str = "warmup"
     policy: SubcontextPolicy = field(default_factory=SubcontextPolicy)
     equilibrium_tolerance: float = 0.02
@@ -43,8 +42,8 @@ class LearnerSettings:
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
-        if self.keep_spread not in ("warmup", "agreement", "always", "never"):
-            raise ValueError("keep_spread must be warmup, agreement, always or never")
+        if self.keep_spread not in ("warmup", "always", "never"):
+            raise ValueError("keep_spread must be warmup, always or never")
 
 
 @dataclass(frozen=True)
@@ -56,17 +55,6 @@ class RoundOutcome:
     subcontext: list[str]  # self plus member neighbours
     change: float | None  # relative change of own embeddings since the last round
     equilibrium: bool
-
-
-def _agreement(own: np.ndarray, stack: np.ndarray, weights: np.ndarray) -> float:
-    """Osmosis-weighted mean centred same-step cosine between the agent and its neighbours
-    (1.0 when it is alone in its sub-context)."""
-    neighbour_w = weights[1:].mean(axis=1)
-    if neighbour_w.sum() <= 0:
-        return 1.0
-    oc = own - own.mean(axis=0)
-    cos = [float(np.mean(same_step_cosine(oc, nb - nb.mean(axis=0)))) for nb in stack]
-    return float(np.clip(np.dot(neighbour_w, cos) / neighbour_w.sum(), 0.0, 1.0))
 
 
 class OsmoticLearner:
@@ -96,10 +84,8 @@ class OsmoticLearner:
         self.rounds += 1
         mode = self.settings.keep_spread
         in_warmup = self.rounds <= self.settings.policy.warmup_rounds
-        if heard and (mode == "always" or (mode in ("warmup", "agreement") and in_warmup)):
+        if heard and (mode == "always" or (mode == "warmup" and in_warmup)):
             target = restore_spread(target, own)
-        elif heard and mode == "agreement":
-            target = restore_spread(target, own, _agreement(own, stack, w))
         mean_w = w.mean(axis=1)
         weights = {self.agent_id: float(mean_w[0]), **{nb: float(mean_w[1 + j]) for j, nb in enumerate(heard)}}
         change = None

@@ -13,13 +13,13 @@ import numpy as np
 from osml.osmosis import same_step_cosine
 
 __all__ = [
-    "strict_alignment",
     "centered_alignment",
-    "paper_similarity",
-    "spread",
     "linear_cka",
-    "ridge_probe_r2",
     "pairwise",
+    "paper_similarity",
+    "ridge_probe_r2",
+    "spread",
+    "strict_alignment",
 ]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from osml.errors import ModelError
 
-__all__ = ["ModelCard", "card_path", "sha256_hex", "write_atomic", "write_model", "read_card"]
+__all__ = ["ModelCard", "card_path", "read_card", "sha256_hex", "write_atomic", "write_model"]
 
 CARD_FORMAT = 1
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["same_step_cosine", "osmosis_weights", "osmosis_target", "restore_spread"]
+__all__ = ["osmosis_target", "osmosis_weights", "restore_spread", "same_step_cosine"]
 
 _EPS = 1e-12
 
@@ -86,18 +86,17 @@ def osmosis_target(own: np.ndarray, neighbours: np.ndarray, weights: np.ndarray)
     return np.einsum("kn,knd->nd", weights, stack).astype(np.float32)
 
 
-def restore_spread(target: np.ndarray, own: np.ndarray, agreement: float = 1.0) -> np.ndarray:
+def restore_spread(target: np.ndarray, own: np.ndarray) -> np.ndarray:
     """Rescale the target's step-to-step variation, per dimension, to the agent's own.
 
     Averaging k embeddings that agree only partly shrinks what varies (the disagreeing parts
     cancel), so a plain blend also pulls every encoder toward its mean: a slow collapse that the
     anti-collapse term then has to undo. Keeping the blend's mean and direction of variation but
     the agent's own per-dimension spread makes osmosis move *where* embeddings point, not how much
-    they vary. ``agreement`` in [0, 1] scales the restored spread: 1 keeps the agent's own spread,
-    lower values let it shrink in proportion to how little the sub-context agrees. (n, d) -> (n, d).
+    they vary. (n, d), (n, d) -> (n, d).
     """
     t = np.asarray(target, dtype=np.float64)
     o = np.asarray(own, dtype=np.float64)
     mu = t.mean(axis=0)
-    scale = float(np.clip(agreement, 0.0, 1.0)) * o.std(axis=0) / np.maximum(t.std(axis=0), 1e-12)
+    scale = o.std(axis=0) / np.maximum(t.std(axis=0), 1e-12)
     return (mu + (t - mu) * scale).astype(np.float32)

@@ -30,18 +30,18 @@ from osml.errors import DataError
 from osml.modelcard import write_atomic
 
 __all__ = [
-    "REPORT_FILE",
-    "EMBEDDINGS_DIR",
-    "SIMILARITY_PLOT",
     "ALIGNMENT_PLOT",
+    "EMBEDDINGS_DIR",
     "PLOT_INSTALL_HINT",
-    "write_run",
+    "REPORT_FILE",
+    "SIMILARITY_PLOT",
     "load_run",
-    "write_plots",
     "plots_available",
-    "summary_table",
     "shared_pairs",
+    "summary_table",
     "to_jsonable",
+    "write_plots",
+    "write_run",
 ]
 
 REPORT_FILE = "report.json"

@@ -37,16 +37,16 @@ from osml.anchor import context_anchor
 from osml.codec import Frame, decode_frame, encode_frame
 from osml.config import AgentConfig
 from osml.data import load_dataset, read_agent_csv, read_paper_dir, windows
-from osml.errors import FrameError, ModelError, OsmlError, TrainerError, TransportError
+from osml.errors import FrameError, ModelError, TrainerError, TransportError
 from osml.inference import OnnxEncoder
 from osml.learner import LearnerSettings, OsmoticLearner
 from osml.modelcard import ModelCard, write_model
-from osml.state import AgentState, append_round, load_state, save_state
+from osml.state import append_round, load_state, save_state
 from osml.subcontext import SubcontextMemory
 from osml.trainer_client import TrainerClient
 from osml.transport import Message, Transport
 
-__all__ = ["AgentRuntime", "load_series", "chunk_rows"]
+__all__ = ["AgentRuntime", "chunk_rows", "load_series"]
 
 log = logging.getLogger("osml.agent")
 
@@ -385,8 +385,6 @@ class AgentRuntime:
                 self._collect_model(self.cfg.rounds.train_wait)
                 self._save_eval(count)
             self.transport.publish(status_topic, self._status("offline"), retain=True)
-        except OsmlError:
-            raise
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self.transport is not None:

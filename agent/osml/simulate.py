@@ -23,10 +23,16 @@ from osml.codec import Frame, decode_frame, encode_frame
 from osml.data import Dataset, windows
 from osml.inference import OnnxEncoder
 from osml.learner import LearnerSettings, OsmoticLearner
-from osml.metrics import centered_alignment, paper_similarity, ridge_probe_r2, spread, strict_alignment
+from osml.metrics import (
+    centered_alignment,
+    paper_similarity,
+    ridge_probe_r2,
+    spread,
+    strict_alignment,
+)
 from osml.topology import neighbours as topology_neighbours
 
-__all__ = ["SimulationSettings", "simulate", "evaluate"]
+__all__ = ["SimulationSettings", "evaluate", "simulate"]
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,7 @@ def simulate(
         losses = {}
         for a, ag in agents.items():
             losses[a] = ag.trainer.fit(ag.train_windows, outcomes[a].target)  # type: ignore[attr-defined]
-            model, card, diff = ag.trainer.export(ag.train_windows, agent=a, context=settings.context)  # type: ignore[attr-defined]
+            model, card, _ = ag.trainer.export(ag.train_windows, agent=a, context=settings.context)  # type: ignore[attr-defined]
             ag.encoder = OnnxEncoder.from_bytes(model, card)
         entry.update({
             "subcontexts": subcontexts,

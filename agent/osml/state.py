@@ -18,7 +18,7 @@ from typing import Any
 from osml.errors import ConfigError
 from osml.modelcard import write_atomic
 
-__all__ = ["AgentState", "load_state", "save_state", "append_round"]
+__all__ = ["AgentState", "append_round", "load_state", "save_state"]
 
 STATE_FORMAT = 1
 

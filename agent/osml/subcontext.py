@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["SubcontextPolicy", "update_memory", "decide_member", "SubcontextMemory"]
+__all__ = ["SubcontextMemory", "SubcontextPolicy", "decide_member", "update_memory"]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Context and agent ids are single topic levels: no '/', '+', '#' or NUL, at most 
 
 from __future__ import annotations
 
-__all__ = ["ROOT", "check_level", "inbox", "inbox_filter", "status", "metrics", "parse_inbox", "parse_agent_topic"]
+__all__ = ["ROOT", "check_level", "inbox", "inbox_filter", "metrics", "parse_agent_topic", "parse_inbox", "status"]
 
 ROOT = "osml"
 

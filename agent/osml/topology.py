@@ -15,7 +15,7 @@ import numpy as np
 
 from osml.errors import ConfigError
 
-__all__ = ["parse_topology", "neighbours"]
+__all__ = ["neighbours", "parse_topology"]
 
 
 def parse_topology(spec: str) -> tuple[str, int]:

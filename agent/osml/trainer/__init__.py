@@ -17,4 +17,4 @@ from osml.trainer.encoders import ARCHITECTURES, build_encoder
 from osml.trainer.export import export_onnx
 from osml.trainer.fit import EncoderTrainer, TrainerSettings
 
-__all__ = ["ARCHITECTURES", "build_encoder", "export_onnx", "EncoderTrainer", "TrainerSettings"]
+__all__ = ["ARCHITECTURES", "EncoderTrainer", "TrainerSettings", "build_encoder", "export_onnx"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Encoder", "GRUEncoder", "MLPEncoder", "ConvEncoder", "ARCHITECTURES", "build_encoder"]
+__all__ = ["ARCHITECTURES", "ConvEncoder", "Encoder", "GRUEncoder", "MLPEncoder", "build_encoder"]
 
 
 class Encoder(nn.Module):

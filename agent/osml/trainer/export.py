@@ -27,7 +27,7 @@ from osml.errors import ExportError
 from osml.modelcard import ModelCard, sha256_hex
 from osml.trainer.encoders import ConvEncoder, Encoder, GRUEncoder, MLPEncoder
 
-__all__ = ["build_onnx", "export_onnx", "check_parity", "OPSET", "IR_VERSION"]
+__all__ = ["IR_VERSION", "OPSET", "build_onnx", "check_parity", "export_onnx"]
 
 # Opset 17 / IR 8 load on every onnxruntime since 1.14, i.e. also on older Pi images.
 OPSET = 17

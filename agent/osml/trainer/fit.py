@@ -11,9 +11,14 @@ from torch import nn
 from osml.modelcard import ModelCard
 from osml.trainer.encoders import ARCHITECTURES, build_encoder
 from osml.trainer.export import export_onnx
-from osml.trainer.objectives import OBJECTIVES, alignment_loss, reconstruction_loss, variance_covariance_loss
+from osml.trainer.objectives import (
+    OBJECTIVES,
+    alignment_loss,
+    reconstruction_loss,
+    variance_covariance_loss,
+)
 
-__all__ = ["TrainerSettings", "EncoderTrainer"]
+__all__ = ["EncoderTrainer", "TrainerSettings"]
 
 
 @dataclass(frozen=True)

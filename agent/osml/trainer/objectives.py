@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["alignment_loss", "variance_covariance_loss", "reconstruction_loss", "OBJECTIVES"]
+__all__ = ["OBJECTIVES", "alignment_loss", "reconstruction_loss", "variance_covariance_loss"]
 
 OBJECTIVES = ("vc", "masked")
 
