@@ -285,32 +285,40 @@ def _save(fig: Any, canvas_cls: Any, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def _similarity_figure(figure_cls: Any, report: Mapping[str, Any]) -> Any:
-    final = report.get("final") or {}
-    strict = final.get("strict_alignment") or {}
-    agents = list(report.get("agents") or strict)
+def _pair_matrix(values: Mapping[str, Any], agents: list[str]) -> np.ndarray:
     n = len(agents)
     matrix = np.full((n, n), np.nan)
     for i, a in enumerate(agents):
         for j, b in enumerate(agents):
-            value = 1.0 if a == b else (strict.get(a) or {}).get(b)
+            value = 1.0 if a == b else (values.get(a) or {}).get(b)
             if isinstance(value, (int, float)):
                 matrix[i, j] = value
+    return matrix
+
+
+def _similarity_figure(figure_cls: Any, report: Mapping[str, Any]) -> Any:
+    # Strict and centred side by side: the strict cosine is high between any two agents of a
+    # context (they share the anchor), the centred one shows which agents share what varies.
+    final = report.get("final") or {}
+    strict = final.get("strict_alignment") or {}
+    agents = list(report.get("agents") or strict)
+    n = len(agents)
     size = 2.5 + 0.6 * n
-    fig = figure_cls(figsize=(size + 1.0, size), layout="constrained")
-    ax = fig.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap="RdBu_r", vmin=-1.0, vmax=1.0)
-    ax.set_xticks(range(n), agents)
-    ax.set_yticks(range(n), agents)
-    for i in range(n):
-        for j in range(n):
-            if np.isfinite(matrix[i, j]):
-                colour = "white" if abs(matrix[i, j]) > 0.6 else "black"
-                ax.text(
-                    j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=colour, fontsize=9
-                )
-    ax.set_title(f"Same-step strict alignment, round {final.get('round', '?')}")
-    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig = figure_cls(figsize=(2 * size + 1.0, size), layout="constrained")
+    axes = fig.subplots(1, 2)
+    image = None
+    for ax, key, label in zip(axes, ("strict_alignment", "centered_alignment"), ("strict", "centered")):
+        matrix = _pair_matrix(final.get(key) or {}, agents)
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+        ax.set_xticks(range(n), agents)
+        ax.set_yticks(range(n), agents)
+        for i in range(n):
+            for j in range(n):
+                if np.isfinite(matrix[i, j]):
+                    colour = "white" if abs(matrix[i, j]) > 0.6 else "black"
+                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=colour, fontsize=9)
+        ax.set_title(f"Same-step {label} alignment, round {final.get('round', '?')}")
+    fig.colorbar(image, ax=list(axes), shrink=0.8)
     return fig
 
 
