@@ -29,6 +29,7 @@ from osml.broker import MosquittoProcess, find_mosquitto
 from osml.data import Dataset, windows
 from osml.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.errors import OsmlError, TransportError
+from osml.metrics import centered_alignment, strict_alignment
 from osml.simulate import SimulationSettings, evaluate
 from osml.topology import neighbours as topology_neighbours
 from osml.trainer_client import TrainerClient
@@ -215,7 +216,7 @@ def run_fleet(
                           "subcontexts": {a: r["subcontext"] for a, r in recs.items()},
                           "equilibrium": {a: r["equilibrium"] for a, r in recs.items()},
                           "bytes_sent": {a: total[a] - sent_before[a] for a in total},
-                          "live": True})
+                          **_live_alignment(workdir, ids, shown), "live": True})
                 sent_before = total
         for p in agents:
             if p.popen.returncode != 0:
@@ -227,6 +228,19 @@ def run_fleet(
         if broker is not None:
             broker.stop()
     return assemble(workdir, dataset, ids, links, settings, time.perf_counter() - t0, wall0)
+
+
+def _live_alignment(workdir: Path, ids: Sequence[str], rnd: int) -> dict[str, object]:
+    """Strict and centred test alignment of round ``rnd`` from the agents' eval files, for the
+    live display (the orchestrator runs on the same machine; the agents never compute this)."""
+    try:
+        emb = {a: np.load(workdir / "agents" / a / "eval" / f"test-{rnd:04d}.npy", allow_pickle=False) for a in ids}
+    except (OSError, ValueError):
+        return {}
+    return {
+        "strict_alignment": {a: {b: strict_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids},
+        "centered_alignment": {a: {b: centered_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids},
+    }
 
 
 def assemble(workdir: Path, dataset: Dataset, ids: list[str], links: dict[str, list[str]],
