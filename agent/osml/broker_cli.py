@@ -12,7 +12,6 @@ must be installed. The lead registers the group in :mod:`osml.cli` with ``main.a
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import os
 import pwd
@@ -24,20 +23,20 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from osml.broker import find_mosquitto
+from osml.cli_errors import one_line_errors
 from osml.errors import ConfigError, OsmlError
 from osml.fleetfile import acl_text, check_username, load_fleet, passwords, write_password_file
 
 __all__ = ["TUNING", "InitResult", "broker", "broker_conf", "init_broker_dir", "make_certs"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 # Settings shared with broker-config/mosquitto.conf (a test keeps the two in step).
 TUNING: tuple[tuple[str, str], ...] = (
@@ -63,25 +62,6 @@ PASSWD, ACL, CONF, LOG, DATA, CREDENTIALS = (
 )
 
 
-def _one_line_errors(func: F) -> F:
-    """Same contract as :mod:`osml.cli`: a user error is one ``error:`` line and exit code 2.
-
-    (A copy, not an import: osml.cli registers this group, so importing it back would be circular.)
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (OsmlError, ValueError) as exc:
-            message = str(exc)
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            message = f"{where}{exc.strerror or exc}"
-        click.echo("error: " + " ".join(message.split()), err=True)
-        sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------ mosquitto.conf
@@ -457,7 +437,7 @@ private. Running init again keeps existing passwords and rewrites the rest.
               help="Address of the TLS listener.  [default: every interface]")
 @click.option("--run-as", default="mosquitto", show_default=True, metavar="USER",
               help="User mosquitto switches to when started as root (root: keep root, labs only).")
-@_one_line_errors
+@one_line_errors
 def init_command(fleet_path: Path, out: Path, port: int, bind: str, certs: Path | None,
                  tls_port: int, tls_bind: str, run_as: str) -> None:
     """Write password file, ACL, credentials and mosquitto.conf for a fleet."""
@@ -492,7 +472,7 @@ For a lab. In production run mosquitto as a service with DIR/mosquitto.conf.
               type=click.Path(file_okay=False, path_type=Path), help="A directory made by osml broker init.")
 @click.option("--port", type=click.IntRange(1, 65535), metavar="N",
               help="Listen on this port instead of the one in DIR/mosquitto.conf.")
-@_one_line_errors
+@one_line_errors
 def start_command(directory: Path, port: int | None) -> None:
     """Run mosquitto on DIR in the foreground; Ctrl-C stops it."""
     conf = directory / CONF
@@ -573,7 +553,7 @@ users (use_identity_as_username).
 @click.option("--client", "clients", multiple=True, metavar="ID", help="Make a client certificate; repeatable.")
 @click.option("--days", type=click.IntRange(1, 3650), default=825, show_default=True,
               help="Validity of server and client certificates.")
-@_one_line_errors
+@one_line_errors
 def certs_command(out: Path, host: str, ips: tuple[str, ...], clients: tuple[str, ...], days: int) -> None:
     """Make a private CA, a server certificate and client certificates (openssl)."""
     for path, what in make_certs(out, host, ips, clients, days):

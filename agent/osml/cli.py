@@ -8,7 +8,6 @@ traceback. torch is imported only inside the commands that train.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +17,8 @@ from typing import Any, TypeVar
 import click
 
 from osml import __version__
-from osml.errors import ConfigError, OsmlError
+from osml.cli_errors import one_line_errors
+from osml.errors import ConfigError
 
 __all__ = ["main", "parse_agents", "parse_architectures", "progress_line"]
 
@@ -28,22 +28,6 @@ LINE_WIDTH = 100
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _one_line_errors(func: F) -> F:
-    """Turn the errors a user can cause into one ``error:`` line on stderr and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (OsmlError, ValueError) as exc:
-            message = str(exc)
-        except OSError as exc:  # e.g. the output directory cannot be written
-            where = f"{exc.filename}: " if exc.filename else ""
-            message = f"{where}{exc.strerror or exc}"
-        click.echo("error: " + " ".join(message.split()), err=True)
-        sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------ flag parsing
@@ -269,7 +253,7 @@ def _run_options(func: F) -> F:
 
 @main.command(epilog=SIMULATE_EPILOG)
 @_run_options
-@_one_line_errors
+@one_line_errors
 def simulate(**flags: Any) -> None:
     """Run several agents in one process with an in-memory exchange.
 
@@ -422,7 +406,7 @@ directory as osml simulate, plus OUT/fleet/ with each agent's config, state and 
               help="Seconds an agent waits for its neighbours' frames each round.")
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
               help="MQTT protocol version.")
-@_one_line_errors
+@one_line_errors
 def run_command(broker_url: str | None, drop_rate: float, deadline: float, protocol: str, **flags: Any) -> None:
     """Run a fleet on this machine: every agent its own process, talking over MQTT.
 
@@ -457,7 +441,7 @@ def run_command(broker_url: str | None, drop_rate: float, deadline: float, proto
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               metavar="FILE", help="The agent's TOML config (see the example in docs/agent.md).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
-@_one_line_errors
+@one_line_errors
 def agent_command(config_path: Path, log_level: str) -> None:
     """Run one agent: rounds of osmosis with its neighbours over MQTT, until stopped.
 
@@ -489,7 +473,7 @@ def agent_command(config_path: Path, log_level: str) -> None:
 @click.option("--state-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               metavar="DIR", help="Where per-agent weights are checkpointed (survives restarts).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
-@_one_line_errors
+@one_line_errors
 def trainer_command(socket_path: Path, state_dir: Path, log_level: str) -> None:
     """Serve training jobs for the agents of this host (needs the trainer extra: torch)."""
     import logging
@@ -513,7 +497,7 @@ def trainer_command(socket_path: Path, state_dir: Path, log_level: str) -> None:
 @main.command("report", epilog="\b\nExample:\n  osml report runs/demo")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR")
 @click.option("--replot", is_flag=True, help="Redraw the plots even if they exist.")
-@_one_line_errors
+@one_line_errors
 def report_command(run_dir: Path, replot: bool) -> None:
     """Print the final state of a run written by osml simulate; draw missing plots."""
     from osml import report

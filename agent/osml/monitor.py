@@ -21,7 +21,6 @@ reaches the terminal.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -36,12 +35,12 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO, TypeVar
+from typing import Any, Protocol, TextIO
 
 import click
 
 from osml import topics
-from osml.errors import OsmlError
+from osml.cli_errors import one_line_errors
 from osml.transport import BrokerSettings, Transport
 
 __all__ = [
@@ -531,25 +530,8 @@ def monitor(
 
 # ------------------------------------------------------------------------------ the command
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _one_line_errors(func: F) -> F:
-    """``error: <message>`` on stderr and exit code 2 for the errors a user can cause."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (OsmlError, ValueError) as exc:
-            message = str(exc)
-        except OSError as exc:  # e.g. an unreadable password file
-            where = f"{exc.filename}: " if exc.filename else ""
-            message = f"{where}{exc.strerror or exc}"
-        click.echo("error: " + " ".join(message.split()), err=True)
-        sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
 
 
 MONITOR_EPILOG = """\b
@@ -635,7 +617,7 @@ or vanished (last will); STALLED: online but silent for --stall-after seconds.
     help="Flag an online agent STALLED after this many seconds without news. "
     "[default: 3x the median round period, at least 5 s, or 60 s until known]",
 )
-@_one_line_errors
+@one_line_errors
 def monitor_command(
     broker_url: str,
     context: str,
