@@ -138,3 +138,15 @@ def test_rejects_bad_arguments(kwargs: dict[str, object], fragment: str) -> None
     kind = kwargs.pop("kind")
     with pytest.raises(ConfigError, match=fragment):
         generate(kind, **kwargs)  # type: ignore[arg-type]
+
+
+def test_agent_one_is_an_exact_offset_copy_unless_the_wobble_is_asked_for() -> None:
+    plain = generate("simple", seed=3)
+    wobbly = generate("simple", seed=3, wobble=True)
+    diff = plain["1"].train[:, 0] - plain["0"].train[:, 0]
+    np.testing.assert_allclose(diff, 1.0, atol=1e-5)
+    wdiff = wobbly["1"].train[:, 0] - wobbly["0"].train[:, 0]
+    assert np.max(np.abs(wdiff - 1.0)) > 0.3  # the sine of amplitude 0.5 is there
+    # Every other series is identical with or without the wobble.
+    np.testing.assert_array_equal(plain["0"].train, wobbly["0"].train)
+    np.testing.assert_array_equal(plain["M0"].test, wobbly["M0"].test)

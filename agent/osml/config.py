@@ -87,7 +87,7 @@ class DataSection:
         kind, _, rest = self.source.partition(":")
         if kind not in ("csv", "paper", "generated") or not rest:
             raise _fail("data.source", f"{self.source!r} not understood", "use csv:FILE, paper:DIR or generated:simple|complex")
-        if kind == "generated" and rest not in ("simple", "complex"):
+        if kind == "generated" and rest not in ("simple", "complex", "simple+wobble", "complex+wobble"):
             raise _fail("data.source", f"unknown generator {rest!r}", "use generated:simple or generated:complex")
 
 
@@ -97,7 +97,7 @@ class ModelSection:
     window: int = 10
     embedding_dim: int = 5
     seed: int = 0
-    anchor_norm: float = 4.5
+    anchor_norm: float = 3.8
     path: str = ""  # an initial model (ONNX + card) to start from; default: the trainer makes one
 
     def __post_init__(self) -> None:
@@ -106,7 +106,7 @@ class ModelSection:
         if self.window < 1 or self.embedding_dim < 1:
             raise _fail("model.window/embedding_dim", "must be >= 1", "set positive integers")
         if self.anchor_norm < 0:
-            raise _fail("model.anchor_norm", "must be >= 0", "set e.g. 4.5")
+            raise _fail("model.anchor_norm", "must be >= 0", "set e.g. 3.8")
 
 
 @dataclass(frozen=True)

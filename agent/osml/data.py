@@ -47,7 +47,7 @@ __all__ = [
 
 TRAIN_FILE = "train_data.csv"
 TEST_FILE = "test_data.csv"
-GENERATED_SPECS = ("generated:simple", "generated:complex")
+GENERATED_SPECS = ("generated:simple", "generated:complex", "generated:simple+wobble", "generated:complex+wobble")
 
 _PAPER_COLUMN = re.compile(r"Agent([A-Za-z0-9]+)\[([0-9]+)\]")
 
@@ -375,11 +375,9 @@ def load_dataset(spec: str, *, seed: int = 0) -> Dataset:
         # imported here: osml.synthetic builds Dataset objects, so it imports this module
         from osml.synthetic import generate
 
-        kind = spec.removeprefix("generated:")
-        if kind == "simple":
-            return generate("simple", seed=seed)
-        if kind == "complex":
-            return generate("complex", seed=seed)
+        kind, plus, option = spec.removeprefix("generated:").partition("+")
+        if kind in ("simple", "complex") and (not plus or option == "wobble"):
+            return generate(kind, seed=seed, wobble=bool(plus))
         raise DataError(
             f"unknown generated dataset {spec!r}: use one of {', '.join(GENERATED_SPECS)}"
         )

@@ -44,7 +44,7 @@ class SimulationSettings:
     seed: int = 0
     context: str = "sim"
     architectures: dict[str, str] = field(default_factory=dict)  # per-agent override, default gru
-    anchor_norm: float = 4.5
+    anchor_norm: float = 3.8
     learner: LearnerSettings = field(default_factory=LearnerSettings)
     trainer: object = None  # osml.trainer.TrainerSettings; typed loosely to keep torch optional
 

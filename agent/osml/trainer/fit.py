@@ -36,7 +36,7 @@ class TrainerSettings:
     init_std: float = 1.0
     hidden: int = 0  # 0: the architecture's default width
     weight_decay: float = 0.0
-    input_noise: float = 0.0  # std of Gaussian jitter added to windows, in units of the feature std
+    input_noise: float = 0.1  # std of Gaussian jitter added to windows, in units of the feature std
     per_dim_variance: bool = True
     threads: int = 1
 
