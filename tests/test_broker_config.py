@@ -24,7 +24,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from clihelp import run_command
 from osml import topics
 from osml.broker import find_mosquitto, free_port
 from osml.broker_cli import TUNING, broker, broker_conf, with_port
@@ -68,11 +69,7 @@ def fleet_of(text: str) -> Fleet:
 
 
 def invoke(*args: str) -> Result:
-    try:
-        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
-    except TypeError:
-        runner = CliRunner()  # click >= 8.2 keeps stderr apart by default
-    return runner.invoke(broker, list(args), catch_exceptions=False)
+    return run_command(broker, *args)
 
 
 def assert_one_line_error(result: Result, *fragments: str) -> None:

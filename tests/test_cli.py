@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from clihelp import run_command
 
 from osml import __version__
 from osml.cli import main, parse_agents, parse_architectures, progress_line
@@ -16,11 +17,7 @@ from osml.errors import ConfigError
 
 
 def invoke(*args: str) -> Result:
-    try:
-        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
-    except TypeError:
-        runner = CliRunner()  # click >= 8.2 keeps stderr apart by default
-    return runner.invoke(main, list(args), catch_exceptions=False)
+    return run_command(main, *args)
 
 
 def assert_one_line_error(result: Result, *fragments: str) -> None:

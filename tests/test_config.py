@@ -10,7 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from clihelp import run_command
 from osml.cli import main
 from osml.config import AgentConfig, load_config
 from osml.errors import ConfigError
@@ -39,11 +40,7 @@ def load(tmp_path: Path, text: str) -> AgentConfig:
 
 
 def invoke(*args: str) -> Result:
-    try:
-        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
-    except TypeError:
-        runner = CliRunner()  # click >= 8.2 keeps stderr apart by default
-    return runner.invoke(main, list(args), catch_exceptions=False)
+    return run_command(main, *args)
 
 
 # -- good files ---------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from clihelp import run_command
 from osml.broker import find_mosquitto
 from osml.cli import main
 
@@ -27,11 +28,7 @@ def _needs_broker_and_torch() -> None:
 
 
 def invoke(*args: str) -> Result:
-    try:
-        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
-    except TypeError:
-        runner = CliRunner()  # click >= 8.2 keeps stderr apart by default
-    return runner.invoke(main, list(args), catch_exceptions=False)
+    return run_command(main, *args)
 
 
 def run_fleet(out: Path, *extra: str) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from clihelp import run_command
 from osml import topics
 from osml.broker import MosquittoProcess, free_port
 from osml.monitor import DEFAULT_STALL_AFTER, FleetView, monitor, monitor_command, render_table
@@ -36,12 +37,7 @@ def metrics(agent: str, **fields: Any) -> Message:
 
 
 def invoke(*args: str) -> Result:
-    """Run ``osml monitor ARGS`` with stderr kept apart from stdout."""
-    try:
-        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
-    except TypeError:
-        runner = CliRunner()  # click >= 8.2 keeps stderr apart by default
-    return runner.invoke(monitor_command, list(args))
+    return run_command(monitor_command, *args, catch_exceptions=True)
 
 
 def by_agent(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -73,7 +73,8 @@ def _bindable(host: str, port: int) -> bool:
         return True
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def tail_lines(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file (empty if it cannot be read)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -185,7 +186,7 @@ class MosquittoProcess:
                 self._proc = None
                 raise TransportError(
                     f"mosquitto exited with code {code} while starting on {self.host}:{self.port}:\n"
-                    f"{_tail(out_path)}\n{_tail(self.log_path)}".rstrip()
+                    f"{tail_lines(out_path)}\n{tail_lines(self.log_path)}".rstrip()
                 )
             if _accepts(self.host, self.port):
                 return
@@ -193,7 +194,7 @@ class MosquittoProcess:
                 self.stop()
                 raise TransportError(
                     f"mosquitto did not open {self.host}:{self.port} within {timeout:g} s:\n"
-                    f"{_tail(self.log_path)}".rstrip()
+                    f"{tail_lines(self.log_path)}".rstrip()
                 )
             time.sleep(0.02)
 
@@ -215,9 +216,9 @@ class MosquittoProcess:
         self.stop()
         self.start(timeout)
 
-    def log_tail(self, lines: int = 20) -> str:
+    def logtail_lines(self, lines: int = 20) -> str:
         """The last ``lines`` lines of the broker log (for error messages and debugging)."""
-        return _tail(self.log_path, lines)
+        return tail_lines(self.log_path, lines)
 
     def __enter__(self) -> MosquittoProcess:
         self.start()

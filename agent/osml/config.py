@@ -229,15 +229,20 @@ def _neighbours(raw: Any, agent_id: str) -> tuple[str, ...]:
     raise _fail("[neighbours]", "needs ids, or topology and all", 'e.g. ids = ["1"]')
 
 
+def read_toml(path: Path, flag: str) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError (one line, naming the file and ``flag``) otherwise."""
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror}); check the {flag} path") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from exc
+
+
 def load_config(path: str | Path) -> AgentConfig:
     """Read and validate an agent's TOML config. Raises ConfigError (one line) on any problem."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read ({exc.strerror}); check the --config path") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML ({exc}); fix the syntax") from exc
+    raw = read_toml(p, "--config")
     base = p.resolve().parent
     allowed = {"agent", "broker", "neighbours", "data", "model", "rounds", "trainer", "testing"}
     for key in raw:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from osml import topics
-from osml.broker import MosquittoProcess, find_mosquitto
+from osml.broker import MosquittoProcess, find_mosquitto, tail_lines
 from osml.data import Dataset, windows
 from osml.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.errors import OsmlError, TransportError
@@ -108,11 +108,9 @@ def _stop(procs: Sequence[_Proc], grace: float = 10.0) -> None:
             p.popen.wait()
 
 
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
+def _tail(path: Path) -> str:
+    """A process log's last lines on one line, for error messages."""
+    return " | ".join(tail_lines(path, 5).strip().splitlines())
 
 
 def _data_source(data_spec: str) -> str:

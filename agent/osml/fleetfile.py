@@ -40,7 +40,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,12 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from osml import topics
+from osml.config import read_toml
 from osml.errors import ConfigError, OsmlError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "Fleet",
@@ -306,12 +301,7 @@ def parse_fleet(raw: Mapping[str, Any]) -> Fleet:
 def load_fleet(path: str | Path) -> Fleet:
     """Read and validate a fleet file. Raises ConfigError (one line, naming the key)."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read ({exc.strerror}); check the --fleet path") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: not valid TOML ({exc}); fix the syntax") from exc
+    raw = read_toml(p, "--fleet")
     try:
         return parse_fleet(raw)
     except ConfigError as exc:
