@@ -388,11 +388,13 @@ Examples:
   osml run --data generated:simple --rounds 10 --out runs/fleet
   osml run --data path/to/complex-context --rounds 15 --topology ring
   osml run --data generated:simple --broker mqtt://127.0.0.1:1883 --context lab
+  osml run --data generated:complex --trainers 2 --sign
 
 \b
 Starts a private Mosquitto on a free loopback port (unless --broker is given),
-one trainer process and one agent process per agent; writes the same run
-directory as osml simulate, plus OUT/fleet/ with each agent's config, state and log.
+one trainer process (or --trainers N) and one agent process per agent; writes the
+same run directory as osml simulate, plus OUT/fleet/ with each agent's config,
+state and log.
 """
 
 
@@ -406,8 +408,14 @@ directory as osml simulate, plus OUT/fleet/ with each agent's config, state and 
               help="Seconds an agent waits for its neighbours' frames each round.")
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
               help="MQTT protocol version.")
+@click.option("--trainers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Trainer processes; agent i is served by trainer i mod N.")
+@click.option("--sign", is_flag=True,
+              help="Sign every frame (HMAC-SHA256) with a fresh key in OUT/fleet/signing.key (mode 0600); "
+              "agents require signatures.")
 @one_line_errors
-def run_command(broker_url: str | None, drop_rate: float, deadline: float, protocol: str, **flags: Any) -> None:
+def run_command(broker_url: str | None, drop_rate: float, deadline: float, protocol: str, trainers: int,
+                sign: bool, **flags: Any) -> None:
     """Run a fleet on this machine: every agent its own process, talking over MQTT.
 
     Same flags and outputs as osml simulate; the exchange goes through a real broker.
@@ -417,8 +425,11 @@ def run_command(broker_url: str | None, drop_rate: float, deadline: float, proto
     if flags.get("context") == "sim":
         flags["context"] = "run"
     job = _prepare(**flags)
-    options = FleetOptions(broker_url=broker_url, drop_rate=drop_rate, deadline=deadline, protocol=protocol)
-    _announce(job, f", agents as processes over MQTT{'' if not drop_rate else f' ({drop_rate:.0%} frames dropped)'}")
+    options = FleetOptions(broker_url=broker_url, drop_rate=drop_rate, deadline=deadline, protocol=protocol,
+                           trainers=trainers, sign=sign)
+    how = ", agents as processes over MQTT" + (f" ({drop_rate:.0%} frames dropped)" if drop_rate else "") + (
+        ", signed frames" if sign else "")
+    _announce(job, how)
 
     def progress(entry: dict[str, object]) -> None:
         if not job.quiet:

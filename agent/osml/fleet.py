@@ -1,8 +1,9 @@
 """``osml run``: a whole fleet on one machine, every agent its own process, over a real broker.
 
 The orchestrator only *starts* things and *watches*: a private Mosquitto on a free loopback port
-(unless ``--broker`` names one), one trainer process, one ``osml agent`` process per agent with its
-own TOML config and state directory. The agents run their rounds on their own, talking only
+(unless ``--broker`` names one), one trainer process (or ``FleetOptions.trainers`` of them, agent
+``i`` served by trainer ``i % trainers``), one ``osml agent`` process per agent with its own TOML
+config and state directory. The agents run their rounds on their own, talking only
 through the broker; the orchestrator follows their ``metrics`` topics to print a live line per
 round, waits for them to finish, stops everything by PID, and assembles the same run directory
 as ``osml simulate`` from what the agents left in their state directories.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -35,7 +37,12 @@ from osml.topology import neighbours as topology_neighbours
 from osml.trainer_client import TrainerClient
 from osml.transport import BrokerSettings, Transport
 
-__all__ = ["FleetOptions", "agent_toml", "run_fleet"]
+__all__ = [
+    "SIGNING_KEY_FILE", "FleetOptions", "FleetProcess", "agent_toml", "run_fleet", "spawn", "start_trainers",
+    "stop_processes", "write_signing_key",
+]
+
+SIGNING_KEY_FILE = "signing.key"  # in the fleet's work directory, when FleetOptions.sign is set
 
 
 @dataclass(frozen=True)
@@ -47,21 +54,60 @@ class FleetOptions:
     protocol: str = "5"
     timeout: float = 3600.0  # give up on the whole run after this many seconds
     env: dict[str, str] = field(default_factory=dict)
+    trainers: int = 1  # trainer processes; agent i is served by trainer i % trainers
+    steps: int = 0  # rounds.steps: windows per round, the latest ones (0: all)
+    interval: float = 0.0  # rounds.interval: minimum seconds per round
+    count: int | None = None  # rounds.count; None: settings.rounds (0: run until stopped)
+    trainer_settings: dict[str, object] = field(default_factory=dict)  # more [trainer.settings] keys
+    sign: bool = False  # sign frames with a fresh per-run key, and require signatures
+
+    def __post_init__(self) -> None:
+        if self.trainers < 1:
+            raise ValueError(f"trainers must be >= 1, got {self.trainers}")
+        if self.steps < 0 or self.interval < 0 or (self.count is not None and self.count < 0):
+            raise ValueError("steps, interval and count must be >= 0")
 
 
 def _q(value: str) -> str:
     return json.dumps(value)  # a TOML basic string is a JSON string
 
 
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _q(value)
+    raise ValueError(f"cannot write {value!r} as a TOML value: use a string, number or boolean")
+
+
+def write_signing_key(path: Path) -> Path:
+    """A fresh random 32-byte HMAC key, as 64 hex digits, in a file only the owner can read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
+        os.write(fd, (secrets.token_hex(32) + "\n").encode("ascii"))
+    finally:
+        os.close(fd)
+    return path
+
+
 def agent_toml(
     agent_id: str, index: int, data_source: str, data_seed: int, links: Sequence[str],
     settings: SimulationSettings, broker_url: str, state_dir: Path, eval_dir: Path, socket: Path,
-    options: FleetOptions,
+    options: FleetOptions, signing_key: Path | None = None,
 ) -> str:
-    """The config file of one agent of the fleet."""
+    """The config file of one agent of the fleet (``signing_key``: the ``[signing]`` key file)."""
     tset = settings.trainer
     arch = settings.architectures.get(agent_id, getattr(tset, "architecture", "mlp"))
     objective = getattr(tset, "objective", "vc")
+    count = settings.rounds if options.count is None else options.count
+    extra_rounds = ([f"steps = {options.steps}"] if options.steps else []) + (
+        [f"interval = {options.interval}"] if options.interval else [])
+    trainer_extra = [f"{k} = {_toml_value(v)}" for k, v in options.trainer_settings.items() if k != "objective"]
+    signing = ["", "[signing]", f"key_file = {_q(str(signing_key))}", "require = true"] if signing_key else []
     return "\n".join([
         "[agent]", f"id = {_q(agent_id)}", f"context = {_q(settings.context)}", f"state_dir = {_q(str(state_dir))}",
         "", "[broker]", f"url = {_q(broker_url)}", f"protocol = {_q(options.protocol)}",
@@ -70,32 +116,58 @@ def agent_toml(
         "", "[model]", f"architecture = {_q(arch)}", f"window = {settings.window}",
         f"embedding_dim = {settings.embedding_dim}", f"seed = {settings.seed * 1000 + index}",
         f"anchor_norm = {settings.anchor_norm}",
-        "", "[rounds]", f"count = {settings.rounds}", f"deadline = {options.deadline}",
+        "", "[rounds]", f"count = {count}", *extra_rounds, f"deadline = {options.deadline}",
         f"train_wait = {options.train_wait}", f"eval_dir = {_q(str(eval_dir))}",
         "", "[trainer]", f"socket = {_q(str(socket))}",
-        "", "[trainer.settings]", f"objective = {_q(objective)}",
-        "", "[testing]", f"drop_rate = {options.drop_rate}", "",
+        "", "[trainer.settings]", f"objective = {_q(objective)}", *trainer_extra,
+        "", "[testing]", f"drop_rate = {options.drop_rate}", *signing, "",
     ])
 
 
 @dataclass
-class _Proc:
+class FleetProcess:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
 
 
-def _spawn(name: str, args: list[str], log: Path, env: dict[str, str]) -> _Proc:
-    fh = open(log, "ab")
-    try:
+def spawn(name: str, args: list[str], log: Path, env: dict[str, str]) -> FleetProcess:
+    """Start ``args`` in a session of its own (Ctrl-C on the terminal reaches only us; we stop it
+    by PID), output appended to ``log``."""
+    with open(log, "ab") as fh:  # the child keeps its own copy of the descriptor
         p = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              env={**os.environ, **env}, start_new_session=True)
-    finally:
-        fh.close()
-    return _Proc(name, p, log)
+    return FleetProcess(name, p, log)
 
 
-def _stop(procs: Sequence[_Proc], grace: float = 10.0) -> None:
+def start_trainers(workdir: Path, count: int, env: dict[str, str],
+                   started: list[FleetProcess]) -> list[Path]:
+    """Start ``count`` trainer processes (state and log in ``workdir/trainer[-k]``) and wait until
+    each answers; returns their sockets. Each process is appended to ``started`` as soon as it
+    exists, so the caller's cleanup stops it even when a later one fails to start."""
+    stamp = f"{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    pending: list[tuple[FleetProcess, Path]] = []
+    for k in range(count):
+        name = "trainer" if k == 0 else f"trainer-{k}"
+        # sun_path is short (108 bytes): the sockets live in /tmp, not in the work directory.
+        socket = Path(f"/tmp/osml-{stamp}{'' if k == 0 else f'-{k}'}.sock")
+        (workdir / name).mkdir(parents=True, exist_ok=True)
+        proc = spawn(name, [sys.executable, "-m", "osml.cli", "trainer", "--socket", str(socket),
+                            "--state-dir", str(workdir / name)], workdir / name / "trainer.log", env)
+        started.append(proc)
+        pending.append((proc, socket))
+    deadline = time.monotonic() + 60 + 10 * count
+    for proc, socket in pending:
+        client = TrainerClient(socket, timeout=5.0)
+        while not client.ping():
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise OsmlError(f"the {proc.name} did not start: {_tail(proc.log)}")
+            time.sleep(0.2)
+    return [socket for _, socket in pending]
+
+
+def stop_processes(procs: Sequence[FleetProcess], grace: float = 10.0) -> None:
+    """SIGTERM every process still running, SIGKILL those not gone after ``grace`` seconds."""
     for p in procs:
         if p.popen.poll() is None:
             p.popen.send_signal(signal.SIGTERM)
@@ -133,11 +205,11 @@ def run_fleet(
     workdir = workdir.resolve()
     # A run starts afresh: agents resume from state they find, so clear what a previous run
     # into the same directory left (only the sub-directories this function creates).
-    for sub in ("agents", "trainer", "broker"):
+    for sub in ("agents", "broker", *(("trainer" if k == 0 else f"trainer-{k}") for k in range(options.trainers))):
         shutil.rmtree(workdir / sub, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     broker: MosquittoProcess | EmbeddedBroker | None = None
-    procs: list[_Proc] = []
+    procs: list[FleetProcess] = []
     monitor: Transport | None = None
     env = {"PYTHONUNBUFFERED": "1", **options.env}
     t0 = time.perf_counter()
@@ -160,29 +232,21 @@ def run_fleet(
         else:
             raise TransportError("no mosquitto binary found: apt-get install mosquitto, pip install "
                                  "'osml[embedded-broker]', or pass --broker mqtt://HOST:PORT")
-        socket = Path(f"/tmp/osml-{os.getpid()}-{int(time.time() * 1000) % 100000}.sock")
-        (workdir / "trainer").mkdir(exist_ok=True)
-        procs.append(_spawn("trainer", [sys.executable, "-m", "osml.cli", "trainer", "--socket", str(socket),
-                                        "--state-dir", str(workdir / "trainer")], workdir / "trainer" / "trainer.log", env))
-        client = TrainerClient(socket, timeout=5.0)
-        deadline = time.monotonic() + 60
-        while not client.ping():
-            if procs[0].popen.poll() is not None or time.monotonic() > deadline:
-                raise OsmlError(f"the trainer did not start: {_tail(procs[0].log)}")
-            time.sleep(0.2)
+        sockets = start_trainers(workdir, options.trainers, env, procs)
+        key = write_signing_key(workdir / SIGNING_KEY_FILE) if options.sign else None
         source = _data_source(data_spec)
         for i, aid in enumerate(ids):
             adir = workdir / "agents" / aid
             adir.mkdir(parents=True, exist_ok=True)
             cfg = adir / "agent.toml"
-            cfg.write_text(agent_toml(aid, i, source, settings.seed, links[aid], settings, url,
-                                      adir / "state", adir / "eval", socket, options))
+            cfg.write_text(agent_toml(aid, i, source, settings.seed, links[aid], settings, url, adir / "state",
+                                      adir / "eval", sockets[i % len(sockets)], options, key))
         monitor = Transport(BrokerSettings(url=url, protocol=options.protocol), f"osml-run-{os.getpid()}",
                             subscriptions=[f"{topics.ROOT}/{settings.context}/+/metrics"], persistent=False)
         monitor.connect()
         for aid in ids:
             adir = workdir / "agents" / aid
-            procs.append(_spawn(f"agent {aid}", [sys.executable, "-m", "osml.cli", "agent", "--config",
+            procs.append(spawn(f"agent {aid}", [sys.executable, "-m", "osml.cli", "agent", "--config",
                                                  str(adir / "agent.toml")], adir / "agent.log", env))
         seen: dict[int, dict[str, dict[str, object]]] = {}
         shown = -1
@@ -222,7 +286,7 @@ def run_fleet(
     finally:
         if monitor is not None:
             monitor.close()
-        _stop(procs)
+        stop_processes(procs)
         if broker is not None:
             broker.stop()
     return assemble(workdir, dataset, ids, links, settings, time.perf_counter() - t0, wall0)
