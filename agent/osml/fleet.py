@@ -96,10 +96,11 @@ def write_signing_key(path: Path) -> Path:
 
 def agent_toml(
     agent_id: str, index: int, data_source: str, data_seed: int, links: Sequence[str],
-    settings: SimulationSettings, broker_url: str, state_dir: Path, eval_dir: Path, socket: Path,
+    settings: SimulationSettings, broker_url: str, state_dir: Path, eval_dir: Path | None, socket: Path,
     options: FleetOptions, signing_key: Path | None = None,
 ) -> str:
-    """The config file of one agent of the fleet (``signing_key``: the ``[signing]`` key file)."""
+    """The config file of one agent of the fleet (``eval_dir``: where it saves per-round
+    evaluations, None for none; ``signing_key``: the ``[signing]`` key file)."""
     tset = settings.trainer
     arch = settings.architectures.get(agent_id, getattr(tset, "architecture", "mlp"))
     objective = getattr(tset, "objective", "vc")
@@ -117,7 +118,7 @@ def agent_toml(
         f"embedding_dim = {settings.embedding_dim}", f"seed = {settings.seed * 1000 + index}",
         f"anchor_norm = {settings.anchor_norm}",
         "", "[rounds]", f"count = {count}", *extra_rounds, f"deadline = {options.deadline}",
-        f"train_wait = {options.train_wait}", f"eval_dir = {_q(str(eval_dir))}",
+        f"train_wait = {options.train_wait}", *([f"eval_dir = {_q(str(eval_dir))}"] if eval_dir else []),
         "", "[trainer]", f"socket = {_q(str(socket))}",
         "", "[trainer.settings]", f"objective = {_q(objective)}", *trainer_extra,
         "", "[testing]", f"drop_rate = {options.drop_rate}", *signing, "",
