@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from osml.errors import ModelError
-from osml.modelcard import ModelCard, read_card, sha256_hex
+from osml.modelcard import ModelCard, read_model, sha256_hex
 
 __all__ = ["OnnxEncoder"]
 
@@ -64,11 +63,8 @@ class OnnxEncoder:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], threads: int = 1) -> OnnxEncoder:
-        card = read_card(path)
-        try:
-            model = Path(path).read_bytes()
-        except OSError as exc:
-            raise ModelError(f"{path}: cannot read model ({exc.strerror})") from exc
+        """The model at ``path`` and its card (see :func:`osml.modelcard.read_model`), verified."""
+        model, card = read_model(path)
         return cls.from_bytes(model, card, threads)
 
     def encode(self, windows: np.ndarray, batch: int = 4096) -> np.ndarray:

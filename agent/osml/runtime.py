@@ -40,7 +40,7 @@ from osml.data import load_dataset, read_agent_csv, read_paper_dir, windows
 from osml.errors import FrameError, ModelError, TrainerError, TransportError
 from osml.inference import OnnxEncoder
 from osml.learner import LearnerSettings, OsmoticLearner
-from osml.modelcard import ModelCard, write_model
+from osml.modelcard import ModelCard, card_path, write_model
 from osml.state import append_round, load_state, save_state
 from osml.subcontext import SubcontextMemory
 from osml.trainer_client import TrainerClient
@@ -162,7 +162,8 @@ class AgentRuntime:
         )
 
     def _ensure_model(self, stop: threading.Event) -> None:
-        if self.model_path.exists():
+        # The card alone is enough: a first install killed after its commit has only the staged model.
+        if self.model_path.exists() or card_path(self.model_path).exists():
             try:
                 self.encoder = OnnxEncoder.load(self.model_path)
                 self.state.model_version = self.encoder.version

@@ -4,13 +4,17 @@
     state_dir/model.onnx (+ .card.json)   the model in use, verified against its card on load
     state_dir/rounds.jsonl        one JSON line per finished round (what `osml run` reports)
 
-Everything is written atomically (temp file + rename), so a SIGKILL at any moment leaves either
-the old or the new version, never half of one.
+state.json and the model pair are written atomically (temp file, fsync, rename; the model's card
+is its commit point, see :mod:`osml.modelcard`), so a SIGKILL or power cut at any moment leaves
+either the old or the new version, never half of one. rounds.jsonl is appended to and fsynced; a
+kill in the middle of an append can leave a torn last line, which :func:`read_rounds` skips and
+the next :func:`append_round` cuts off before it writes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +22,10 @@ from typing import Any
 from osml.errors import ConfigError
 from osml.modelcard import write_atomic
 
-__all__ = ["AgentState", "append_round", "load_state", "save_state"]
+__all__ = ["ROUNDS_FILE", "AgentState", "append_round", "load_state", "read_rounds", "save_state"]
 
 STATE_FORMAT = 1
+ROUNDS_FILE = "rounds.jsonl"
 
 
 @dataclass
@@ -55,8 +60,65 @@ def load_state(state_dir: Path, agent_id: str, context: str) -> AgentState:
 
 def save_state(state_dir: Path, state: AgentState) -> None:
     write_atomic(state_dir / "state.json", (json.dumps(asdict(state), indent=1, sort_keys=True) + "\n").encode())
+    # The agent is the only writer: a temp file still there is from a save that was killed.
+    for stale in state_dir.glob(".state.json.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def append_round(state_dir: Path, record: dict[str, Any]) -> None:
-    with open(state_dir / "rounds.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
+    """Append one round's record to rounds.jsonl and fsync it.
+
+    A previous append killed half-way leaves a last line without its newline: it is completed
+    when it parses, cut off otherwise, so the new record never lands glued to a torn one.
+    """
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    with open(state_dir / ROUNDS_FILE, "a+b") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end:
+            fh.seek(max(0, end - 1))
+            if fh.read(1) != b"\n":
+                fh.seek(0)
+                text = fh.read()
+                start = text.rfind(b"\n") + 1
+                if _parse_line(text[start:]) is None:
+                    fh.truncate(start)
+                else:
+                    line = b"\n" + line
+        fh.write(line)  # "a" mode: always at the end, whatever the position after the checks
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_rounds(state_dir: Path) -> list[dict[str, Any]]:
+    """The records in ``state_dir/rounds.jsonl``, oldest first ([] when there is none yet).
+
+    A torn last line (an agent killed in the middle of an append) is skipped; a bad line anywhere
+    else is real damage and raises :class:`~osml.errors.ConfigError`.
+    """
+    path = state_dir / ROUNDS_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    lines = data.split(b"\n")
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        record = _parse_line(line)
+        if record is None:
+            if number == len(lines):  # no newline after it: the append was cut short
+                break
+            raise ConfigError(f"{path}: line {number} is not a JSON object; move the file away to start afresh")
+        records.append(record)
+    return records

@@ -1,0 +1,322 @@
+"""Durability on disk: atomic writes, the model pair's commit point, torn rounds.jsonl lines, and
+a writer SIGKILLed at random moments that must always leave a state and a model that load.
+
+No broker and no torch: the models are tiny ONNX graphs built with ``onnx.helper``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osml.errors import ConfigError, ModelError
+from osml.inference import OnnxEncoder
+from osml import modelcard
+from osml.modelcard import ModelCard, card_path, read_card, read_model, sha256_hex, staged_path, write_atomic, write_model
+from osml.state import AgentState, append_round, load_state, read_rounds, save_state
+
+WINDOW, N_FEATURES, EMB = 8, 3, 16
+
+
+def tiny_model(seed: int) -> bytes:
+    """A valid encoder graph: (batch, WINDOW, N_FEATURES) -> Flatten -> MatMul -> (batch, EMB)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(seed).standard_normal((WINDOW * N_FEATURES, EMB)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["windows"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["embeddings"])],
+        "tiny",
+        [helper.make_tensor_value_info("windows", TensorProto.FLOAT, ["batch", WINDOW, N_FEATURES])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", EMB])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # readable by older onnxruntime builds too
+    return bytes(model.SerializeToString())
+
+
+def card_for(model: bytes, version: int) -> ModelCard:
+    return ModelCard(version=version, architecture="tiny", window=WINDOW, n_features=N_FEATURES,
+                     embedding_dim=EMB, sha256=sha256_hex(model))
+
+
+def extra_files(directory: Path, *expected: str) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name not in expected)
+
+
+@pytest.fixture(scope="module")
+def models() -> list[bytes]:
+    return [tiny_model(seed) for seed in range(3)]
+
+
+class Crash(Exception):
+    """Stands in for a SIGKILL at one point of a write."""
+
+
+# --- write_atomic -------------------------------------------------------------------------------
+
+
+def test_write_atomic_fsyncs_the_file_and_then_its_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+
+    write_atomic(tmp_path / "blob.bin", b"data")
+
+    assert synced == ["file", "dir"]
+    assert (tmp_path / "blob.bin").read_bytes() == b"data"
+
+
+def test_write_atomic_killed_before_the_rename_keeps_the_old_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "blob.bin"
+    write_atomic(target, b"old")
+
+    def crash(src: object, dst: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(Crash):
+        write_atomic(target, b"new")
+
+    assert target.read_bytes() == b"old"
+
+
+# --- write_model: the card is the commit point -----------------------------------------------
+
+
+def test_write_model_leaves_just_the_pair(tmp_path: Path, models: list[bytes]) -> None:
+    path = tmp_path / "model.onnx"
+
+    for version, model in enumerate(models, 1):
+        write_model(path, model, card_for(model, version))
+
+    assert extra_files(tmp_path) == ["model.card.json", "model.onnx"]
+    assert OnnxEncoder.load(path).version == 3
+
+
+def test_killed_before_the_commit_loads_the_previous_model(tmp_path: Path, models: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "model.onnx"
+    write_model(path, models[0], card_for(models[0], 1))
+    real_write = modelcard.write_atomic
+
+    def crash_on_card(target: Path, data: bytes) -> None:
+        if Path(target) == card_path(path):
+            raise Crash
+        real_write(target, data)
+
+    monkeypatch.setattr(modelcard, "write_atomic", crash_on_card)
+    with pytest.raises(Crash):
+        write_model(path, models[1], card_for(models[1], 2))
+    monkeypatch.undo()
+
+    enc = OnnxEncoder.load(path)
+    assert enc.version == 1 and enc.model_bytes == models[0]
+    assert staged_path(path, sha256_hex(models[1])).exists()  # the new bytes, not committed
+
+
+def test_killed_after_the_commit_loads_the_new_model_from_the_staged_file(
+    tmp_path: Path, models: list[bytes], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "model.onnx"
+    write_model(path, models[0], card_for(models[0], 1))
+    real_replace = os.replace
+
+    def crash_on_final_rename(src: str, dst: str) -> None:
+        if Path(dst) == path:
+            raise Crash
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_final_rename)
+    with pytest.raises(Crash):
+        write_model(path, models[1], card_for(models[1], 2))
+    monkeypatch.undo()
+
+    assert path.read_bytes() == models[0]  # the old file is still in place ...
+    enc = OnnxEncoder.load(path)  # ... but the committed card names the staged one
+    assert enc.version == 2 and enc.model_bytes == models[1]
+
+
+def test_first_install_killed_after_the_commit_has_no_model_file_yet(
+    tmp_path: Path, models: list[bytes], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "model.onnx"
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda s, d: (_ for _ in ()).throw(Crash) if Path(d) == path else real_replace(s, d))
+    with pytest.raises(Crash):
+        write_model(path, models[0], card_for(models[0], 1))
+    monkeypatch.undo()
+
+    assert not path.exists()
+    assert OnnxEncoder.load(path).version == 1
+
+
+def test_next_write_removes_what_interrupted_writes_left(tmp_path: Path, models: list[bytes]) -> None:
+    path = tmp_path / "model.onnx"
+    write_model(path, models[0], card_for(models[0], 1))
+    leftovers = [staged_path(path, sha256_hex(models[1])).name, ".model.onnx.abc123.tmp", ".model.card.json.x_y.tmp",
+                 f".{staged_path(path, sha256_hex(models[2])).name}.q1w2e3.tmp"]
+    unrelated = ["state.json", ".state.json.k9.tmp", "other.onnx", "model.notes.onnx"]
+    for name in leftovers + unrelated:
+        (tmp_path / name).write_bytes(b"partial")
+
+    write_model(path, models[2], card_for(models[2], 2))
+
+    assert extra_files(tmp_path, "model.onnx", "model.card.json") == sorted(unrelated)
+
+
+def test_neither_file_matching_the_card_is_an_error(tmp_path: Path, models: list[bytes]) -> None:
+    path = tmp_path / "model.onnx"
+    write_model(path, models[0], card_for(models[0], 1))
+    path.write_bytes(models[1])
+
+    with pytest.raises(ModelError, match="sha256"):
+        read_model(path)
+    assert read_card(path).version == 1
+
+
+# --- state.json and rounds.jsonl ----------------------------------------------------------------
+
+
+def test_save_state_removes_temp_files_of_killed_saves(tmp_path: Path) -> None:
+    (tmp_path / ".state.json.abc.tmp").write_text('{"agent_id": "0", "cont')
+
+    save_state(tmp_path, AgentState("0", "ctx", next_round=3))
+
+    assert extra_files(tmp_path) == ["state.json"]
+    assert load_state(tmp_path, "0", "ctx").next_round == 3
+
+
+def test_append_round_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    append_round(tmp_path, {"round": 0})
+
+    assert synced and read_rounds(tmp_path) == [{"round": 0}]
+
+
+def test_read_rounds_skips_a_torn_last_line(tmp_path: Path) -> None:
+    (tmp_path / "rounds.jsonl").write_text('{"round": 0}\n{"round": 1}\n{"round": 2, "subcon')
+
+    assert read_rounds(tmp_path) == [{"round": 0}, {"round": 1}]
+
+
+def test_read_rounds_of_a_missing_file_is_empty(tmp_path: Path) -> None:
+    assert read_rounds(tmp_path) == []
+
+
+def test_read_rounds_refuses_damage_before_the_last_line(tmp_path: Path) -> None:
+    (tmp_path / "rounds.jsonl").write_text('{"round": 0}\n{"rou\n{"round": 2}\n')
+
+    with pytest.raises(ConfigError, match="line 2"):
+        read_rounds(tmp_path)
+
+
+def test_append_after_a_torn_line_cuts_it_off(tmp_path: Path) -> None:
+    path = tmp_path / "rounds.jsonl"
+    path.write_text('{"round": 0}\n{"round": 1, "subcon')
+
+    append_round(tmp_path, {"round": 1})
+
+    assert path.read_text() == '{"round": 0}\n{"round": 1}\n'
+
+
+def test_append_after_a_complete_line_without_newline_keeps_it(tmp_path: Path) -> None:
+    path = tmp_path / "rounds.jsonl"
+    path.write_text('{"round": 0}\n{"round": 1}')
+
+    append_round(tmp_path, {"round": 2})
+
+    assert read_rounds(tmp_path) == [{"round": 0}, {"round": 1}, {"round": 2}]
+
+
+def test_append_to_a_file_that_is_only_a_torn_line(tmp_path: Path) -> None:
+    (tmp_path / "rounds.jsonl").write_bytes(b'{"rou')
+
+    append_round(tmp_path, {"round": 0})
+
+    assert read_rounds(tmp_path) == [{"round": 0}]
+
+
+# --- SIGKILL at random moments ---------------------------------------------------------------
+
+# The child does what an agent does at the end of each round, as fast as it can: install a new
+# model, save the state, append the round's record. It starts from whatever it finds on disk.
+CHILD = """
+import sys
+from pathlib import Path
+from osml.modelcard import ModelCard, sha256_hex, write_model
+from osml.state import append_round, load_state, save_state
+
+state_dir, models_dir = Path(sys.argv[1]), Path(sys.argv[2])
+blobs = [p.read_bytes() for p in sorted(models_dir.glob("*.onnx"))]
+state = load_state(state_dir, "victim", "kill-loop")
+print("ready", flush=True)
+while True:
+    version = state.model_version + 1
+    model = blobs[version %% len(blobs)]
+    card = ModelCard(version=version, architecture="tiny", window=%d, n_features=%d, embedding_dim=%d,
+                     sha256=sha256_hex(model))
+    write_model(state_dir / "model.onnx", model, card)
+    state.model_version = version
+    state.next_round += 1
+    save_state(state_dir, state)
+    append_round(state_dir, {"round": state.next_round - 1, "model_version": version})
+""" % (WINDOW, N_FEATURES, EMB)
+
+KILLS = 50
+
+
+def test_writer_killed_at_random_moments_always_leaves_a_valid_model_and_state(tmp_path: Path, models: list[bytes]) -> None:
+    models_dir, state_dir = tmp_path / "models", tmp_path / "state"
+    models_dir.mkdir()
+    state_dir.mkdir()
+    for i, model in enumerate(models):
+        (models_dir / f"{i}.onnx").write_bytes(model)
+    rng = random.Random(20240605)
+    last_round, versions = 0, []
+
+    for kill in range(KILLS):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(state_dir), str(models_dir)],
+                                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            assert child.stdout is not None and child.stdout.readline() == b"ready\n", f"kill {kill}: child did not start"
+            time.sleep(rng.uniform(0.0, 0.08))
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+
+        state = load_state(state_dir, "victim", "kill-loop")
+        assert state.next_round >= last_round, f"kill {kill}: next_round went back to {state.next_round}"
+        last_round = state.next_round
+        if card_path(state_dir / "model.onnx").exists():
+            enc = OnnxEncoder.load(state_dir / "model.onnx")
+            # The model is written before the state, so it is at most one version ahead.
+            assert enc.version in (state.model_version, state.model_version + 1), f"kill {kill}"
+            versions.append(enc.version)
+        else:
+            assert state.model_version == 0, f"kill {kill}: state says v{state.model_version} but there is no model"
+        rounds = [r["round"] for r in read_rounds(state_dir)]
+        assert rounds == sorted(set(rounds)) and all(r < state.next_round for r in rounds), f"kill {kill}"
+        # Leftovers of a killed write are removed by the next one: they never pile up.
+        assert len(extra_files(state_dir, "state.json", "rounds.jsonl", "model.onnx", "model.card.json")) <= 3
+
+    assert versions == sorted(versions) and versions[-1] > 0
