@@ -128,6 +128,7 @@ def start_trainer(procs: Procs, socket: Path, state_dir: Path) -> subprocess.Pop
 def write_config(
     root: Path, ctx: str, agent: str, url: str, *, count: int, socket: Path, deadline: float = 3.0,
     model_path: Path | None = None, interval: float = 0.0, neighbours: tuple[str, ...] | None = None,
+    signing_key: Path | None = None,
 ) -> Path:
     adir = root / agent
     adir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +143,7 @@ def write_config(
         "[rounds]", f"count = {count}", f"deadline = {deadline}", "train_wait = 30.0", f"interval = {interval}",
         "[trainer]", f'socket = "{socket}"', "timeout = 30.0",
         "[trainer.settings]", "steps_per_round = 40",
+        *(["[signing]", f'key_file = "{signing_key}"'] if signing_key else []),
     ]
     path = adir / "agent.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -388,6 +390,106 @@ def test_invalid_frames_are_counted_and_ignored(
     assert recs[-1]["invalid_frames"] == 2
     assert recs[-1]["missing"] == []  # the real neighbour was still heard
     assert read_rounds(configs["1"])[-1]["invalid_frames"] == 0
+
+
+def hostile_frames(ctx: str, done: int) -> list[tuple[str, str, bytes]]:
+    """(expected reason, topic, payload) for frames an intruder sends agent 0 after its round
+    ``done``; none of them may reach agent 0's osmosis."""
+    import msgpack
+    import zstandard
+
+    def frame(src: str = "1", rnd: int = 10**6, d: int = 5, c: str = ctx) -> Frame:
+        return Frame(context=c, source=src, round=rnd, step_start=9, model_version=1,
+                     embeddings=np.ones((8, d), np.float32))
+
+    good = msgpack.unpackb(encode_frame(frame()), raw=False)
+    bomb = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(32 << 20))
+    mine = topics.inbox(ctx, "0", "1")
+    return [
+        ("malformed", mine, b"\x00garbage\xff" * 10),
+        ("version", mine, msgpack.packb(dict(good, v=7))),
+        ("schema", mine, msgpack.packb(dict(good, n="8"))),
+        ("shape", mine, msgpack.packb(dict(good, d=6))),
+        ("zstd", mine, msgpack.packb(dict(good, z=True, p=bomb))),
+        ("nonfinite", mine, msgpack.packb(dict(good, p=bytes(40) + b"\x00\x00\xc0\x7f" * 8))),
+        ("not_neighbour", topics.inbox(ctx, "0", "9"), encode_frame(frame(src="9"))),
+        ("topic", mine, encode_frame(frame(src="9"))),
+        ("context", mine, encode_frame(frame(c="other"))),
+        ("late", mine, encode_frame(frame(rnd=0))),  # a replay of round 0
+        ("future", mine, encode_frame(frame(rnd=10**6))),
+        ("dimension", mine, encode_frame(frame(rnd=done + 2, d=7))),
+    ]
+
+
+def test_hostile_frames_are_rejected_by_reason_and_never_used(
+    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
+    short_dir: Path, premade_models: dict[str, Path],
+) -> None:
+    ctx = unique_context("hostile")
+    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=5, socket=short_dir / "none.sock",
+                               model_path=premade_models[a], interval=0.5) for a in IDS}
+    agents = {a: start_agent(procs, c) for a, c in configs.items()}
+    wait_until(done_round(configs["0"], 0), "agent 0 to finish round 0")
+    cases = hostile_frames(ctx, read_rounds(configs["0"])[-1]["round"])
+    t = Transport(BrokerSettings(url=mosquitto.url), f"intruder-{ctx}", persistent=False)
+    t.connect()
+    try:
+        for _, topic, payload in cases:
+            t.publish(topic, payload)
+    finally:
+        t.close()
+    for p in agents.values():
+        procs.wait_ok(p)
+
+    recs = read_rounds(configs["0"])
+    assert [r["round"] for r in recs] == list(range(5))  # it never stopped or stalled
+    rejected = recs[-1]["rejected"]
+    for reason, _, _ in cases:
+        assert rejected.get(reason, 0) >= 1, (reason, rejected)
+    assert sum(rejected.values()) >= len(cases)
+    # The real neighbour was still heard (agents back off without a trainer, so not every round),
+    # and nobody else ever pulled.
+    assert recs[-1]["missing"] == []
+    assert all(set(r["osmosis_weights"]) <= {"0", "1"} for r in recs)
+    assert "Traceback" not in (state_dir(configs["0"]).parent / "agent.log").read_text()
+
+
+def test_signed_fleet_rejects_frames_forged_with_broker_credentials(
+    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
+    short_dir: Path, premade_models: dict[str, Path],
+) -> None:
+    """With signing on, a client that can publish on agent 1's topic still cannot speak as 1."""
+    from osml.signing import new_key_hex
+
+    ctx = unique_context("signed")
+    key = tmp_path / "ctx.key"
+    key.write_text(new_key_hex())
+    key.chmod(0o600)
+    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=5, socket=short_dir / "none.sock",
+                               model_path=premade_models[a], interval=0.5, signing_key=key) for a in IDS}
+    agents = {a: start_agent(procs, c) for a, c in configs.items()}
+    wait_until(done_round(configs["0"], 0), "agent 0 to finish round 0")
+    done = read_rounds(configs["0"])[-1]["round"]
+    forged = [
+        encode_frame(Frame(context=ctx, source="1", round=r, step_start=9, model_version=1,
+                           embeddings=np.full((8, 5), 9.0, np.float32)), key=k)
+        for r in range(done + 1, done + 4) for k in (None, bytes(32))  # unsigned, and a guessed key
+    ]
+    t = Transport(BrokerSettings(url=mosquitto.url), f"forger-{ctx}", persistent=False)
+    t.connect()
+    try:
+        for payload in forged:
+            t.publish(topics.inbox(ctx, "0", "1"), payload)
+    finally:
+        t.close()
+    for p in agents.values():
+        procs.wait_ok(p)
+
+    recs = read_rounds(configs["0"])
+    assert [r["round"] for r in recs] == list(range(5))
+    assert recs[-1]["rejected"].get("unsigned") == 3 and recs[-1]["rejected"].get("bad_signature") == 3
+    assert recs[-1]["missing"] == []  # the real, signed frames of 1 got through
+    assert read_rounds(configs["1"])[-1]["rejected"].get("bad_signature", 0) == 0
 
 
 def test_agent_started_before_the_broker_waits_for_it(

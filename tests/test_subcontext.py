@@ -228,10 +228,11 @@ def test_learner_ignores_senders_that_are_not_neighbours() -> None:
     learner = OsmoticLearner("me", ["a"])
     own = rng.standard_normal((20, 3)).astype(np.float32)
 
-    out = learner.step(own, {"a": own.copy(), "stranger": rng.standard_normal((20, 3)).astype(np.float32)})
+    near = (own + 0.01 * rng.standard_normal((20, 3))).astype(np.float32)  # not an exact echo
+    out = learner.step(own, {"a": near, "stranger": rng.standard_normal((20, 3)).astype(np.float32)})
 
     assert set(out.weights) == {"me", "a"}
-    assert out.weights["me"] == pytest.approx(0.5)
+    assert out.weights["me"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_learner_alone_is_pulled_to_itself() -> None:

@@ -24,6 +24,8 @@ key      type        meaning
 ``nck``  int         number of chunks the logical frame was split into, >= 1
 ``z``    bool        true if ``p`` is zstd-compressed
 ``p``    bin         payload, see below
+``sig``  bin         optional: 32-byte HMAC-SHA256 tag (:mod:`osml.signing`) over
+                     :func:`signed_bytes`; present when the sender signs
 =======  ==========  ============================================================================
 
 Every int is a msgpack integer below 2**63 (a msgpack bool is not accepted as an int).
@@ -43,14 +45,16 @@ payload is larger than a threshold and compression makes it smaller: zstd gains 
 data and makes small payloads larger.
 
 Frames are untrusted network input. :func:`decode_frame` checks the raw size before unpacking,
-bounds every msgpack length, checks ``n``, ``d`` and ``n*d + 4*n`` against limits before
-decompressing, requires the declared content size to equal ``n*d + 4*n``, caps the decompressed
-output at that size and never executes code (no pickle). Every failure raises
-:class:`~osml.errors.FrameError`.
+bounds every msgpack length, checks the signature (when given keys) before touching the payload,
+checks ``n``, ``d`` and ``n*d + 4*n`` against limits before decompressing, requires the declared
+content size to equal ``n*d + 4*n``, caps the decompressed output at that size and never executes
+code (no pickle). Every failure raises :class:`~osml.errors.FrameError` whose ``reason`` is one
+of :data:`REASONS`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,16 +63,19 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+from osml import signing
 from osml.errors import FrameError
 
 __all__ = [
     "FORMAT_VERSION",
     "MAX_NAME_LEN",
+    "REASONS",
     "Frame",
     "decode_frame",
     "dequantize_int8",
     "encode_frame",
     "quantize_int8",
+    "signed_bytes",
 ]
 
 FORMAT_VERSION = 1
@@ -87,6 +94,20 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INT_KEYS = ("v", "rnd", "s0", "n", "d", "mv", "ck", "nck")
 _STR_KEYS = ("ctx", "src")
 _KEYS = frozenset(_INT_KEYS + _STR_KEYS + ("z", "p"))
+_SIGNED_ORDER = ("v", "ctx", "src", "rnd", "s0", "n", "d", "mv", "ck", "nck", "z", "p")
+
+REASONS = {
+    "oversize": "the raw frame or its declared payload is above the size limits",
+    "malformed": "not bytes, not msgpack, or not a msgpack map",
+    "version": "a frame format version this agent does not support",
+    "schema": "missing or unknown keys, wrong types, invalid names or chunk numbers",
+    "unsigned": "signing is required and the frame carries no signature",
+    "bad_signature": "the signature does not match under any accepted key",
+    "shape": "row count or dimension out of range, or a payload size that disagrees with them",
+    "zstd": "a compressed payload that is invalid or declares a size other than n*d + 4*n",
+    "nonfinite": "NaN, infinite or negative scales, or values that overflow float32",
+}
+"""Why :func:`decode_frame` rejects a frame: ``FrameError.reason`` -> description."""
 
 
 # --------------------------------------------------------------------------- quantization
@@ -250,11 +271,21 @@ class Frame:
 # --------------------------------------------------------------------------- encode
 
 
-def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3) -> bytes:
+def signed_bytes(doc: dict[str, Any]) -> bytes:
+    """The bytes a signature covers: every field but ``sig``, as one msgpack array in a fixed
+    order, so the tag does not depend on how a sender ordered or encoded its map."""
+    out: bytes = msgpack.packb([doc[k] for k in _SIGNED_ORDER], use_bin_type=True)
+    return out
+
+
+def encode_frame(
+    frame: Frame, *, compress_threshold: int = 1024, level: int = 3, key: bytes | None = None
+) -> bytes:
     """Serialize ``frame`` to bytes (see the module docstring for the layout).
 
     The payload is zstd-compressed at ``level`` only when it is larger than
-    ``compress_threshold`` bytes and compression makes it smaller.
+    ``compress_threshold`` bytes and compression makes it smaller. With ``key`` the frame is
+    signed (:mod:`osml.signing`).
     """
     if not isinstance(frame, Frame):
         raise TypeError(f"expected a Frame, got {type(frame).__name__}")
@@ -284,6 +315,8 @@ def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3
         "z": compressed,
         "p": payload,
     }
+    if key is not None:
+        doc["sig"] = signing.sign(key, signed_bytes(doc))
     out: bytes = msgpack.packb(doc, use_bin_type=True)
     return out
 
@@ -296,23 +329,23 @@ def _decompress(payload: bytes, expected: int) -> bytes:
     try:
         declared = zstandard.frame_content_size(payload)
     except zstandard.ZstdError as exc:
-        raise FrameError(f"payload is not a valid zstd frame: {exc}") from exc
+        raise FrameError(f"payload is not a valid zstd frame: {exc}", "zstd") from exc
     if declared < 0:
         # Without a declared size zstandard would grow its output buffer as it goes.
-        raise FrameError("compressed payload does not declare its content size")
+        raise FrameError("compressed payload does not declare its content size", "zstd")
     if declared != expected:
         # Checked before decompressing: with a declared size zstandard allocates it up front.
         raise FrameError(
-            f"compressed payload declares {declared} bytes, expected n*d + 4*n = {expected}"
+            f"compressed payload declares {declared} bytes, expected n*d + 4*n = {expected}", "zstd"
         )
     try:
         out = zstandard.ZstdDecompressor().decompress(
             payload, max_output_size=expected, allow_extra_data=False
         )
     except zstandard.ZstdError as exc:
-        raise FrameError(f"zstd decompression failed: {exc}") from exc
+        raise FrameError(f"zstd decompression failed: {exc}", "zstd") from exc
     if len(out) != expected:
-        raise FrameError(f"decompressed payload is {len(out)} bytes, expected {expected}")
+        raise FrameError(f"decompressed payload is {len(out)} bytes, expected {expected}", "zstd")
     return out
 
 
@@ -323,19 +356,27 @@ def decode_frame(
     max_rows: int = 65536,
     max_dim: int = 4096,
     max_payload_bytes: int | None = None,
+    keys: Sequence[bytes] = (),
+    require_signature: bool = False,
 ) -> Frame:
     """Parse and validate an untrusted frame; raise :class:`FrameError` on any problem.
 
     ``max_frame_bytes`` bounds the raw frame, ``max_rows`` and ``max_dim`` the matrix shape, and
     ``max_payload_bytes`` (default ``4 * max_frame_bytes``) the payload size ``n*d + 4*n``, so a
     small compressed frame cannot make the decoder allocate much more than a raw one would.
+
+    With ``keys``, a frame's signature must verify under one of them, and with
+    ``require_signature`` an unsigned frame is rejected too. Without keys a signature is
+    checked for form only.
     """
     if max_payload_bytes is None:
         max_payload_bytes = 4 * max_frame_bytes
+    if require_signature and not keys:
+        raise ValueError("require_signature needs at least one key")
     if not isinstance(data, (bytes, bytearray)):
         raise FrameError(f"frame must be bytes, got {type(data).__name__}")
     if len(data) > max_frame_bytes:
-        raise FrameError(f"frame is {len(data)} bytes, above the limit of {max_frame_bytes}")
+        raise FrameError(f"frame is {len(data)} bytes, above the limit of {max_frame_bytes}", "oversize")
     try:
         doc = msgpack.unpackb(
             bytes(data),
@@ -354,57 +395,65 @@ def decode_frame(
         raise FrameError(f"frame must be a msgpack map, got {type(doc).__name__}")
     # Check the version first: a future version may use other keys.
     if "v" not in doc:
-        raise FrameError("frame has no version key 'v'")
+        raise FrameError("frame has no version key 'v'", "schema")
     version = doc["v"]
     if not _is_int(version):
-        raise FrameError(f"frame key 'v' must be an int, got {type(version).__name__}")
+        raise FrameError(f"frame key 'v' must be an int, got {type(version).__name__}", "schema")
     if version not in SUPPORTED_VERSIONS:
         raise FrameError(
-            f"unsupported frame version {version} (supported: {sorted(SUPPORTED_VERSIONS)})"
+            f"unsupported frame version {version} (supported: {sorted(SUPPORTED_VERSIONS)})",
+            "version",
         )
-    keys = set(doc)
-    missing = _KEYS - keys
+    present = set(doc)
+    missing = _KEYS - present
     if missing:
-        raise FrameError(f"frame is missing keys {sorted(missing)}")
-    unknown = keys - _KEYS
+        raise FrameError(f"frame is missing keys {sorted(missing)}", "schema")
+    unknown = present - _KEYS - {"sig"}
     if unknown:
-        raise FrameError(f"frame has unknown keys {sorted(map(repr, unknown))}")
+        raise FrameError(f"frame has unknown keys {sorted(map(repr, unknown))}", "schema")
     for key in _INT_KEYS:
         if not _is_int(doc[key]):
-            raise FrameError(f"frame key {key!r} must be an int, got {type(doc[key]).__name__}")
+            raise FrameError(
+                f"frame key {key!r} must be an int, got {type(doc[key]).__name__}", "schema"
+            )
     for key in _STR_KEYS:
         if not isinstance(doc[key], str):
-            raise FrameError(f"frame key {key!r} must be a str, got {type(doc[key]).__name__}")
+            raise FrameError(
+                f"frame key {key!r} must be a str, got {type(doc[key]).__name__}", "schema"
+            )
     if not isinstance(doc["z"], bool):
-        raise FrameError(f"frame key 'z' must be a bool, got {type(doc['z']).__name__}")
+        raise FrameError(f"frame key 'z' must be a bool, got {type(doc['z']).__name__}", "schema")
     payload = doc["p"]
     if not isinstance(payload, bytes):
-        raise FrameError(f"frame key 'p' must be bin, got {type(payload).__name__}")
+        raise FrameError(f"frame key 'p' must be bin, got {type(payload).__name__}", "schema")
+    _check_signature(doc, keys, require_signature)
 
     n, d = doc["n"], doc["d"]
     if not 1 <= n <= max_rows:
-        raise FrameError(f"frame row count n={n} is outside [1, {max_rows}]")
+        raise FrameError(f"frame row count n={n} is outside [1, {max_rows}]", "shape")
     if not 1 <= d <= max_dim:
-        raise FrameError(f"frame dimension d={d} is outside [1, {max_dim}]")
+        raise FrameError(f"frame dimension d={d} is outside [1, {max_dim}]", "shape")
     expected = n * d + 4 * n
     if expected > max_payload_bytes:
         raise FrameError(
-            f"frame payload would be {expected} bytes, above the limit of {max_payload_bytes}"
+            f"frame payload would be {expected} bytes, above the limit of {max_payload_bytes}",
+            "oversize",
         )
     if doc["z"]:
         payload = _decompress(payload, expected)
     elif len(payload) != expected:
         raise FrameError(
-            f"payload is {len(payload)} bytes, expected n*d + 4*n = {expected} for n={n}, d={d}"
+            f"payload is {len(payload)} bytes, expected n*d + 4*n = {expected} for n={n}, d={d}",
+            "shape",
         )
 
     q = np.frombuffer(payload, dtype=np.int8, count=n * d).reshape(n, d)
     scale = np.frombuffer(payload, dtype="<f4", count=n, offset=n * d)
     if not np.isfinite(scale).all() or (scale < 0).any():
-        raise FrameError("frame scales must be finite and >= 0")
+        raise FrameError("frame scales must be finite and >= 0", "nonfinite")
     embeddings = dequantize_int8(q, scale)
     if not np.isfinite(embeddings).all():
-        raise FrameError("frame embeddings overflow float32")
+        raise FrameError("frame embeddings overflow float32", "nonfinite")
     try:
         return Frame(
             version=version,
@@ -418,4 +467,16 @@ def decode_frame(
             n_chunks=doc["nck"],
         )
     except (ValueError, TypeError) as exc:
-        raise FrameError(f"invalid frame: {exc}") from exc
+        raise FrameError(f"invalid frame: {exc}", "schema") from exc
+
+
+def _check_signature(doc: dict[str, Any], keys: Sequence[bytes], required: bool) -> None:
+    tag = doc.get("sig")
+    if tag is None:
+        if required:
+            raise FrameError("frame is not signed and this agent requires signatures", "unsigned")
+        return
+    if not isinstance(tag, bytes) or len(tag) != signing.TAG_BYTES:
+        raise FrameError(f"frame key 'sig' must be {signing.TAG_BYTES} bytes of bin", "schema")
+    if keys and not signing.verify(keys, signed_bytes(doc), tag):
+        raise FrameError("frame signature does not verify under this context's key", "bad_signature")

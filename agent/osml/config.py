@@ -35,6 +35,11 @@ neighbours have defaults)::
 
     [trainer]
     socket = "/run/osml/trainer.sock"
+
+    [signing]                           # optional: HMAC-SHA256 frame signatures (osml.signing)
+    key_file = "/etc/osml/lab.key"      # this context's key; sign and verify with it
+    previous_key_file = ""              # also accepted while a key change rolls out
+    require = true                      # reject unsigned frames (false only while rolling out)
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from osml.errors import ConfigError
+from osml.signing import load_key
 from osml.topics import check_level
 from osml.topology import neighbours as topology_neighbours
 from osml.transport import BrokerSettings
@@ -55,7 +61,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["AgentConfig", "AgentSection", "DataSection", "ModelSection", "RoundsSection", "TrainerSection", "load_config"]
+__all__ = [
+    "AgentConfig", "AgentSection", "DataSection", "ModelSection", "RoundsSection", "SigningSection",
+    "TrainerSection", "load_config",
+]
 
 
 def _fail(key: str, problem: str, fix: str) -> ConfigError:
@@ -136,6 +145,25 @@ class TrainerSection:
 
 
 @dataclass(frozen=True)
+class SigningSection:
+    key_file: str = ""  # empty: frames are neither signed nor verified
+    previous_key_file: str = ""
+    require: bool = True
+
+    def __post_init__(self) -> None:
+        if self.previous_key_file and not self.key_file:
+            raise _fail("signing.previous_key_file", "set without signing.key_file", "set key_file too")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.key_file)
+
+    def keys(self) -> tuple[bytes, ...]:
+        """The keys frames may be signed with, the current one first (ConfigError if unusable)."""
+        return tuple(load_key(p) for p in (self.key_file, self.previous_key_file) if p)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection
     broker: BrokerSettings
@@ -145,6 +173,7 @@ class AgentConfig:
     rounds: RoundsSection = field(default_factory=RoundsSection)
     trainer: TrainerSection = field(default_factory=TrainerSection)
     drop_rate: float = 0.0  # [testing] share of outgoing frames dropped at random
+    signing: SigningSection = field(default_factory=SigningSection)
 
     @property
     def state_dir(self) -> Path:
@@ -244,7 +273,7 @@ def load_config(path: str | Path) -> AgentConfig:
     p = Path(path)
     raw = read_toml(p, "--config")
     base = p.resolve().parent
-    allowed = {"agent", "broker", "neighbours", "data", "model", "rounds", "trainer", "testing"}
+    allowed = {"agent", "broker", "neighbours", "data", "model", "rounds", "trainer", "testing", "signing"}
     for key in raw:
         if key not in allowed:
             raise _fail(f"[{key}]", "unknown section", f"known sections: {', '.join(sorted(allowed))}")
@@ -284,4 +313,6 @@ def load_config(path: str | Path) -> AgentConfig:
     drop = testing.get("drop_rate", 0.0)
     if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0.0 <= drop < 1.0:
         raise _fail("testing.drop_rate", f"{drop!r} is not in [0, 1)", "use e.g. 0.2")
-    return AgentConfig(agent, broker, nbs, data, model, rounds, trainer, float(drop))
+    signing = _section(SigningSection, raw.get("signing"), "signing", base, ("key_file", "previous_key_file"))
+    signing.keys()  # fail now, with the file named, rather than at the first frame
+    return AgentConfig(agent, broker, nbs, data, model, rounds, trainer, float(drop), signing)

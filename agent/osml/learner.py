@@ -4,6 +4,8 @@
 (MQTT) run each round: given the agent's own embeddings for the round's steps and the
 embeddings its neighbours sent for the same steps, it
 
+0. screens what each neighbour sent (:mod:`osml.screening`): constant, wildly scaled or copied
+   embeddings are left out, the rest are rescaled to the agent's own median norm;
 1. measures each neighbour's affinity (linear CKA, :func:`osml.metrics.linear_cka`) and updates the
    per-neighbour memory and sub-context (:mod:`osml.subcontext`);
 2. computes the osmosis weights and target (:mod:`osml.osmosis`);
@@ -22,6 +24,7 @@ import numpy as np
 from osml.equilibrium import EquilibriumDetector, relative_change
 from osml.metrics import linear_cka
 from osml.osmosis import osmosis_target, osmosis_weights, restore_spread
+from osml.screening import CopyDetector, ScreenSettings, screen
 from osml.subcontext import SubcontextMemory, SubcontextPolicy
 
 __all__ = ["LearnerSettings", "OsmoticLearner", "RoundOutcome"]
@@ -38,6 +41,7 @@ class LearnerSettings:
     policy: SubcontextPolicy = field(default_factory=SubcontextPolicy)
     equilibrium_tolerance: float = 0.02
     equilibrium_patience: int = 3
+    screen: ScreenSettings = field(default_factory=ScreenSettings)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -55,6 +59,7 @@ class RoundOutcome:
     subcontext: list[str]  # self plus member neighbours
     change: float | None  # relative change of own embeddings since the last round
     equilibrium: bool
+    screened: dict[str, str] = field(default_factory=dict)  # neighbour -> why it was left out
 
 
 class OsmoticLearner:
@@ -65,6 +70,7 @@ class OsmoticLearner:
         self.memory = SubcontextMemory(policy=self.settings.policy)
         self.equilibrium = EquilibriumDetector(self.settings.equilibrium_tolerance, self.settings.equilibrium_patience)
         self._previous: np.ndarray | None = None
+        self._copies = CopyDetector(self.settings.screen.copy_memory)
         self.rounds = 0
 
     def step(self, own: np.ndarray, received: Mapping[str, np.ndarray]) -> RoundOutcome:
@@ -75,10 +81,15 @@ class OsmoticLearner:
         for nb in heard:
             if received[nb].shape != own.shape:
                 raise ValueError(f"{nb} sent {received[nb].shape}, own embeddings are {own.shape}")
-        affinity = {nb: linear_cka(own, received[nb]) for nb in heard}
+        copies = self._copies.copies({nb: received[nb] for nb in heard}, self.agent_id, own)
+        kept, screened = screen(own, {nb: received[nb] for nb in heard}, self.settings.screen, copies)
+        # A screened neighbour told us nothing usable this round: affinity 0, so one that stays
+        # broken leaves the sub-context.
+        affinity = {nb: (linear_cka(own, kept[nb]) if nb in kept else 0.0) for nb in heard}
         self.memory.observe(affinity, own_round=self.rounds + 1)
+        heard = [nb for nb in heard if nb in kept]
         members = np.array([self.memory.is_member(nb) for nb in heard], dtype=bool)
-        stack = np.stack([received[nb] for nb in heard]) if heard else np.zeros((0, *own.shape), np.float32)
+        stack = np.stack([kept[nb] for nb in heard]) if heard else np.zeros((0, *own.shape), np.float32)
         w = osmosis_weights(own, stack, members, self.settings.temperature)
         target = osmosis_target(own, stack, w)
         self.rounds += 1
@@ -94,7 +105,7 @@ class OsmoticLearner:
         self._previous = own
         sub = self.memory.subcontext(self.agent_id)
         eq = self.equilibrium.update(change, sub)
-        return RoundOutcome(target, weights, affinity, dict(self.memory.affinity), sub, change, eq)
+        return RoundOutcome(target, weights, affinity, dict(self.memory.affinity), sub, change, eq, screened)
 
     def subcontext(self) -> list[str]:
         return self.memory.subcontext(self.agent_id)

@@ -27,24 +27,24 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from osml import topics
 from osml.anchor import context_anchor
-from osml.codec import Frame, decode_frame, encode_frame
+from osml.codec import Frame, encode_frame
 from osml.config import AgentConfig
 from osml.data import load_dataset, read_agent_csv, read_paper_dir, windows
-from osml.errors import FrameError, ModelError, TrainerError, TransportError
+from osml.errors import ModelError, TrainerError, TransportError
+from osml.inbox import Inbox
 from osml.inference import OnnxEncoder
 from osml.learner import LearnerSettings, OsmoticLearner
 from osml.modelcard import ModelCard, card_path, write_model
 from osml.state import append_round, load_state, save_state
 from osml.subcontext import SubcontextMemory
 from osml.trainer_client import TrainerClient
-from osml.transport import Message, Transport
+from osml.transport import Transport
 
 __all__ = ["AgentRuntime", "chunk_rows", "load_series"]
 
@@ -66,42 +66,6 @@ def load_series(cfg: AgentConfig) -> tuple[np.ndarray, np.ndarray | None]:
 def chunk_rows(n_rows: int, dim: int, max_frame_bytes: int) -> int:
     """Rows per chunk so that a frame stays under ``max_frame_bytes`` (int8 rows + f32 scale)."""
     return max(1, (max_frame_bytes - 512) // (dim + 4))
-
-
-@dataclass
-class _Inbox:
-    """Frames received, per round and source, reassembled from chunks."""
-
-    chunks: dict[tuple[int, str], dict[int, Frame]] = field(default_factory=dict)
-    late: int = 0
-    invalid: int = 0
-    frames_in: int = 0
-    bytes_in: int = 0
-
-    def add(self, frame: Frame, current_round: int) -> None:
-        if frame.round < current_round:
-            self.late += 1
-            return
-        self.chunks.setdefault((frame.round, frame.source), {})[frame.chunk] = frame
-
-    def complete(self, rnd: int, src: str) -> Frame | None:
-        parts = self.chunks.get((rnd, src))
-        if not parts:
-            return None
-        n = next(iter(parts.values())).n_chunks
-        if len(parts) < n or any(p.n_chunks != n for p in parts.values()):
-            return None
-        ordered = [parts[i] for i in range(n) if i in parts]
-        if len(ordered) != n:
-            return None
-        emb = np.concatenate([p.embeddings for p in sorted(ordered, key=lambda p: p.step_start)])
-        first = min(ordered, key=lambda p: p.step_start)
-        return Frame(context=first.context, source=src, round=rnd, step_start=first.step_start,
-                     model_version=first.model_version, embeddings=emb)
-
-    def forget_before(self, rnd: int) -> None:
-        for key in [k for k in self.chunks if k[0] < rnd]:
-            del self.chunks[key]
 
 
 class AgentRuntime:
@@ -126,7 +90,13 @@ class AgentRuntime:
         self.trainer_status = "unknown"
         self.encoder: OnnxEncoder | None = None
         self.transport: Transport | None = None
-        self.inbox = _Inbox()
+        keys = cfg.signing.keys()
+        self._sign_key = keys[0] if keys else None
+        self.inbox = Inbox(
+            context=self.ctx, me=self.id, neighbours=cfg.neighbours, dim=cfg.model.embedding_dim,
+            keys=keys, require_signature=bool(keys) and cfg.signing.require,
+            max_frame_bytes=max(cfg.rounds.max_frame_bytes, 1 << 20),
+        )
         self.frames_out = 0
         self.bytes_out = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"osml-train-{self.id}")
@@ -255,7 +225,7 @@ class AgentRuntime:
         payloads = [
             encode_frame(Frame(context=self.ctx, source=self.id, round=rnd, step_start=step_start + s,
                                model_version=self.encoder.version, embeddings=emb[s : s + per],
-                               chunk=i, n_chunks=len(starts)))
+                               chunk=i, n_chunks=len(starts)), key=self._sign_key)
             for i, s in enumerate(starts)
         ]
         for nb in self.cfg.neighbours:
@@ -263,23 +233,6 @@ class AgentRuntime:
                 if self.transport.publish(topics.inbox(self.ctx, nb, self.id), payload, droppable=True):
                     self.frames_out += 1
                     self.bytes_out += len(payload)
-
-    def _handle(self, msg: Message, rnd: int) -> None:
-        parsed = topics.parse_inbox(msg.topic)
-        if parsed is None or parsed[0] != self.ctx or parsed[1] != self.id:
-            return
-        self.inbox.frames_in += 1
-        self.inbox.bytes_in += len(msg.payload)
-        try:
-            frame = decode_frame(msg.payload, max_frame_bytes=max(self.cfg.rounds.max_frame_bytes, 1 << 20))
-        except FrameError as exc:
-            self.inbox.invalid += 1
-            log.warning("agent %s: dropped invalid frame on %s: %s", self.id, msg.topic, exc)
-            return
-        if frame.source != parsed[2] or frame.context != self.ctx or frame.source not in self.cfg.neighbours:
-            self.inbox.invalid += 1  # a frame must come from the neighbour whose topic it uses
-            return
-        self.inbox.add(frame, rnd)
 
     def _collect(self, rnd: int, stop: threading.Event) -> dict[str, Frame]:
         assert self.transport is not None
@@ -298,9 +251,16 @@ class AgentRuntime:
                 break
             msg = self.transport.get(timeout=min(left, 0.25))
             if msg is not None:
-                self._handle(msg, rnd)
+                self.inbox.offer(msg.topic, msg.payload, rnd)
         self.inbox.forget_before(rnd + 1)
         return got
+
+    def _rejected(self) -> dict[str, int]:
+        """Frames refused so far, by reason (cumulative), with receive-queue overflows."""
+        out = dict(self.inbox.rejected)
+        if self.transport is not None and self.transport.stats.dropped_in:
+            out["queue_full"] = self.transport.stats.dropped_in
+        return dict(sorted(out.items()))
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -341,8 +301,13 @@ class AgentRuntime:
                 frames = self._collect(rnd, stop)
                 if stop.is_set():
                     break
-                received = {nb: f.embeddings for nb, f in frames.items()
-                            if f.step_start == step_start and f.embeddings.shape == own.shape}
+                received = {}
+                for nb, f in frames.items():
+                    if f.step_start == step_start and f.embeddings.shape == own.shape:
+                        received[nb] = f.embeddings
+                    else:
+                        self.inbox.reject("steps", f"{nb} sent steps {f.step_start}+{f.n_steps}, "
+                                                   f"round {rnd} is {step_start}+{len(own)}")
                 outcome = self.learner.step(own, received)
                 if self._pending is None:
                     self._pending = self._pool.submit(self._train_job, rnd, outcome.target, self.state.model_version + 1)
@@ -355,6 +320,7 @@ class AgentRuntime:
                     "frames_in": self.inbox.frames_in, "frames_out": self.frames_out,
                     "bytes_in": self.inbox.bytes_in, "bytes_out": self.bytes_out,
                     "late_frames": self.inbox.late, "invalid_frames": self.inbox.invalid,
+                    "rejected": self._rejected(), "screened": outcome.screened,
                     "trainer": self.trainer_status, "round_s": round(time.monotonic() - started, 3), "time": round(time.time(), 3),
                     "reconnects": self.transport.stats.reconnects, "dropped_out": self.transport.stats.dropped_out,
                 }

@@ -13,11 +13,12 @@ initialised encoders, so the gain from osmosis is visible.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from osml.adversary import Behaviour
 from osml.anchor import context_anchor
 from osml.codec import Frame, decode_frame, encode_frame
 from osml.data import Dataset, windows
@@ -75,7 +76,8 @@ def evaluate(
     strict = {a: {b: strict_alignment(test_emb[a], test_emb[b]) for b in ids if b != a} for a in ids}
     centred = {a: {b: centered_alignment(test_emb[a], test_emb[b]) for b in ids if b != a} for a in ids}
     probe = {a: ridge_probe_r2(train_emb[a], train_last[a], test_emb[a], test_last[a]) for a in ids}
-    groups = sorted({tuple(s) for s in subcontexts.values()})
+    # Groups of evaluated agents only (an adversary in a sub-context has no test embeddings).
+    groups = sorted({tuple(a for a in s if a in test_emb) for s in subcontexts.values()})
     return {
         "strict_alignment": strict,
         "centered_alignment": centred,
@@ -91,14 +93,23 @@ def simulate(
     settings: SimulationSettings,
     agent_ids: Sequence[str] | None = None,
     progress: Callable[[dict[str, object]], None] | None = None,
+    adversaries: Mapping[str, Behaviour] | None = None,
 ) -> dict[str, object]:
     """Run the simulation; returns the report (rounds, final) and the final test embeddings
-    under the key ``"embeddings"`` (a dict agent id -> (steps, dim) array)."""
+    under the key ``"embeddings"`` (a dict agent id -> (steps, dim) array).
+
+    ``adversaries`` adds hostile agents (id -> :mod:`osml.adversary` behaviour): they are linked
+    by the topology like the others and send frames every round, but never learn and are not
+    evaluated; the report covers the honest agents only."""
     from osml.trainer import EncoderTrainer, TrainerSettings  # torch only from here on
 
     ids = list(agent_ids) if agent_ids else list(dataset.ids)
     ds = dataset.select(ids)
-    links = topology_neighbours(ids, settings.topology, settings.seed)
+    adversaries = dict(adversaries or {})
+    clash = set(adversaries) & set(ids)
+    if clash:
+        raise ValueError(f"adversary ids {sorted(clash)} are also honest agents")
+    links = topology_neighbours([*ids, *adversaries], settings.topology, settings.seed)
     tset = settings.trainer if settings.trainer is not None else TrainerSettings()
     anchor = context_anchor(settings.context, settings.embedding_dim, settings.anchor_norm)
     t0 = time.perf_counter()
@@ -122,6 +133,7 @@ def simulate(
 
     rounds: list[dict[str, object]] = []
     subcontexts = {a: sorted([a, *links[a]]) for a in ids}
+    history: list[dict[str, np.ndarray]] = []
     for r in range(settings.rounds + 1):
         # Evaluate the models as they stand at the start of this round (report only).
         train_emb = {a: ag.encoder.encode(ag.train_windows) for a, ag in agents.items()}
@@ -139,12 +151,16 @@ def simulate(
                 progress(entry)
             break
         # Exchange: one frame per agent, delivered to each neighbour's inbox.
-        inbox: dict[str, dict[str, np.ndarray]] = {a: {} for a in ids}
+        inbox: dict[str, dict[str, np.ndarray]] = {a: {} for a in [*ids, *adversaries]}
         sent: dict[str, int] = {}
-        for a, ag in agents.items():
+        outgoing = {a: (ag.encoder.version, train_emb[a]) for a, ag in agents.items()}
+        for a, behave in adversaries.items():
+            outgoing[a] = (0, behave(r, train_emb, history))
+        history = [*history[-31:], train_emb]
+        for a, (version, emb) in outgoing.items():
             frame = encode_frame(Frame(
                 context=settings.context, source=a, round=r, step_start=settings.window - 1,
-                model_version=ag.encoder.version, embeddings=train_emb[a],
+                model_version=version, embeddings=emb,
             ))
             sent[a] = len(frame) * len(links[a])
             for nb in links[a]:
@@ -162,6 +178,7 @@ def simulate(
             "affinity": {a: o.affinity for a, o in outcomes.items()},
             "affinity_memory": {a: o.memory for a, o in outcomes.items()},
             "equilibrium": {a: o.equilibrium for a, o in outcomes.items()},
+            "screened": {a: o.screened for a, o in outcomes.items()},
             "embedding_change": {a: o.change for a, o in outcomes.items()},
             "bytes_sent": sent,
             "losses": losses,

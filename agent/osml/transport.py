@@ -162,8 +162,9 @@ class TransportStats:
     """Traffic counters, updated by :class:`Transport` (read them any time; they only grow).
 
     ``frames_out``/``bytes_out`` count publishes handed to paho; ``dropped_out`` counts publishes
-    dropped on purpose (``drop_rate``) or QoS 0 publishes lost while offline; ``reconnects``
-    counts successful connections after the first.
+    dropped on purpose (``drop_rate``) or QoS 0 publishes lost while offline; ``dropped_in``
+    counts received messages dropped because the receive queue was full (a flood, or a reader
+    that stalled); ``reconnects`` counts successful connections after the first.
     """
 
     frames_in: int = 0
@@ -171,6 +172,7 @@ class TransportStats:
     bytes_in: int = 0
     bytes_out: int = 0
     dropped_out: int = 0
+    dropped_in: int = 0
     reconnects: int = 0
 
 
@@ -219,6 +221,7 @@ class Transport:
         drop_rate: float = 0.0,
         seed: int | None = None,
         persistent: bool = True,
+        max_queued_in: int = 10_000,
     ) -> None:
         if not client_id:
             raise ConfigError("client_id is empty: give each agent a stable, unique id")
@@ -232,7 +235,8 @@ class Transport:
         self._drop_rate = drop_rate
         self._rng = random.Random(seed)
         self._v5 = settings.protocol == "5"
-        self._inbox: queue.Queue[Message] = queue.Queue()
+        # Bounded: a flood of messages must cost memory up to this many, not without limit.
+        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=max_queued_in)
         self._lock = threading.Lock()  # guards stats and the state below
         self._session_up = threading.Event()  # CONNACK ok and subscriptions acknowledged
         self._settled = threading.Event()  # first CONNACK or SUBACK outcome, good or bad
@@ -374,7 +378,11 @@ class Transport:
         with self._lock:
             self.stats.frames_in += 1
             self.stats.bytes_in += len(payload)
-        self._inbox.put(Message(msg.topic, payload, bool(msg.retain)))
+        try:
+            self._inbox.put_nowait(Message(msg.topic, payload, bool(msg.retain)))
+        except queue.Full:  # never block paho's network thread: drop the newest and count it
+            with self._lock:
+                self.stats.dropped_in += 1
 
     # -- public API -----------------------------------------------------------------------------
 
