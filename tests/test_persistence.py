@@ -6,7 +6,6 @@ No broker and no torch: the models are tiny ONNX graphs built with ``onnx.helper
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -18,10 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from osml import modelcard
 from osml.errors import ConfigError, ModelError
 from osml.inference import OnnxEncoder
-from osml import modelcard
-from osml.modelcard import ModelCard, card_path, read_card, read_model, sha256_hex, staged_path, write_atomic, write_model
+from osml.modelcard import (
+    ModelCard,
+    card_path,
+    read_card,
+    read_model,
+    sha256_hex,
+    staged_path,
+    write_atomic,
+    write_model,
+)
 from osml.state import AgentState, append_round, load_state, read_rounds, save_state
 
 WINDOW, N_FEATURES, EMB = 8, 3, 16
@@ -29,7 +37,7 @@ WINDOW, N_FEATURES, EMB = 8, 3, 16
 
 def tiny_model(seed: int) -> bytes:
     """A valid encoder graph: (batch, WINDOW, N_FEATURES) -> Flatten -> MatMul -> (batch, EMB)."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     weights = np.random.default_rng(seed).standard_normal((WINDOW * N_FEATURES, EMB)).astype(np.float32)
@@ -265,20 +273,21 @@ from osml.modelcard import ModelCard, sha256_hex, write_model
 from osml.state import append_round, load_state, save_state
 
 state_dir, models_dir = Path(sys.argv[1]), Path(sys.argv[2])
+window, n_features, embedding_dim = map(int, sys.argv[3:6])
 blobs = [p.read_bytes() for p in sorted(models_dir.glob("*.onnx"))]
 state = load_state(state_dir, "victim", "kill-loop")
 print("ready", flush=True)
 while True:
     version = state.model_version + 1
-    model = blobs[version %% len(blobs)]
-    card = ModelCard(version=version, architecture="tiny", window=%d, n_features=%d, embedding_dim=%d,
+    model = blobs[version % len(blobs)]
+    card = ModelCard(version=version, architecture="tiny", window=window, n_features=n_features, embedding_dim=embedding_dim,
                      sha256=sha256_hex(model))
     write_model(state_dir / "model.onnx", model, card)
     state.model_version = version
     state.next_round += 1
     save_state(state_dir, state)
     append_round(state_dir, {"round": state.next_round - 1, "model_version": version})
-""" % (WINDOW, N_FEATURES, EMB)
+"""
 
 KILLS = 50
 
@@ -293,7 +302,7 @@ def test_writer_killed_at_random_moments_always_leaves_a_valid_model_and_state(t
     last_round, versions = 0, []
 
     for kill in range(KILLS):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(state_dir), str(models_dir)],
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(state_dir), str(models_dir), str(WINDOW), str(N_FEATURES), str(EMB)],
                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         try:
             assert child.stdout is not None and child.stdout.readline() == b"ready\n", f"kill {kill}: child did not start"
