@@ -29,6 +29,7 @@ from clihelp import run_command
 from osml import topics
 from osml.broker import find_mosquitto, free_port
 from osml.broker_cli import TUNING, broker, broker_conf, with_port
+from osml.signing import load_key
 from osml.errors import ConfigError, TransportError
 from osml.fleetfile import (
     Fleet,
@@ -310,6 +311,10 @@ def test_init_writes_hashed_passwd_acl_credentials_and_conf(tmp_path: Path) -> N
     assert conf["acl_file"] == [str((out / "acl").resolve())]
     assert conf["user"] == ["root"]
     assert "4 new, 0 kept" in result.output
+    key = creds / "lab.key"  # the context's frame-signing key
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert len(load_key(key)) == 32
+    key_before = load_key(key)
 
     again = invoke("init", "--fleet", str(_write_fleet(tmp_path, RING3.replace(', "c"', ""))),
                    "--out", str(out), "--run-as", "root")
@@ -317,6 +322,7 @@ def test_init_writes_hashed_passwd_acl_credentials_and_conf(tmp_path: Path) -> N
     assert again.exit_code == 0, again.stderr
     assert (creds / "lab.a.pass").read_text().strip() == plain["lab.a"]
     assert "0 new, 3 kept" in again.output and "lab.c left the fleet" in again.output
+    assert load_key(key) == key_before and "(0 new)" in again.output  # kept: devices keep working
     assert "lab.c:" not in (out / "passwd").read_text()
 
 

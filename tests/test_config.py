@@ -361,3 +361,32 @@ def test_osml_agent_with_a_missing_config(tmp_path: Path) -> None:
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "absent.toml" in lines[0]
+
+
+# -- [signing] ------------------------------------------------------------------------------------
+
+
+def test_signing_is_off_by_default_and_reads_relative_key_files(tmp_path: Path) -> None:
+    assert not load(tmp_path, MINIMAL).signing.enabled
+    (tmp_path / "lab.key").write_text("ab" * 32 + "\n")
+    (tmp_path / "lab.key").chmod(0o600)
+    cfg = load(tmp_path, MINIMAL + '[signing]\nkey_file = "lab.key"\n')
+    assert cfg.signing.enabled and cfg.signing.require
+    assert cfg.signing.keys() == (bytes([0xAB]) * 32,)
+
+
+@pytest.mark.parametrize(
+    ("key_text", "problem"),
+    [(None, "cannot read"), ("zz" * 32, "not hex"), ("ab" * 8, "has 8 bytes"), ("\u00e9", "must be hex")],
+)
+def test_a_bad_signing_key_is_one_line_naming_the_file(tmp_path: Path, key_text: str | None, problem: str) -> None:
+    if key_text is not None:
+        (tmp_path / "lab.key").write_text(key_text)
+    with pytest.raises(ConfigError, match=problem) as err:
+        load(tmp_path, MINIMAL + '[signing]\nkey_file = "lab.key"\n')
+    assert "lab.key" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_previous_key_needs_a_current_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="signing.previous_key_file"):
+        load(tmp_path, MINIMAL + '[signing]\nprevious_key_file = "old.key"\n')

@@ -34,6 +34,7 @@ from osml.broker import find_mosquitto
 from osml.cli_errors import one_line_errors
 from osml.errors import ConfigError, OsmlError
 from osml.fleetfile import acl_text, check_username, load_fleet, passwords, write_password_file
+from osml.signing import new_key_hex
 
 __all__ = ["TUNING", "InitResult", "broker", "broker_conf", "init_broker_dir", "make_certs"]
 
@@ -158,6 +159,7 @@ class InitResult:
     new_credentials: list[str] = field(default_factory=list)
     kept_credentials: list[str] = field(default_factory=list)
     stale_credentials: list[str] = field(default_factory=list)
+    new_keys: list[str] = field(default_factory=list)  # contexts given a new signing key
     warnings: list[str] = field(default_factory=list)
 
 
@@ -265,6 +267,11 @@ def init_broker_dir(
             _write_private(cred_dir / f"{user}.pass", password + "\n")
             result.new_credentials.append(user)
     result.stale_credentials = sorted(set(existing) - set(users))
+    for ctx in fleet.contexts:  # frame-signing keys (osml.signing), kept across runs like passwords
+        key = cred_dir / f"{ctx.name}.key"
+        if not key.exists():
+            _write_private(key, new_key_hex() + "\n")
+            result.new_keys.append(ctx.name)
     write_password_file(out / PASSWD, users)
     (out / ACL).write_text(acl_text(fleet, source=str(fleet_path)))
     os.chmod(out / ACL, 0o640)
@@ -415,8 +422,10 @@ Examples:
 \b
 Writes OUT/passwd (hashed), OUT/acl, OUT/mosquitto.conf, OUT/data/ and
 OUT/credentials/<user>.pass: the PLAINTEXT passwords (mode 0600) to copy onto each
-device (password_file in the agent's [broker] section). Keep that directory
-private. Running init again keeps existing passwords and rewrites the rest.
+device (password_file in the agent's [broker] section), and
+OUT/credentials/<context>.key: each context's frame-signing key (key_file in the
+agent's [signing] section). Keep that directory private. Running init again keeps
+existing passwords and keys and rewrites the rest.
 """
 
 
@@ -449,6 +458,8 @@ def init_command(fleet_path: Path, out: Path, port: int, bind: str, certs: Path 
     click.echo(f"      {out / CONF} (listener {listeners})")
     click.echo(f"      {out / CREDENTIALS}/<user>.pass: {len(result.new_credentials)} new, "
                f"{len(result.kept_credentials)} kept; plaintext (0600): copy each to its device")
+    click.echo(f"      {out / CREDENTIALS}/<context>.key: frame-signing keys ({len(result.new_keys)} new); "
+               "copy to the context's devices as [signing] key_file")
     if result.stale_credentials:
         click.echo(f"note: {', '.join(result.stale_credentials)} left the fleet and can no longer log "
                    f"in; delete their files in {out / CREDENTIALS}")
