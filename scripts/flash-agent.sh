@@ -17,7 +17,8 @@ service osml-agent@<agent>, where <agent> is [agent] id from CONFIG (the agent's
 Steps:
   1. build the osml wheel here (python3 -m pip wheel --no-deps)
   2. copy to HOST over ssh: the wheel, CONFIG (rewritten for the device's paths), the files CONFIG
-     names ([broker] password_file, ca_file, cert_file, key_file; [model] path and its .card.json),
+     names ([broker] password_file, ca_file, cert_file, key_file; [signing] key_file,
+     previous_key_file; [model] path and its .card.json),
      the systemd unit(s) and an install script
   3. on HOST, as root (through sudo unless you log in as root):
        - create the system user osml (no login shell)
@@ -272,6 +273,11 @@ for key, dest in (("password_file", "password"), ("ca_file", "ca.crt"),
     if src is not None:
         copies.append((src, dest))
         changes[("broker", key)] = f"{device_dir}/{dest}"
+for key, dest in (("key_file", "signing.key"), ("previous_key_file", "signing-previous.key")):
+    src = local_file("signing", key)
+    if src is not None:
+        copies.append((src, dest))
+        changes[("signing", key)] = f"{device_dir}/{dest}"
 if section("broker").get("password") is not None:
     warn("broker.password is written in the config itself; prefer password_file "
          "(the config is installed 0640 root:osml either way)")

@@ -172,6 +172,17 @@ def test_dry_run_prints_every_step_and_runs_nothing(tmp_path: Path) -> None:
     assert positions == sorted(positions)
 
 
+def test_dry_run_copies_the_signing_key_and_points_the_config_at_it(tmp_path: Path) -> None:
+    key_hex = "ab" * 32
+    config = _write_config(tmp_path / "cfg", extra='[signing]\nkey_file = "lab.key"\n')
+    (tmp_path / "cfg" / "lab.key").write_text(key_hex + "\n")
+    result = _flash(tmp_path, "--dry-run", HOST, str(config))
+    assert result.returncode == 0, result.stderr
+    assert "files/signing.key" in result.stdout
+    assert f'key_file = "/etc/osml/{AGENT_ID}/signing.key"' in result.stdout
+    assert key_hex not in result.stdout + result.stderr  # a secret, never printed
+
+
 def test_dry_run_with_trainer_installs_the_extra_and_the_trainer_unit(tmp_path: Path) -> None:
     config = _write_config(tmp_path / "cfg")
     result = _flash(tmp_path, "--dry-run", "--with-trainer", HOST, str(config))
