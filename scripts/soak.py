@@ -78,6 +78,7 @@ class SoakConfig:
     topology: str = "full"
     trainers: int = 2
     train_steps: int = 20  # trainer steps_per_round
+    learning_rate: float | None = None  # trainer learning_rate; None: the trainer's default
     # rounds.steps: windows embedded and sent per round (0: all). Not 200 by default: the agent then
     # sends the trainer all training windows but targets for the round's windows only, and the
     # trainer rejects every job ("targets must have shape (891, 5), got (200, 5)").
@@ -212,7 +213,7 @@ def _mb(kb: float) -> float:
 
 
 def restart_rounds(cfg: SoakConfig, rng: random.Random) -> list[int]:
-    """The rounds (reached by the fastest agent) after which the broker is restarted: spread at
+    """The rounds (reached by the slowest agent) after which the broker is restarted: spread at
     random over the run, none in the first 2 or the last 3 rounds (when it fits)."""
     lo, hi = min(2, cfg.rounds - 1), max(min(2, cfg.rounds - 1) + 1, cfg.rounds - 3)
     pool = list(range(lo, hi))
@@ -234,8 +235,9 @@ def setup(soak: Soak, log: Callable[[str], None]) -> None:
     key = write_signing_key(out / "signing.key") if cfg.sign else None
     options = FleetOptions(
         broker_url=soak.broker.url, drop_rate=cfg.drop_rate, deadline=cfg.deadline, count=0,
-        steps=cfg.window_steps, trainer_settings={"steps_per_round": cfg.train_steps}, trainers=cfg.trainers,
-        sign=cfg.sign,
+        steps=cfg.window_steps, trainers=cfg.trainers, sign=cfg.sign,
+        trainer_settings={"steps_per_round": cfg.train_steps,
+                          **({} if cfg.learning_rate is None else {"learning_rate": cfg.learning_rate})},
     )
     index = 0
     c = 0
@@ -352,7 +354,7 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
                     f"RSS agents {_mb(sum(agents_kb))} MB (max {_mb(max(agents_kb, default=0))})  "
                     f"trainers {_mb(sum(trainers_kb))} MB")
                 last_line = now
-            if plan and hi >= plan[0]:
+            if plan and lo >= plan[0]:  # the slowest agent: every agent lives through every restart
                 plan.pop(0)
                 time.sleep(rng.uniform(0.0, cfg.deadline))  # a random moment within the round
                 down = rng.uniform(*cfg.down)
@@ -367,7 +369,7 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
                 continue
             if lo >= target and not plan:
                 if settle_until is None:
-                    settle_until = hi + cfg.settle_rounds
+                    settle_until = lo + cfg.settle_rounds
                     log(f"[{now - t0:6.0f}s] every agent finished {cfg.rounds} rounds; settling (up to round "
                         f"{settle_until}) until every agent reports equilibrium")
                 if all(r and r.get("equilibrium") for r in recs.values()):
@@ -575,6 +577,7 @@ def main() -> int:
     parser.add_argument("--topology", default=d.topology, help="topology inside each context (full, ring, random:K)")
     parser.add_argument("--trainers", type=int, default=d.trainers, help="trainer processes (agent i uses i mod N)")
     parser.add_argument("--train-steps", type=int, default=d.train_steps, help="trainer steps per round")
+    parser.add_argument("--learning-rate", type=float, help="trainer learning rate (default: the trainer's, 1e-2)")
     parser.add_argument("--window-steps", type=int, default=d.window_steps, help="windows embedded and sent per round")
     parser.add_argument("--deadline", type=float, default=d.deadline, help="seconds an agent waits for its neighbours")
     parser.add_argument("--settle-rounds", type=int, default=d.settle_rounds,
@@ -591,7 +594,7 @@ def main() -> int:
     cfg = SoakConfig(
         out=args.out.resolve(), agents=args.agents, rounds=args.rounds, drop_rate=args.drop_rate,
         restarts=args.restarts, seed=args.seed, data=args.data, topology=args.topology, trainers=args.trainers,
-        train_steps=args.train_steps, window_steps=args.window_steps, deadline=args.deadline,
+        train_steps=args.train_steps, learning_rate=args.learning_rate, window_steps=args.window_steps, deadline=args.deadline,
         down=(args.down_min, args.down_max), settle_rounds=args.settle_rounds, sample_every=args.sample_every,
         timeout=args.timeout, sign=args.sign,
     )

@@ -1,0 +1,59 @@
+"""scripts/soak.py in a tiny configuration: a real Mosquitto restarted under a small fleet.
+
+Four agents, six rounds, one broker restart, 10% of frames dropped: every check of the soak
+(rounds finished, reconnects, retained status online, trained, equilibrium, RSS and descriptors
+bounded, nothing left running) must pass.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from osml.broker import find_mosquitto
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import soak
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _needs_broker_and_torch() -> None:
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
+    pytest.importorskip("torch")
+
+
+def test_small_soak_passes_every_check(tmp_path: Path) -> None:
+    cfg = soak.SoakConfig(out=tmp_path / "soak", agents=4, rounds=6, drop_rate=0.1, restarts=1, trainers=1,
+                          sample_every=1.0, timeout=300.0)
+    lines: list[str] = []
+
+    result = soak.run_soak(cfg, lines.append)
+
+    assert result["checks"] and all(result["checks"].values()), soak.summary_text(result)
+    assert result["agents"] == 4 and result["rounds_completed"]["min"] >= 6
+    assert len(result["restarts"]) == 1 and result["reconnects"]["min"] >= 1
+    assert result["online_at_end"] == 4 and not result["leftover_processes"]
+    assert result["start"]["rss_mb"]["agents"]["sum"] > 0 and result["end"]["fds"]["agents_max"] > 0
+    assert "late_frames" in result["rejected"] and "invalid_frames" in result["rejected"]
+    assert json.loads((cfg.out / "soak.json").read_text())["passed"] is True
+    assert any("broker restart 1/1" in line for line in lines)
+
+
+def test_restart_rounds_are_spread_inside_the_run() -> None:
+    import random
+
+    plan = soak.restart_rounds(soak.SoakConfig(out=Path(), rounds=100, restarts=6), random.Random(0))
+
+    assert len(plan) == 6 and plan == sorted(plan) and len(set(plan)) == 6
+    assert all(2 <= r < 97 for r in plan)
+
+
+def test_growth_helpers() -> None:
+    assert soak.quartile_means([1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]) == (1.0, 2.0)
+    assert soak.slope_per_100_rounds([0, 10, 20], [5.0, 6.0, 7.0]) == pytest.approx(10.0)
+    assert soak.slope_per_100_rounds([3, 3], [1.0, 2.0]) is None
