@@ -363,33 +363,26 @@ def test_agents_ride_out_a_broker_restart(
         assert read_state(cfg)["next_round"] == 6
 
 
-def test_invalid_frames_are_counted_and_ignored(
-    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
-    short_dir: Path, premade_models: dict[str, Path],
-) -> None:
-    ctx = unique_context("garbage")
-    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=5, socket=short_dir / "none.sock",
-                               model_path=premade_models[a], interval=0.5) for a in IDS}
+def intrude(
+    procs: Procs, root: Path, url: str, ctx: str, models: dict[str, Path], socket: Path,
+    payloads: Callable[[int], list[tuple[str, bytes]]], signing_key: Path | None = None,
+) -> dict[str, Path]:
+    """Run agents 0 and 1 for 5 rounds without a trainer; once agent 0 has finished a round, an
+    intruder publishes ``payloads(that round)`` as (topic, bytes). Returns the agents' configs."""
+    configs = {a: write_config(root, ctx, a, url, count=5, socket=socket, model_path=models[a],
+                               interval=0.5, signing_key=signing_key) for a in IDS}
     agents = {a: start_agent(procs, c) for a, c in configs.items()}
     wait_until(done_round(configs["0"], 0), "agent 0 to finish round 0")
-
-    spoof = encode_frame(Frame(context=ctx, source="9", round=1, step_start=0, model_version=1,
-                               embeddings=np.zeros((4, 5), np.float32)))
-    t = Transport(BrokerSettings(url=mosquitto.url), f"intruder-{ctx}", persistent=False)
+    t = Transport(BrokerSettings(url=url), f"intruder-{ctx}", persistent=False)
     t.connect()
     try:
-        t.publish(topics.inbox(ctx, "0", "1"), b"\x00garbage\xff" * 10)  # on a neighbour's topic
-        t.publish(topics.inbox(ctx, "0", "9"), spoof)  # a well-formed frame from a stranger
+        for topic, payload in payloads(read_rounds(configs["0"])[-1]["round"]):
+            t.publish(topic, payload)
     finally:
         t.close()
     for p in agents.values():
         procs.wait_ok(p)
-
-    recs = read_rounds(configs["0"])
-    assert [r["round"] for r in recs] == list(range(5))
-    assert recs[-1]["invalid_frames"] == 2
-    assert recs[-1]["missing"] == []  # the real neighbour was still heard
-    assert read_rounds(configs["1"])[-1]["invalid_frames"] == 0
+    return configs
 
 
 def hostile_frames(ctx: str, done: int) -> list[tuple[str, str, bytes]]:
@@ -426,20 +419,13 @@ def test_hostile_frames_are_rejected_by_reason_and_never_used(
     short_dir: Path, premade_models: dict[str, Path],
 ) -> None:
     ctx = unique_context("hostile")
-    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=5, socket=short_dir / "none.sock",
-                               model_path=premade_models[a], interval=0.5) for a in IDS}
-    agents = {a: start_agent(procs, c) for a, c in configs.items()}
-    wait_until(done_round(configs["0"], 0), "agent 0 to finish round 0")
-    cases = hostile_frames(ctx, read_rounds(configs["0"])[-1]["round"])
-    t = Transport(BrokerSettings(url=mosquitto.url), f"intruder-{ctx}", persistent=False)
-    t.connect()
-    try:
-        for _, topic, payload in cases:
-            t.publish(topic, payload)
-    finally:
-        t.close()
-    for p in agents.values():
-        procs.wait_ok(p)
+    cases: list[tuple[str, str, bytes]] = []
+
+    def payloads(done: int) -> list[tuple[str, bytes]]:
+        cases.extend(hostile_frames(ctx, done))
+        return [(topic, payload) for _, topic, payload in cases]
+
+    configs = intrude(procs, tmp_path, mosquitto.url, ctx, premade_models, short_dir / "none.sock", payloads)
 
     recs = read_rounds(configs["0"])
     assert [r["round"] for r in recs] == list(range(5))  # it never stopped or stalled
@@ -447,6 +433,7 @@ def test_hostile_frames_are_rejected_by_reason_and_never_used(
     for reason, _, _ in cases:
         assert rejected.get(reason, 0) >= 1, (reason, rejected)
     assert sum(rejected.values()) >= len(cases)
+    assert recs[-1]["invalid_frames"] == sum(n for r, n in rejected.items() if r != "late")
     # The real neighbour was still heard (agents back off without a trainer, so not every round),
     # and nobody else ever pulled.
     assert recs[-1]["missing"] == []
@@ -465,25 +452,17 @@ def test_signed_fleet_rejects_frames_forged_with_broker_credentials(
     key = tmp_path / "ctx.key"
     key.write_text(new_key_hex())
     key.chmod(0o600)
-    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=5, socket=short_dir / "none.sock",
-                               model_path=premade_models[a], interval=0.5, signing_key=key) for a in IDS}
-    agents = {a: start_agent(procs, c) for a, c in configs.items()}
-    wait_until(done_round(configs["0"], 0), "agent 0 to finish round 0")
-    done = read_rounds(configs["0"])[-1]["round"]
-    forged = [
-        encode_frame(Frame(context=ctx, source="1", round=r, step_start=9, model_version=1,
-                           embeddings=np.full((8, 5), 9.0, np.float32)), key=k)
-        for r in range(done + 1, done + 4) for k in (None, bytes(32))  # unsigned, and a guessed key
-    ]
-    t = Transport(BrokerSettings(url=mosquitto.url), f"forger-{ctx}", persistent=False)
-    t.connect()
-    try:
-        for payload in forged:
-            t.publish(topics.inbox(ctx, "0", "1"), payload)
-    finally:
-        t.close()
-    for p in agents.values():
-        procs.wait_ok(p)
+
+    def forged(done: int) -> list[tuple[str, bytes]]:
+        return [
+            (topics.inbox(ctx, "0", "1"), encode_frame(Frame(
+                context=ctx, source="1", round=r, step_start=9, model_version=1,
+                embeddings=np.full((8, 5), 9.0, np.float32)), key=k))
+            for r in range(done + 1, done + 4) for k in (None, bytes(32))  # unsigned, a guessed key
+        ]
+
+    configs = intrude(procs, tmp_path, mosquitto.url, ctx, premade_models, short_dir / "none.sock",
+                      forged, signing_key=key)
 
     recs = read_rounds(configs["0"])
     assert [r["round"] for r in recs] == list(range(5))
