@@ -257,6 +257,33 @@ def test_two_agents_and_a_trainer_run_to_completion(
         assert s["model_version"] > 1 and s["trainer"] == "ok"
 
 
+def test_an_agent_that_was_away_for_many_rounds_catches_up(
+    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
+    short_dir: Path, premade_models: dict[str, Path],
+) -> None:
+    """Agent 1 starts when agent 0 is more than 8 rounds ahead: it skips to agent 0's round
+    instead of staying out of step (its frames late for 0, 0's too far ahead for it) for ever."""
+    ctx = unique_context("behind")
+    sock = short_dir / "t.sock"
+    start_trainer(procs, sock, tmp_path / "trainer")
+    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=20, socket=sock, deadline=0.5,
+                               model_path=premade_models[a]) for a in IDS}
+    first = start_agent(procs, configs["0"])
+    wait_until(done_round(configs["0"], 10), "agent 0 to run 10 rounds alone")
+    second = start_agent(procs, configs["1"])
+    for p in (first, second):
+        procs.wait_ok(p, timeout=2 * WAIT)
+
+    late = read_rounds(configs["1"])
+    assert late[0]["round"] == 0 and late[-1]["round"] == 19
+    rounds = [r["round"] for r in late]
+    assert any(b - a > 1 for a, b in zip(rounds, rounds[1:])), rounds  # it skipped ahead
+    assert len(rounds) < 20
+    assert any(r["missing"] == [] for r in late[1:]), [r["missing"] for r in late]  # in step again
+    assert any(r["missing"] == [] for r in read_rounds(configs["0"]) if r["round"] > 10)
+    assert "skipping ahead" in (configs["1"].parent / "agent.log").read_text()
+
+
 def test_without_a_trainer_the_agents_run_on_their_initial_model(
     mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
     short_dir: Path, premade_models: dict[str, Path],

@@ -273,3 +273,25 @@ def test_memory_stays_bounded_whatever_arrives(ops: list[tuple[int, str, int, in
             box.forget_before(current)
     box.forget_before(current + 4)
     assert box.pending_bytes == 0 and not box._chunks
+
+
+# -- catching up after a long absence ---------------------------------------------------------------
+
+
+def test_an_agent_far_behind_is_told_where_its_neighbours_are() -> None:
+    box = make_inbox(max_ahead=8)
+    assert box.catch_up(0) is None
+    assert box.offer(TOPIC, encode_frame(frame(rnd=30)), 0) == "future"
+    assert box.offer(TOPIC, encode_frame(frame(rnd=31)), 0) == "future"
+    assert box.catch_up(0) == 32  # one past the newest round a neighbour sent
+    assert box.catch_up(0) is None  # forgotten once used
+
+
+def test_catch_up_ignores_what_failed_other_checks_and_absurd_rounds() -> None:
+    box = make_inbox(keys=[KEY], require_signature=True)
+    box.offer(TOPIC, encode_frame(frame(rnd=50)), 0)  # unsigned
+    box.offer(topics.inbox(CTX, ME, "9"), encode_frame(frame(rnd=50, src="9"), key=KEY), 0)  # stranger
+    box.offer(TOPIC, encode_frame(frame(rnd=2**63 - 2), key=KEY), 0)  # would overflow on the next round
+    assert box.catch_up(0) is None
+    box.offer(TOPIC, encode_frame(frame(rnd=5), key=KEY), 0)  # within the window: no jump needed
+    assert box.catch_up(0) is None

@@ -13,7 +13,8 @@ Reasons, besides the decoder's (:data:`osml.codec.REASONS`):
 ``context``        the topic or the frame names another context
 ``not_neighbour``  the sender is not one of this agent's neighbours
 ``late``           a round this agent has finished (a slow neighbour, or a replay)
-``future``         more than ``max_ahead`` rounds ahead of this agent
+``future``         more than ``max_ahead`` rounds ahead of this agent (the round is remembered:
+                   see :meth:`Inbox.catch_up`)
 ``duplicate``      a chunk already held (a QoS 1 redelivery, or a replay)
 ``chunk``          chunks of one frame that disagree (count, dimension, model, step ranges)
 ``dimension``      an embedding dimension other than this agent's
@@ -37,6 +38,8 @@ from osml.codec import Frame, decode_frame
 from osml.errors import FrameError
 
 __all__ = ["REASONS", "Inbox"]
+
+_MAX_CATCH_UP = 2**62  # never jump to a round whose successors could overflow the frame format
 
 REASONS = {
     **DECODER_REASONS,
@@ -94,6 +97,7 @@ class Inbox:
         self.bytes_in = 0
         self._chunks: dict[tuple[int, str], dict[int, Frame]] = {}
         self._pending: Counter[str] = Counter()  # embedding bytes held per sender
+        self._ahead: dict[str, int] = {}  # sender -> highest round it sent beyond max_ahead
 
     # -- counting ---------------------------------------------------------------------------
 
@@ -151,6 +155,8 @@ class Inbox:
         if rnd < current_round:
             return self.reject("late", f"{src} round {rnd} < current {current_round}")
         if rnd > current_round + self.max_ahead:
+            if rnd < _MAX_CATCH_UP:
+                self._ahead[src] = max(rnd, self._ahead.get(src, 0))
             return self.reject("future", f"{src} round {rnd} > current {current_round} + {self.max_ahead}")
         if self.dim is not None and frame.dim != self.dim:
             return self.reject("dimension", f"{src} sent dimension {frame.dim}, this agent uses {self.dim}")
@@ -168,6 +174,22 @@ class Inbox:
             return self.reject("flood", f"{src} has {self._pending[src]} bytes waiting")
         self._chunks.setdefault((rnd, src), parts)[frame.chunk] = frame
         self._pending[src] += size
+        return None
+
+    def catch_up(self, current_round: int) -> int | None:
+        """The round to jump to when this agent has fallen behind, else None.
+
+        An agent that was down for a while comes back many rounds behind its neighbours; their
+        frames are then all too far ahead, and its own are all late for them, so neither side
+        would ever hear the other again. Rounds are only exchange slots, so the agent skips to
+        one past the highest round a neighbour sent (a valid frame, from a neighbour, on its own
+        topic; signed when signing is on) and the fleet is in step again. A neighbour pushed far
+        ahead pulls the others along in the same way: round numbers only ever grow.
+        """
+        ahead = max(self._ahead.values(), default=-1)
+        self._ahead.clear()
+        if ahead > current_round + self.max_ahead:
+            return ahead + 1
         return None
 
     # -- reassembly -------------------------------------------------------------------------

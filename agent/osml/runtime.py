@@ -21,6 +21,7 @@ only to the trainer on the same host.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -40,7 +41,7 @@ from osml.errors import ModelError, TrainerError, TransportError
 from osml.inbox import Inbox
 from osml.inference import OnnxEncoder
 from osml.learner import LearnerSettings, OsmoticLearner
-from osml.modelcard import ModelCard, card_path, write_model
+from osml.modelcard import ModelCard, card_path, write_atomic, write_model
 from osml.state import append_round, load_state, save_state
 from osml.subcontext import SubcontextMemory
 from osml.trainer_client import TrainerClient
@@ -273,10 +274,11 @@ class AgentRuntime:
         if not self.cfg.rounds.eval_dir or self.encoder is None:
             return
         out = Path(self.cfg.rounds.eval_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / f"train-{rnd:04d}.npy", self.encoder.encode(self.train_windows), allow_pickle=False)
-        if self.test_windows is not None:
-            np.save(out / f"test-{rnd:04d}.npy", self.encoder.encode(self.test_windows), allow_pickle=False)
+        parts = [("train", self.train_windows)] + ([("test", self.test_windows)] if self.test_windows is not None else [])
+        for name, wins in parts:
+            buf = io.BytesIO()
+            np.save(buf, self.encoder.encode(wins), allow_pickle=False)
+            write_atomic(out / f"{name}-{rnd:04d}.npy", buf.getvalue())  # a kill leaves no torn .npy
 
     def run(self, stop: threading.Event | None = None) -> int:
         stop = stop or threading.Event()
@@ -292,6 +294,14 @@ class AgentRuntime:
             self.transport.publish(status_topic, self._status("online"), retain=True)
             while not stop.is_set() and (count == 0 or self.state.next_round < count):
                 started = time.monotonic()
+                jump = self.inbox.catch_up(self.state.next_round)
+                if jump is not None:
+                    log.warning("agent %s: neighbours are at round %d; skipping ahead from round %d",
+                                self.id, jump - 1, self.state.next_round)
+                    self.state.next_round = jump
+                    save_state(self.state_dir, self.state)
+                    if count and jump >= count:
+                        break
                 rnd = self.state.next_round
                 self._collect_model(0.0)
                 windows_r, step_start = self._round_steps()
