@@ -356,7 +356,7 @@ class AgentRuntime:
                     pause = max(pause, min(30.0, 2.0 ** (self._idle_rounds - 1)))
                 else:
                     self._idle_rounds = 0
-                if pause > 0:
+                if pause > 0 and not (count and self.state.next_round >= count):  # not after the last
                     stop.wait(pause)
             if count and self.state.next_round >= count and not stop.is_set():
                 self._collect_model(self.cfg.rounds.train_wait)
