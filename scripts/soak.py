@@ -363,7 +363,7 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
                 soak.broker.start()
                 assert soak.broker.pid is not None
                 soak.broker_pids.append(soak.broker.pid)
-                restarts.append({"after_round": hi, "down_s": round(down, 2), "time": round(time.time(), 1)})
+                restarts.append({"rounds": [lo, hi], "down_s": round(down, 2), "time": round(time.time(), 1)})
                 log(f"[{time.monotonic() - t0:6.0f}s] broker restart {len(restarts)}/{cfg.restarts} at rounds "
                     f"{lo}..{hi}, down {down:.1f} s (new pid {soak.broker.pid})")
                 continue
@@ -525,8 +525,9 @@ def summary_text(r: dict[str, Any]) -> str:
         f"soak: {r['agents']} agents in {r['contexts']} contexts, {r['trainers']} trainers, {r['elapsed_s']:.0f} s",
         f"rounds completed per agent   min {r['rounds_completed']['min']}  max {r['rounds_completed']['max']}"
         + (f"  (all at equilibrium at round {r['settled_at_round']})" if r["settled_at_round"] is not None else ""),
-        (f"broker restarts survived     {r['broker_restarts_survived']}/{r['config']['restarts']}  "
-         f"(down {', '.join(str(x['down_s']) for x in r['restarts'])} s)"),
+        (f"broker restarts survived     {r['broker_restarts_survived']}/{r['config']['restarts']}  (at rounds "
+         f"{', '.join('{}..{}'.format(*x['rounds']) for x in r['restarts'])}; down "
+         f"{', '.join(str(x['down_s']) for x in r['restarts'])} s)"),
         f"reconnects                   total {r['reconnects']['total']}  per agent {r['reconnects']['min']}..{r['reconnects']['max']}",
         f"frames                       in {r['frames']['in']}  out {r['frames']['out']}  dropped on purpose {r['frames']['dropped_out']}",
         "rejected                     " + "  ".join(f"{k} {v}" for k, v in r["rejected"].items()),
