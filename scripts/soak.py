@@ -22,8 +22,9 @@ exited; every agent reconnected after every restart; every agent's retained stat
 ``online`` (not the broker's last will); every agent at equilibrium; RSS bounded (last-quartile
 mean of the samples at most 10% above the first-quartile mean for the agents' sum, 25% for each
 process); descriptors bounded (median of the last quartile at most 4 above the first); after
-teardown no started process is alive and no process mentions the run directory. The result is
-``OUT/soak.json`` (and ``OUT/samples.jsonl``); the run directory keeps every log and state.
+teardown no started process is alive, no process mentions the run directory and no trainer
+socket is left. The result is ``OUT/soak.json`` (and ``OUT/samples.jsonl``); the run directory
+keeps every log and state.
 """
 
 from __future__ import annotations
@@ -463,6 +464,7 @@ def summarize(soak: Soak, restarts: list[dict[str, Any]], samples: list[dict[str
         alive.append("broker")
     needles = [str(cfg.out.resolve()), *(str(s) for s in soak.sockets)]
     leftovers = processes_mentioning(needles)
+    stale_sockets = [str(s) for s in soak.sockets if s.exists()]  # a trainer removes its socket on exit
     n_agents = len(soak.agents)
     checks = {
         "no errors": not failures,
@@ -477,7 +479,7 @@ def summarize(soak: Soak, restarts: list[dict[str, Any]], samples: list[dict[str
         f"RSS bounded (agents' sum <= x{RSS_SUM_GROWTH}, each process <= x{RSS_PROC_GROWTH})": (
             bool(growth) and sum_last <= RSS_SUM_GROWTH * sum_first and max(growth.values()) <= RSS_PROC_GROWTH),
         f"descriptors bounded (each process <= +{FD_GROWTH})": bool(fd_delta) and max(fd_delta.values()) <= FD_GROWTH,
-        "no leaked processes": not alive and not leftovers,
+        "no leaked processes or trainer sockets": not alive and not leftovers and not stale_sockets,
     }
     return {
         "config": {**asdict(cfg), "out": str(cfg.out)},
@@ -516,6 +518,7 @@ def summarize(soak: Soak, restarts: list[dict[str, Any]], samples: list[dict[str
         "fd_growth": {"max": max(fd_delta.values(), default=0),
                       "max_process": max(fd_delta, key=lambda n: fd_delta[n]) if fd_delta else None},
         "leftover_processes": [f"{pid} {cmd[:120]}" for pid, cmd in leftovers] + alive,
+        "leftover_sockets": stale_sockets,
     }
 
 
@@ -550,8 +553,8 @@ def summary_text(r: dict[str, Any]) -> str:
                  f"(quartile means of {g['samples']} samples; slope {g['agents_sum_slope_mb_per_100_rounds']} MB/100 rounds); "
                  f"largest process ratio {g['max_process_ratio']} ({g['max_process']})")
     lines.append(f"fd growth                    largest {r['fd_growth']['max']} ({r['fd_growth']['max_process']})")
-    if r["leftover_processes"]:
-        lines.append(f"leftover processes           {r['leftover_processes']}")
+    if r["leftover_processes"] or r["leftover_sockets"]:
+        lines.append(f"leftovers                    {r['leftover_processes'] + r['leftover_sockets']}")
     for f in r["failures"]:
         lines.append(f"error: {f}")
     for name, ok in r["checks"].items():

@@ -37,7 +37,7 @@ def test_small_soak_passes_every_check(tmp_path: Path) -> None:
     assert result["checks"] and all(result["checks"].values()), soak.summary_text(result)
     assert result["agents"] == 4 and result["rounds_completed"]["min"] >= 6
     assert len(result["restarts"]) == 1 and result["reconnects"]["min"] >= 1
-    assert result["online_at_end"] == 4 and not result["leftover_processes"]
+    assert result["online_at_end"] == 4 and not result["leftover_processes"] and not result["leftover_sockets"]
     assert result["start"]["rss_mb"]["agents"]["sum"] > 0 and result["end"]["fds"]["agents_max"] > 0
     assert "late_frames" in result["rejected"] and "invalid_frames" in result["rejected"]
     assert json.loads((cfg.out / "soak.json").read_text())["passed"] is True
