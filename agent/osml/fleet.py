@@ -331,7 +331,7 @@ def assemble(workdir: Path, dataset: Dataset, ids: list[str], links: dict[str, l
         entry: dict[str, object] = {"round": r, **evaluate(train_emb, test_emb, train_last, test_last, subcontexts)}
         if all(r in records[a] for a in ids):
             recs = {a: records[a][r] for a in ids}
-            subcontexts = {a: list(rec["subcontext"]) for a, rec in recs.items()}  # type: ignore[arg-type]
+            subcontexts = {a: list(rec["subcontext"]) for a, rec in recs.items()}  # type: ignore[call-overload]
             entry.update({
                 "subcontexts": subcontexts,
                 "model_versions": {a: rec["model_version"] for a, rec in recs.items()},
