@@ -287,11 +287,23 @@ def test_an_agent_far_behind_is_told_where_its_neighbours_are() -> None:
     assert box.catch_up(0) is None  # forgotten once used
 
 
+def test_one_stray_frame_far_ahead_moves_nobody() -> None:
+    box = make_inbox()
+    assert box.offer(TOPIC, encode_frame(frame(rnd=10**6)), 0) == "future"
+    assert box.catch_up(0) is None
+    assert box.offer(TOPIC, encode_frame(frame(rnd=40)), 0) == "future"  # far from 10**6: not a live run
+    assert box.catch_up(0) is None
+    assert box.offer(TOPIC, encode_frame(frame(rnd=41)), 0) == "future"
+    assert box.catch_up(0) == 42
+
+
 def test_catch_up_ignores_what_failed_other_checks_and_absurd_rounds() -> None:
     box = make_inbox(keys=[KEY], require_signature=True)
-    box.offer(TOPIC, encode_frame(frame(rnd=50)), 0)  # unsigned
-    box.offer(topics.inbox(CTX, ME, "9"), encode_frame(frame(rnd=50, src="9"), key=KEY), 0)  # stranger
-    box.offer(TOPIC, encode_frame(frame(rnd=2**63 - 2), key=KEY), 0)  # would overflow on the next round
+    for r in (50, 51):
+        box.offer(TOPIC, encode_frame(frame(rnd=r)), 0)  # unsigned
+        box.offer(topics.inbox(CTX, ME, "9"), encode_frame(frame(rnd=r, src="9"), key=KEY), 0)  # stranger
+    for r in (2**63 - 3, 2**63 - 2):
+        box.offer(TOPIC, encode_frame(frame(rnd=r), key=KEY), 0)  # would overflow later
     assert box.catch_up(0) is None
     box.offer(TOPIC, encode_frame(frame(rnd=5), key=KEY), 0)  # within the window: no jump needed
     assert box.catch_up(0) is None

@@ -97,7 +97,7 @@ class Inbox:
         self.bytes_in = 0
         self._chunks: dict[tuple[int, str], dict[int, Frame]] = {}
         self._pending: Counter[str] = Counter()  # embedding bytes held per sender
-        self._ahead: dict[str, int] = {}  # sender -> highest round it sent beyond max_ahead
+        self._ahead: dict[str, set[int]] = {}  # sender -> rounds it sent beyond max_ahead (a few)
 
     # -- counting ---------------------------------------------------------------------------
 
@@ -156,7 +156,10 @@ class Inbox:
             return self.reject("late", f"{src} round {rnd} < current {current_round}")
         if rnd > current_round + self.max_ahead:
             if rnd < _MAX_CATCH_UP:
-                self._ahead[src] = max(rnd, self._ahead.get(src, 0))
+                seen = self._ahead.setdefault(src, set())
+                seen.add(rnd)
+                if len(seen) > 4:
+                    seen.discard(min(seen))
             return self.reject("future", f"{src} round {rnd} > current {current_round} + {self.max_ahead}")
         if self.dim is not None and frame.dim != self.dim:
             return self.reject("dimension", f"{src} sent dimension {frame.dim}, this agent uses {self.dim}")
@@ -182,13 +185,16 @@ class Inbox:
         An agent that was down for a while comes back many rounds behind its neighbours; their
         frames are then all too far ahead, and its own are all late for them, so neither side
         would ever hear the other again. Rounds are only exchange slots, so the agent skips to
-        one past the highest round a neighbour sent (a valid frame, from a neighbour, on its own
-        topic; signed when signing is on) and the fleet is in step again. A neighbour pushed far
-        ahead pulls the others along in the same way: round numbers only ever grow.
+        one past the highest round a neighbour sent and the fleet is in step again. A neighbour
+        counts when it sent valid frames (from a neighbour, on its own topic, signed when signing
+        is on) for at least two different rounds close together, as a live neighbour does round
+        after round: one stray or forged frame with a huge round number moves nobody. Round
+        numbers only ever grow.
         """
-        ahead = max(self._ahead.values(), default=-1)
-        self._ahead.clear()
+        live = [b for rounds in self._ahead.values() for a, b in pairwise(sorted(rounds)) if b - a <= self.max_ahead]
+        ahead = max(live, default=-1)
         if ahead > current_round + self.max_ahead:
+            self._ahead.clear()
             return ahead + 1
         return None
 
