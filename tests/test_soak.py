@@ -57,3 +57,25 @@ def test_growth_helpers() -> None:
     assert soak.quartile_means([1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]) == (1.0, 2.0)
     assert soak.slope_per_100_rounds([0, 10, 20], [5.0, 6.0, 7.0]) == pytest.approx(10.0)
     assert soak.slope_per_100_rounds([3, 3], [1.0, 2.0]) is None
+
+
+def test_fleet_config_with_signing_key_and_soak_settings_loads(tmp_path: Path) -> None:
+    from osml.config import load_config
+    from osml.fleet import FleetOptions, agent_toml, write_signing_key
+    from osml.simulate import SimulationSettings
+
+    key = write_signing_key(tmp_path / "signing.key")
+    options = FleetOptions(count=0, trainer_settings={"steps_per_round": 20, "learning_rate": 0.001}, trainers=2,
+                           sign=True)
+    text = agent_toml("0", 0, "generated:complex", 3, ["1"], SimulationSettings(context="soak-00"),
+                      "mqtt://127.0.0.1:1883", tmp_path / "state", None, tmp_path / "t.sock", options, key)
+    (tmp_path / "agent.toml").write_text(text)
+
+    cfg = load_config(tmp_path / "agent.toml")
+
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert len(key.read_text().strip()) == 64 and int(key.read_text(), 16) >= 0
+    assert cfg.signing.key_file == str(key) and cfg.signing.require and len(cfg.signing.keys()) == 1
+    assert cfg.rounds.count == 0 and cfg.rounds.eval_dir == ""
+    assert cfg.trainer.settings == {"objective": "vc", "steps_per_round": 20, "learning_rate": 0.001}
+    assert cfg.data.seed == 3
