@@ -317,6 +317,7 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
     statuses: dict[str, dict[str, Any]] = {}
     start_sample: dict[str, Any] | None = None
     end_sample: dict[str, Any] | None = None
+    recs_end: dict[str, dict[str, Any] | None] = {}
     settled_at: int | None = None
     t0 = time.monotonic()
     last_sample = last_line = -math.inf
@@ -393,11 +394,14 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
         failures.append(f"{type(exc).__name__}: {exc}")
         log(f"error: {type(exc).__name__}: {exc}")
     finally:
+        # Agents first: a trainer stopped under a running agent would show in its last record.
+        stop_processes([p for p in soak.procs if p.name.startswith("agent")])
         stop_processes(soak.procs)
         if soak.broker is not None:
             soak.broker.stop()
     elapsed = time.monotonic() - t0
-    result = summarize(soak, restarts, samples, start_sample, end_sample, statuses, settled_at, failures, elapsed)
+    result = summarize(soak, restarts, samples, start_sample, end_sample, statuses, settled_at, failures, elapsed,
+                       recs_end)
     (cfg.out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -413,9 +417,15 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
 
 def summarize(soak: Soak, restarts: list[dict[str, Any]], samples: list[dict[str, Any]],
               start: dict[str, Any] | None, end: dict[str, Any] | None, statuses: dict[str, dict[str, Any]],
-              settled_at: int | None, failures: list[str], elapsed: float) -> dict[str, Any]:
+              settled_at: int | None, failures: list[str], elapsed: float,
+              recs_end: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The result. Per-agent figures come from each agent's last record *before* teardown
+    (``recs_end``): a round an agent finished while being stopped does not count."""
     cfg = soak.cfg
     history = {a.name: read_rounds(a.dir / "state") for a in soak.agents}
+    for n, rec in recs_end.items():
+        if rec is not None:
+            history[n] = [r for r in history[n] if int(r["round"]) <= int(rec["round"])]
     last = {n: h[-1] for n, h in history.items() if h}
     done = {n: int(last[n]["round"]) + 1 if n in last else 0 for n in history}
     rejected: dict[str, int] = {}
