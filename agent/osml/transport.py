@@ -521,6 +521,13 @@ class Transport:
         if self._started:
             self._client.loop_stop()
         self._started = False
+        # paho leaves its socket open if its thread was stopped mid-reconnect; close it ourselves.
+        sock = self._client.socket()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
 
     def __enter__(self) -> Transport:
         self.connect()
