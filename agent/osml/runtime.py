@@ -86,7 +86,7 @@ class AgentRuntime:
         if self.state.memory:
             self.learner.memory = SubcontextMemory.from_dict(self.state.memory, self.learner.settings.policy)
         self.learner.rounds = self.state.learner_rounds
-        self.learner.equilibrium.streak = self.state.equilibrium_streak
+        self.learner.equilibrium.restore(self.state.equilibrium or {"streak": self.state.equilibrium_streak})
         self.trainer = TrainerClient(cfg.trainer.socket, timeout=cfg.trainer.timeout)
         self.trainer_status = "unknown"
         self.encoder: OnnxEncoder | None = None
@@ -182,13 +182,15 @@ class AgentRuntime:
             self.trainer_status = "bad-model"
             log.warning("agent %s: refused model from trainer (%s)", self.id, exc)
 
-    def _train_job(self, rnd: int, targets: np.ndarray, version: int) -> tuple[bytes, ModelCard, dict[str, float]]:
+    def _train_job(self, rnd: int, windows_r: np.ndarray, targets: np.ndarray,
+                   version: int) -> tuple[bytes, ModelCard, dict[str, float]]:
+        # The round's windows (all of them, or the latest rounds.steps), matching the targets.
         try:
-            return self.trainer.train(self.id, rnd, self.train_windows, targets, version)
+            return self.trainer.train(self.id, rnd, windows_r, targets, version)
         except TrainerError:
             # The trainer may have restarted and forgotten us: register again and retry once.
             self._register_with_trainer()
-            return self.trainer.train(self.id, rnd, self.train_windows, targets, version)
+            return self.trainer.train(self.id, rnd, windows_r, targets, version)
 
     # -- network ------------------------------------------------------------------------------
 
@@ -320,7 +322,8 @@ class AgentRuntime:
                                                    f"round {rnd} is {step_start}+{len(own)}")
                 outcome = self.learner.step(own, received)
                 if self._pending is None:
-                    self._pending = self._pool.submit(self._train_job, rnd, outcome.target, self.state.model_version + 1)
+                    self._pending = self._pool.submit(self._train_job, rnd, windows_r, outcome.target,
+                                                      self.state.model_version + 1)
                 self._collect_model(self.cfg.rounds.train_wait)
                 record = {
                     "round": rnd, "model_version": self.state.model_version, "subcontext": outcome.subcontext,
@@ -340,6 +343,7 @@ class AgentRuntime:
                 self.state.memory = self.learner.memory.to_dict()
                 self.state.subcontext = outcome.subcontext
                 self.state.equilibrium_streak = self.learner.equilibrium.streak
+                self.state.equilibrium = self.learner.equilibrium.to_dict()
                 self.state.learner_rounds = self.learner.rounds
                 save_state(self.state_dir, self.state)
                 append_round(self.state_dir, record)

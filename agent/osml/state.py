@@ -37,6 +37,7 @@ class AgentState:
     memory: dict[str, Any] = field(default_factory=dict)  # SubcontextMemory.to_dict()
     subcontext: list[str] = field(default_factory=list)
     equilibrium_streak: int = 0
+    equilibrium: dict[str, Any] = field(default_factory=dict)  # EquilibriumDetector.to_dict()
     learner_rounds: int = 0
     format: int = STATE_FORMAT
 
