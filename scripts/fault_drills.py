@@ -42,6 +42,7 @@ from osml.broker import MosquittoProcess
 from osml.data import load_dataset
 from osml.fleet import FleetOptions, agent_toml, assemble, run_fleet
 from osml.simulate import SimulationSettings
+from osml.state import read_rounds
 from osml.topology import neighbours as topology_neighbours
 from osml.trainer_client import TrainerClient
 
@@ -64,13 +65,6 @@ class Env:
 
 
 # -- small helpers ------------------------------------------------------------------------------
-
-
-def read_rounds(state_dir: Path) -> list[dict[str, Any]]:
-    path = state_dir / "rounds.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, poll: float = 0.2) -> bool:

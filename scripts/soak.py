@@ -44,7 +44,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fault_drills import read_rounds
 from osml import topics
 from osml.broker import MosquittoProcess
 from osml.data import GENERATED_SPECS, load_dataset
@@ -58,6 +57,7 @@ from osml.fleet import (
     write_signing_key,
 )
 from osml.simulate import SimulationSettings
+from osml.state import read_rounds
 from osml.topology import neighbours as topology_neighbours
 from osml.transport import BrokerSettings, Transport
 

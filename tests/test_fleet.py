@@ -16,6 +16,7 @@ from click.testing import Result
 from clihelp import run_command
 from osml.broker import find_mosquitto
 from osml.cli import main
+from osml.state import read_rounds
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +40,7 @@ def run_fleet(out: Path, *extra: str) -> dict[str, Any]:
 
 
 def agent_rounds(out: Path, agent: str) -> list[dict[str, Any]]:
-    path = out / "fleet" / "agents" / agent / "state" / "rounds.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_rounds(out / "fleet" / "agents" / agent / "state")
 
 
 def test_osml_run_writes_a_full_run_directory(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from osml.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.errors import OsmlError, TransportError
 from osml.metrics import centered_alignment, strict_alignment
 from osml.simulate import SimulationSettings, evaluate
+from osml.state import read_rounds
 from osml.topology import neighbours as topology_neighbours
 from osml.trainer_client import TrainerClient
 from osml.transport import BrokerSettings, Transport
@@ -315,9 +316,7 @@ def assemble(workdir: Path, dataset: Dataset, ids: list[str], links: dict[str, l
     records: dict[str, dict[int, dict[str, object]]] = {}
     for a in ids:
         records[a] = {}
-        path = workdir / "agents" / a / "state" / "rounds.jsonl"
-        for line in path.read_text().splitlines() if path.exists() else []:
-            rec = json.loads(line)
+        for rec in read_rounds(workdir / "agents" / a / "state"):
             records[a][int(rec["round"])] = rec  # a resumed agent may repeat a round: keep the last
     rounds: list[dict[str, object]] = []
     subcontexts = {a: sorted([a, *links[a]]) for a in ids}
