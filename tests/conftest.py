@@ -21,6 +21,13 @@ def _require_mosquitto() -> None:
         pytest.skip(_NO_BROKER)
 
 
+@pytest.fixture
+def needs_broker_and_torch() -> None:
+    """For end-to-end runs: a mosquitto binary for the broker and torch for the trainer."""
+    _require_mosquitto()
+    pytest.importorskip("torch")
+
+
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
     """One broker for the whole session; tests keep apart by using unique contexts and ids."""

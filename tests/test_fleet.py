@@ -14,18 +14,12 @@ import numpy as np
 import pytest
 from click.testing import Result
 from clihelp import run_command
-from osml.broker import find_mosquitto
 from osml.cli import main
 from osml.state import read_rounds
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("needs_broker_and_torch")]
 
 
-@pytest.fixture(autouse=True)
-def _needs_broker_and_torch() -> None:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
-    pytest.importorskip("torch")
 
 
 def invoke(*args: str) -> Result:

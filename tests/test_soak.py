@@ -12,19 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from osml.broker import find_mosquitto
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import soak
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("needs_broker_and_torch")]
 
 
-@pytest.fixture(autouse=True)
-def _needs_broker_and_torch() -> None:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
-    pytest.importorskip("torch")
 
 
 def test_small_soak_passes_every_check(tmp_path: Path) -> None:
