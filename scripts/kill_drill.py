@@ -127,7 +127,8 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=50, help="SIGKILLs of the victim (default 50)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random kill delays (default 1)")
     parser.add_argument("--max-delay", type=float, default=8.0, help="longest delay before a kill, seconds (default 8)")
-    parser.add_argument("--rounds", type=int, default=100, help="rounds the fleet runs (default 100)")
+    parser.add_argument("--rounds", type=int, default=300,
+                        help="rounds the fleet runs (default 300: enough for 50 kills, as a restarted agent catches up)")
     parser.add_argument("--deadline", type=float, default=2.0, help="seconds an agent waits for its neighbours (default 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "kill-drill", help="where logs and state go")
     parser.add_argument("--paper", type=Path, default=PAPER, help="the paper's data (simple-context)")
