@@ -19,6 +19,7 @@ pytest.importorskip(
 )
 
 from osml import embedded_broker as eb
+from osml.broker import bindable
 from osml.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.errors import TransportError
 from osml.transport import BrokerSettings, Message, Transport
@@ -74,16 +75,6 @@ def _connect_with_will(host: str, port: int, client_id: str, topic: str, payload
     return sock
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
 def test_start_stop_idempotent_and_frees_port(tmp_path: Path) -> None:
     assert amqtt_available()
     b = EmbeddedBroker(tmp_path / "broker")
@@ -94,11 +85,11 @@ def test_start_stop_idempotent_and_frees_port(tmp_path: Path) -> None:
     with b:
         assert b.running
         b.start()  # already running: no-op
-        assert not _port_free(b.host, b.port)
+        assert not bindable(b.host, b.port)
     assert not b.running
     b.stop()
     b.stop()
-    assert _port_free(b.host, b.port)
+    assert bindable(b.host, b.port)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((b.host, b.port), timeout=1).close()
 
@@ -111,7 +102,7 @@ def test_stop_with_clients_connected_then_restart(
     started = time.monotonic()
     broker.stop()  # amqtt's own shutdown can hang with clients connected
     assert time.monotonic() - started < 2.0
-    assert _port_free(broker.host, port)
+    assert bindable(broker.host, port)
     broker.restart()
     assert broker.running and broker.port == port
     deadline = time.monotonic() + 5

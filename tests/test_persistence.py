@@ -6,6 +6,7 @@ No broker and no torch: the models are tiny ONNX graphs built with ``onnx.helper
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -329,3 +330,11 @@ def test_writer_killed_at_random_moments_always_leaves_a_valid_model_and_state(t
         assert len(extra_files(state_dir, "state.json", "rounds.jsonl", "model.onnx", "model.card.json")) <= 3
 
     assert versions == sorted(versions) and versions[-1] > 0
+
+
+def test_state_written_before_the_equilibrium_memory_still_loads(tmp_path: Path) -> None:
+    """Older state files kept only the equilibrium streak; it becomes the detector's state."""
+    (tmp_path / "state.json").write_text(json.dumps(
+        {"agent_id": "a", "context": "c", "next_round": 7, "equilibrium_streak": 4}))
+    state = load_state(tmp_path, "a", "c")
+    assert state.next_round == 7 and state.equilibrium == {"streak": 4}

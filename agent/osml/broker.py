@@ -20,7 +20,7 @@ from types import TracebackType
 
 from osml.errors import TransportError
 
-__all__ = ["MosquittoProcess", "find_mosquitto", "free_port"]
+__all__ = ["MosquittoProcess", "bindable", "find_mosquitto", "free_port"]
 
 _FALLBACK_PATHS = (
     "/usr/sbin/mosquitto",
@@ -62,7 +62,8 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-def _bindable(host: str, port: int) -> bool:
+def bindable(host: str, port: int) -> bool:
+    """True if a listener could bind ``host:port`` now (a port in TIME_WAIT counts as free)."""
     with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         # Same option as mosquitto's listener, so a port in TIME_WAIT after a restart counts free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -163,7 +164,7 @@ class MosquittoProcess:
             raise TransportError(
                 "mosquitto not found: install it (Debian: apt-get install -y mosquitto)"
             )
-        if not _bindable(self.host, self.port):
+        if not bindable(self.host, self.port):
             # Probing the port would otherwise find the other listener and report success.
             raise TransportError(
                 f"cannot start mosquitto: {self.host}:{self.port} is already in use; "

@@ -81,8 +81,8 @@ class OsmoticLearner:
         for nb in heard:
             if received[nb].shape != own.shape:
                 raise ValueError(f"{nb} sent {received[nb].shape}, own embeddings are {own.shape}")
-        copies = self._copies.copies({nb: received[nb] for nb in heard}, self.agent_id, own)
-        kept, screened = screen(own, {nb: received[nb] for nb in heard}, self.settings.screen, copies)
+        mine = {nb: received[nb] for nb in heard}
+        kept, screened = screen(own, mine, self.settings.screen, self._copies.copies(mine, self.agent_id, own))
         # A screened neighbour told us nothing usable this round: affinity 0, so one that stays
         # broken leaves the sub-context.
         affinity = {nb: (linear_cka(own, kept[nb]) if nb in kept else 0.0) for nb in heard}

@@ -86,7 +86,7 @@ class AgentRuntime:
         if self.state.memory:
             self.learner.memory = SubcontextMemory.from_dict(self.state.memory, self.learner.settings.policy)
         self.learner.rounds = self.state.learner_rounds
-        self.learner.equilibrium.restore(self.state.equilibrium or {"streak": self.state.equilibrium_streak})
+        self.learner.equilibrium.restore(self.state.equilibrium)
         self.trainer = TrainerClient(cfg.trainer.socket, timeout=cfg.trainer.timeout)
         self.trainer_status = "unknown"
         self.encoder: OnnxEncoder | None = None
@@ -342,7 +342,6 @@ class AgentRuntime:
                 self.state.next_round = rnd + 1
                 self.state.memory = self.learner.memory.to_dict()
                 self.state.subcontext = outcome.subcontext
-                self.state.equilibrium_streak = self.learner.equilibrium.streak
                 self.state.equilibrium = self.learner.equilibrium.to_dict()
                 self.state.learner_rounds = self.learner.rounds
                 save_state(self.state_dir, self.state)

@@ -36,7 +36,6 @@ class AgentState:
     model_version: int = 0
     memory: dict[str, Any] = field(default_factory=dict)  # SubcontextMemory.to_dict()
     subcontext: list[str] = field(default_factory=list)
-    equilibrium_streak: int = 0
     equilibrium: dict[str, Any] = field(default_factory=dict)  # EquilibriumDetector.to_dict()
     learner_rounds: int = 0
     format: int = STATE_FORMAT
@@ -48,6 +47,9 @@ def load_state(state_dir: Path, agent_id: str, context: str) -> AgentState:
         return AgentState(agent_id, context)
     try:
         data = json.loads(path.read_text())
+        if isinstance(data, dict) and "equilibrium_streak" in data:  # state written before 0.1.1
+            streak = data.pop("equilibrium_streak")
+            data.setdefault("equilibrium", {"streak": streak})
         state = AgentState(**data)
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigError(f"{path}: unreadable agent state ({exc}); move it away to start afresh") from exc
