@@ -20,21 +20,28 @@ import argparse
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
-from osml.adversary import parse_adversary
-from osml.anchor import context_anchor
-from osml.data import load_dataset
-from osml.learner import LearnerSettings
-from osml.screening import ScreenSettings, median_norm
-from osml.simulate import SimulationSettings, simulate
+
+from osml.agent.data import load_dataset
+from osml.core.anchor import context_anchor
+from osml.core.learner import LearnerSettings
+from osml.core.screening import ScreenSettings, median_norm
+from osml.ops.simulate import SimulationSettings, simulate
+
+# The drill helpers live beside the package in the source tree, not in the installed wheel.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+from osml_testing.adversary import parse_adversary  # noqa: E402
 
 OFF = ScreenSettings(max_scale=float("inf"), min_spread=0.0, copy_memory=0)
 
 
 def run_once(ds, ids, attack: str | None, screening: bool, rounds: int, seed: int) -> dict:
     settings = SimulationSettings(
-        rounds=rounds, seed=seed, learner=LearnerSettings(screen=ScreenSettings() if screening else OFF)
+        rounds=rounds,
+        seed=seed,
+        learner=LearnerSettings(screen=ScreenSettings() if screening else OFF),
     )
     advs = {}
     if attack:
@@ -44,7 +51,9 @@ def run_once(ds, ids, attack: str | None, screening: bool, rounds: int, seed: in
     final = rep["final"]
     subs = {a: sorted(s) for a, s in final["subcontexts"].items()}
     weights = final["osmosis_weights"]
-    screened = Counter(r for rnd in rep["rounds"] for per in rnd.get("screened", {}).values() for r in per.values())
+    screened = Counter(
+        r for rnd in rep["rounds"] for per in rnd.get("screened", {}).values() for r in per.values()
+    )
     return {
         "subcontexts": subs,
         "x_inside": any("x" in s for s in subs.values()),
@@ -57,12 +66,18 @@ def run_once(ds, ids, attack: str | None, screening: bool, rounds: int, seed: in
 
 def group_alignment(result: dict, groups: list[list[str]]) -> dict[str, float]:
     c = result["centered"]
-    return {",".join(g): float(np.mean([c[a][b] for a in g for b in g if a != b])) for g in groups if len(g) > 1}
+    return {
+        ",".join(g): float(np.mean([c[a][b] for a in g for b in g if a != b]))
+        for g in groups
+        if len(g) > 1
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default="generated:simple", help="dataset spec (default generated:simple)")
+    ap.add_argument(
+        "--data", default="generated:simple", help="dataset spec (default generated:simple)"
+    )
     ap.add_argument("--agents", default="0,1,M0", help="honest agents (default 0,1,M0)")
     ap.add_argument("--source", default="0", help="whose embeddings the scaled/replay attacks use")
     ap.add_argument("--rounds", type=int, default=8)
@@ -76,7 +91,11 @@ def main() -> int:
     baseline = None
     for screening in (True, False):
         for attack in attacks:
-            print(f"... {attack or 'no attack'}, screening {'on' if screening else 'off'}", file=sys.stderr, flush=True)
+            print(
+                f"... {attack or 'no attack'}, screening {'on' if screening else 'off'}",
+                file=sys.stderr,
+                flush=True,
+            )
             res = run_once(ds, ids, attack, screening, args.rounds, args.seed)
             if baseline is None:
                 baseline = res
@@ -85,15 +104,21 @@ def main() -> int:
             res.update(attack=attack or "none", screening=screening)
             if screening and attack:
                 base = group_alignment(baseline, [list(g) for g in groups])
-                res["ok"] = (res["subcontexts"] == baseline["subcontexts"] and not res["x_inside"]
-                             and all(res["groups"][g] >= base[g] - 0.05 for g in base))
+                res["ok"] = (
+                    res["subcontexts"] == baseline["subcontexts"]
+                    and not res["x_inside"]
+                    and all(res["groups"][g] >= base[g] - 0.05 for g in base)
+                )
                 failed |= not res["ok"]
             out.append(res)
             groups_txt = " ".join(f"{g}={v:.3f}" for g, v in res["groups"].items())
-            print(f"{res['attack']:<18} screening={'on ' if screening else 'off'} x_inside={res['x_inside']!s:<5} "
-                  f"w(x)={res['max_weight_x']:.3f} norm={res['norm']:.3g} {groups_txt} "
-                  f"screened={json.dumps(res['screened'])}" + ("" if "ok" not in res else f" {'PASS' if res['ok'] else 'FAIL'}"),
-                  flush=True)
+            print(
+                f"{res['attack']:<18} screening={'on ' if screening else 'off'} x_inside={res['x_inside']!s:<5} "
+                f"w(x)={res['max_weight_x']:.3f} norm={res['norm']:.3g} {groups_txt} "
+                f"screened={json.dumps(res['screened'])}"
+                + ("" if "ok" not in res else f" {'PASS' if res['ok'] else 'FAIL'}"),
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1, default=str)

@@ -11,7 +11,7 @@ frames     Bytes per embedding frame for 50x5, 891x5 (one paper round) and 256x3
            (int8 + one float32 scale per row, zstd above the codec's threshold); the ratio to
            float32, the row cosine between original and decoded rows, and encode/decode time.
 rss        Peak RSS of an agent-like child process: it imports what ``osml agent`` imports
-           (osml.runtime -> onnxruntime, paho via osml.transport, numpy, msgpack, zstandard; not
+           (osml.agent.runtime -> onnxruntime, paho via osml.net.transport, numpy, msgpack, zstandard; not
            torch), loads the mlp and gru ONNX encoders, encodes 900 windows with each,
            encodes/decodes frames and sends them through a private Mosquitto. Reported: the
            child's ru_maxrss from os.wait4 (the child is started by a tiny launcher, because
@@ -24,7 +24,7 @@ inference  Median time per call, onnxruntime (1 thread) vs torch eager (1 thread
 exchange   Time of one exchange round on loopback through a private Mosquitto: every agent
            publishes one QoS 1 frame (--payload bytes, default 900) to each neighbour's inbox
            osml/<ctx>/<nb>/in/<me>; the round ends when every agent has received all its
-           neighbours' frames. Each agent is one osml.transport.Transport (its own paho loop
+           neighbours' frames. Each agent is one osml.net.transport.Transport (its own paho loop
            thread) plus one agent thread that publishes and then reads its inbox. Agents are
            grouped into worker processes (column "procs"); the driver starts a round by writing
            "go" to every worker and the round time is the latest completion time (CLOCK_MONOTONIC,
@@ -80,7 +80,7 @@ def _versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = "not installed"
-    from osml.broker import find_mosquitto
+    from osml.net.broker import find_mosquitto
 
     binary = find_mosquitto()
     mosq = "not installed"
@@ -126,7 +126,8 @@ def _load() -> str:
 
 def bench_frames(repeat: int) -> None:
     import msgpack
-    from osml.codec import Frame, decode_frame, encode_frame
+
+    from osml.wire.codec import Frame, decode_frame, encode_frame
 
     rng = np.random.default_rng(0)
     rows = []
@@ -213,7 +214,7 @@ def bench_frames(repeat: int) -> None:
 
 def build_models(out_dir: Path, n_features: int = 1) -> None:
     """Write mlp/gru/conv ONNX encoders (+cards) built from build_encoder's weights. Uses torch."""
-    from osml.modelcard import ModelCard, sha256_hex, write_model
+    from osml.agent.modelcard import ModelCard, sha256_hex, write_model
     from osml.trainer.encoders import ARCHITECTURES, build_encoder
     from osml.trainer.export import build_onnx
 
@@ -250,12 +251,13 @@ def rss_child(model_dir: str, url: str, with_torch: bool) -> None:
         import torch  # noqa: F401
     import msgpack  # noqa: F401
     import onnxruntime  # noqa: F401
-    import osml.runtime  # noqa: F401  (what `osml agent` imports: codec, inference, transport, ...)
     import zstandard  # noqa: F401
-    from osml import topics
-    from osml.codec import Frame, decode_frame, encode_frame
-    from osml.inference import OnnxEncoder
-    from osml.transport import BrokerSettings, Transport
+
+    import osml.agent.runtime  # noqa: F401  (what `osml agent` imports: codec, inference, transport, ...)
+    from osml.agent.inference import OnnxEncoder
+    from osml.net.transport import BrokerSettings, Transport
+    from osml.wire import topics
+    from osml.wire.codec import Frame, decode_frame, encode_frame
 
     t_import = time.perf_counter() - t0
     rng = np.random.default_rng(0)
@@ -353,7 +355,7 @@ def _launch(argv: list[str]) -> dict:
 
 
 def bench_rss(repeat: int) -> None:
-    from osml.broker import MosquittoProcess
+    from osml.net.broker import MosquittoProcess
 
     me = str(Path(__file__).resolve())
     rows = []
@@ -437,6 +439,7 @@ def _time_calls(fn, calls: int, warmup: int = 20) -> float:
 def bench_inference(calls: int) -> None:
     import onnxruntime as ort
     import torch
+
     from osml.trainer.encoders import build_encoder
     from osml.trainer.export import INPUT, OUTPUT, build_onnx
 
@@ -519,8 +522,8 @@ def exchange_worker() -> None:
     "done R T" out (T = CLOCK_MONOTONIC time the last of this worker's agents completed round R),
     or "fail R why"; "stop" in ends it.
     """
-    from osml import topics
-    from osml.transport import BrokerSettings, Transport
+    from osml.net.transport import BrokerSettings, Transport
+    from osml.wire import topics
 
     spec = json.loads(sys.stdin.readline())
     settings = BrokerSettings(url=spec["url"])
@@ -605,13 +608,13 @@ def exchange_worker() -> None:
         for th in threads:
             th.join(timeout=5)
         # paho's loop thread may log "Client is not connected" while close() stops it: noise here.
-        logging.getLogger("osml.transport").setLevel(logging.CRITICAL)
+        logging.getLogger("osml.net.transport").setLevel(logging.CRITICAL)
         for tr in transports.values():
             tr.close()
 
 
 def _broker_class(nodelay: bool):
-    from osml.broker import MosquittoProcess
+    from osml.net.broker import MosquittoProcess
 
     if nodelay:
         return MosquittoProcess
@@ -632,7 +635,7 @@ def _broker_class(nodelay: bool):
 def _run_exchange(
     url: str, tag: str, n: int, topo: str, procs: int, rounds: int, warmup: int, payload: int
 ) -> list[float]:
-    from osml.topology import neighbours
+    from osml.core.topology import neighbours
 
     ids = [f"a{i:03d}" for i in range(n)]
     nb = neighbours(ids, topo, seed=0)
@@ -751,7 +754,7 @@ def bench_exchange(rounds: int, warmup: int, payload: int, procs_128: list[int])
     )
     print(
         f"\n{rounds} measured rounds after {warmup} warm-up rounds, 20 ms apart; payload {payload} bytes, "
-        "QoS 1, not retained, to osml/<ctx>/<nb>/in/<me>. random:4 = osml.topology.neighbours(seed=0). "
+        "QoS 1, not retained, to osml/<ctx>/<nb>/in/<me>. random:4 = osml.core.topology.neighbours(seed=0). "
         "Each agent = one Transport (paho loop_start thread, client TCP_NODELAY on) + one agent thread; "
         "agents dealt round-robin to worker processes, each with a main thread that relays go/done. "
         "One Mosquitto process (single-threaded) per broker setting.\n"

@@ -22,12 +22,16 @@ from osml.trainer.export import export_onnx
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     windows = rng.standard_normal((64, 10, 2)).astype(np.float32)
-    print("| encoder | builder median (ms) | dynamo first call (s) | dynamo later calls (s) | max abs diff |")
+    print(
+        "| encoder | builder median (ms) | dynamo first call (s) | dynamo later calls (s) | max abs diff |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for arch in ARCHITECTURES:
         enc = build_encoder(arch, 10, 2, 5, seed=0)
@@ -43,7 +47,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 export_onnx(enc, windows, 1, exporter="dynamo")
                 dyn.append(time.perf_counter() - t0)
-        print(f"| {arch} | {1000 * statistics.median(times):.1f} | {dyn[0]:.2f} | {statistics.median(dyn[1:]):.2f} | {diff:.1e} |")
+        print(
+            f"| {arch} | {1000 * statistics.median(times):.1f} | {dyn[0]:.2f} | {statistics.median(dyn[1:]):.2f} | {diff:.1e} |"
+        )
 
 
 if __name__ == "__main__":

@@ -38,19 +38,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from osml.broker import MosquittoProcess
-from osml.data import load_dataset
-from osml.fleet import FleetOptions, agent_toml, assemble, run_fleet
-from osml.simulate import SimulationSettings
-from osml.state import read_rounds
-from osml.topology import neighbours as topology_neighbours
-from osml.trainer_client import TrainerClient
+from osml.agent.data import load_dataset
+from osml.agent.state import read_rounds
+from osml.agent.trainer_client import TrainerClient
+from osml.core.topology import neighbours as topology_neighbours
+from osml.net.broker import MosquittoProcess
+from osml.ops.fleet import FleetOptions, agent_toml, assemble, run_fleet
+from osml.ops.simulate import SimulationSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT.parent / "shared" / "reference-data" / "osml-paper"
 TRUTH = {
     "simple-context": {"0": {"0", "1"}, "1": {"0", "1"}},
-    "complex-context": {"0": {"0", "1"}, "1": {"0", "1"}, "2": {"2", "3", "4"}, "3": {"2", "3", "4"}, "4": {"2", "3", "4"}},
+    "complex-context": {
+        "0": {"0", "1"},
+        "1": {"0", "1"},
+        "2": {"2", "3", "4"},
+        "3": {"2", "3", "4"},
+        "4": {"2", "3", "4"},
+    },
 }
 FAULT_ROUND = 4  # the faults hit once an agent has finished this round
 ROUNDS = 10  # rounds of the broker, agent and trainer drills
@@ -79,7 +85,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, poll: float = 0.2)
 def groups_text(final: dict[str, Any]) -> str:
     """``{0,1} 0.999/0.990  {M0}``: each sub-context with its mean strict/centered alignment."""
     parts = []
-    for group in sorted({tuple(sorted(s)) for s in final["subcontexts"].values()}, key=lambda g: (-len(g), g)):
+    for group in sorted(
+        {tuple(sorted(s)) for s in final["subcontexts"].values()}, key=lambda g: (-len(g), g)
+    ):
         pairs = [(a, b) for a in group for b in group if a < b]
         if not pairs:
             parts.append("{" + ",".join(group) + "}")
@@ -92,7 +100,11 @@ def groups_text(final: dict[str, Any]) -> str:
 
 def subcontexts_ok(final: dict[str, Any], data: str) -> bool:
     truth = TRUTH[data]
-    return all(set(final["subcontexts"][a]) == want for a, want in truth.items() if a in final["subcontexts"])
+    return all(
+        set(final["subcontexts"][a]) == want
+        for a, want in truth.items()
+        if a in final["subcontexts"]
+    )
 
 
 def missing_frames(result: dict[str, Any]) -> tuple[int, int]:
@@ -114,8 +126,13 @@ class Procs:
     def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as fh:
-            p = subprocess.Popen([sys.executable, "-m", "osml.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            p = subprocess.Popen(
+                [sys.executable, "-m", "osml.cli", *args],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self.started.append(p)
         return p
 
@@ -145,7 +162,9 @@ class Fleet:
     def __post_init__(self) -> None:
         self.dataset = load_dataset(str(self.env.paper / self.data)).select(self.ids)
         # trainer=None: agent_toml then writes the trainer's defaults (mlp, vc), as osml run does.
-        self.settings = SimulationSettings(rounds=self.rounds, context=self.workdir.name, trainer=None)
+        self.settings = SimulationSettings(
+            rounds=self.rounds, context=self.workdir.name, trainer=None
+        )
         self.links = topology_neighbours(self.ids, self.settings.topology, self.settings.seed)
         self.procs = Procs()
         self.broker = MosquittoProcess(self.workdir / "broker")
@@ -161,8 +180,10 @@ class Fleet:
         return self.workdir / "agents" / agent / "agent.toml"
 
     def start_trainer(self) -> None:
-        trainer = self.procs.start(["trainer", "--socket", str(self.socket), "--state-dir", str(self.workdir / "trainer")],
-                                   self.workdir / "trainer.log")
+        trainer = self.procs.start(
+            ["trainer", "--socket", str(self.socket), "--state-dir", str(self.workdir / "trainer")],
+            self.workdir / "trainer.log",
+        )
         self.trainer = trainer
         client = TrainerClient(self.socket, timeout=5.0)
         if not wait_until(lambda: client.ping() or trainer.poll() is not None, 60):
@@ -171,8 +192,10 @@ class Fleet:
             raise RuntimeError(f"the trainer exited with {trainer.returncode}")
 
     def start_agent(self, agent: str) -> None:
-        self.agents[agent] = self.procs.start(["agent", "--config", str(self.config(agent))],
-                                              self.workdir / "agents" / agent / "agent.log")
+        self.agents[agent] = self.procs.start(
+            ["agent", "--config", str(self.config(agent))],
+            self.workdir / "agents" / agent / "agent.log",
+        )
 
     def start(self) -> None:
         self.broker.start()
@@ -182,9 +205,22 @@ class Fleet:
         for i, agent in enumerate(self.ids):
             adir = self.workdir / "agents" / agent
             adir.mkdir(parents=True, exist_ok=True)
-            text = agent_toml(agent, i, source, self.settings.seed, self.links[agent], self.settings,
-                              self.broker.url, adir / "state", adir / "eval", self.socket, options)
-            self.config(agent).write_text(text.replace("[rounds]\n", f"[rounds]\ninterval = {self.interval}\n"))
+            text = agent_toml(
+                agent,
+                i,
+                source,
+                self.settings.seed,
+                self.links[agent],
+                self.settings,
+                self.broker.url,
+                adir / "state",
+                adir / "eval",
+                self.socket,
+                options,
+            )
+            self.config(agent).write_text(
+                text.replace("[rounds]\n", f"[rounds]\ninterval = {self.interval}\n")
+            )
         for agent in self.ids:
             self.start_agent(agent)
 
@@ -201,8 +237,14 @@ class Fleet:
         return {a: p.poll() for a, p in self.agents.items()}
 
     def result(self, started: float) -> dict[str, Any]:
-        result: dict[str, Any] = assemble(self.workdir, self.dataset, self.ids, self.links, self.settings,
-                                          time.perf_counter() - started)
+        result: dict[str, Any] = assemble(
+            self.workdir,
+            self.dataset,
+            self.ids,
+            self.links,
+            self.settings,
+            time.perf_counter() - started,
+        )
         return result
 
     def stop(self) -> None:
@@ -214,8 +256,13 @@ class Fleet:
 
 
 @contextmanager
-def fleet(env: Env, name: str, data: str = "simple-context", ids: tuple[str, ...] = ("0", "1"),
-          interval: float = 0.0) -> Iterator[Fleet]:
+def fleet(
+    env: Env,
+    name: str,
+    data: str = "simple-context",
+    ids: tuple[str, ...] = ("0", "1"),
+    interval: float = 0.0,
+) -> Iterator[Fleet]:
     workdir = env.out / name
     shutil.rmtree(workdir, ignore_errors=True)
     f = Fleet(env, workdir, data, list(ids), ROUNDS, interval)
@@ -235,7 +282,9 @@ def all_rounds(f: Fleet) -> bool:
 DRILLS: dict[str, Callable[[Env], tuple[bool, str]]] = {}
 
 
-def drill(name: str) -> Callable[[Callable[[Env], tuple[bool, str]]], Callable[[Env], tuple[bool, str]]]:
+def drill(
+    name: str,
+) -> Callable[[Callable[[Env], tuple[bool, str]]], Callable[[Env], tuple[bool, str]]]:
     def register(func: Callable[[Env], tuple[bool, str]]) -> Callable[[Env], tuple[bool, str]]:
         DRILLS[name] = func
         return func
@@ -243,11 +292,30 @@ def drill(name: str) -> Callable[[Callable[[Env], tuple[bool, str]]], Callable[[
     return register
 
 
-def _osml_run_with_drops(env: Env, name: str, data: str, agents: str | None, rounds: int) -> tuple[bool, str]:
+def _osml_run_with_drops(
+    env: Env, name: str, data: str, agents: str | None, rounds: int
+) -> tuple[bool, str]:
     out = env.out / name
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "osml.cli", "run", "--data", str(env.paper / data), "--rounds", str(rounds),
-           "--drop-rate", "0.2", "--deadline", str(env.deadline), "--context", name, "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "osml.cli",
+        "run",
+        "--data",
+        str(env.paper / data),
+        "--rounds",
+        str(rounds),
+        "--drop-rate",
+        "0.2",
+        "--deadline",
+        str(env.deadline),
+        "--context",
+        name,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     if agents:
         cmd += ["--agents", agents]
     out.mkdir(parents=True)
@@ -269,7 +337,10 @@ def _osml_run_with_drops(env: Env, name: str, data: str, agents: str | None, rou
     missing, expected = missing_frames(report)
     finished = len(report["rounds"]) == rounds + 1
     ok = finished and subcontexts_ok(report["final"], data)
-    return ok, f"rounds {len(report['rounds']) - 1}/{rounds}  missing {missing}/{expected} frames  final {groups_text(report['final'])}"
+    return (
+        ok,
+        f"rounds {len(report['rounds']) - 1}/{rounds}  missing {missing}/{expected} frames  final {groups_text(report['final'])}",
+    )
 
 
 @drill("drop-simple")
@@ -296,8 +367,11 @@ def broker_restart(env: Env) -> tuple[bool, str]:
 
     def restart_when_due() -> None:
         states = [workdir / "fleet" / "agents" / a / "state" for a in ids]
+
         def due() -> bool:
-            return finished.is_set() or any(r["round"] >= FAULT_ROUND for s in states for r in read_rounds(s))
+            return finished.is_set() or any(
+                r["round"] >= FAULT_ROUND for s in states for r in read_rounds(s)
+            )
 
         if wait_until(due, env.timeout) and not finished.is_set():
             restarted_at.append(max(r["round"] for s in states for r in read_rounds(s)))
@@ -311,7 +385,9 @@ def broker_restart(env: Env) -> tuple[bool, str]:
         broker.start()
         watcher.start()
         options = FleetOptions(broker_url=broker.url, deadline=env.deadline, timeout=env.timeout)
-        result = run_fleet(str(env.paper / data), dataset, ids, settings, workdir / "fleet", options)
+        result = run_fleet(
+            str(env.paper / data), dataset, ids, settings, workdir / "fleet", options
+        )
     finally:
         finished.set()
         if watcher.is_alive():
@@ -320,11 +396,18 @@ def broker_restart(env: Env) -> tuple[bool, str]:
     last = {a: read_rounds(workdir / "fleet" / "agents" / a / "state")[-1] for a in ids}
     reconnects = {a: r["reconnects"] for a, r in last.items()}
     missing, expected = missing_frames(result)
-    ok = (not errors and bool(restarted_at) and len(result["rounds"]) == ROUNDS + 1
-          and all(v >= 1 for v in reconnects.values()) and subcontexts_ok(result["final"], data))
+    ok = (
+        not errors
+        and bool(restarted_at)
+        and len(result["rounds"]) == ROUNDS + 1
+        and all(v >= 1 for v in reconnects.values())
+        and subcontexts_ok(result["final"], data)
+    )
     when = f"after round {restarted_at[0]}" if restarted_at else "never"
-    return ok, (f"restarted {when}  reconnects {reconnects}  missing {missing}/{expected} frames  "
-                f"final {groups_text(result['final'])}{'  ' + '; '.join(errors) if errors else ''}")
+    return ok, (
+        f"restarted {when}  reconnects {reconnects}  missing {missing}/{expected} frames  "
+        f"final {groups_text(result['final'])}{'  ' + '; '.join(errors) if errors else ''}"
+    )
 
 
 @drill("agent-sigkill")
@@ -339,20 +422,30 @@ def agent_sigkill(env: Env) -> tuple[bool, str]:
         before = read_rounds(f.state(victim))
         f.start_agent(victim)  # same config, same state directory
         codes = f.wait_agents()
-        after = read_rounds(f.state(victim))[len(before):]
+        after = read_rounds(f.state(victim))[len(before) :]
         result = f.result(started)
     rounds_after = [r["round"] for r in after]
     # Resumed: carries on after the last round it recorded, up to the end, never from round 0.
-    resumed = bool(rounds_after) and rounds_after[0] > before[-1]["round"] and rounds_after == list(
-        range(rounds_after[0], ROUNDS))
+    resumed = (
+        bool(rounds_after)
+        and rounds_after[0] > before[-1]["round"]
+        and rounds_after == list(range(rounds_after[0], ROUNDS))
+    )
     kept_model = bool(after) and after[0]["model_version"] >= before[-1]["model_version"]
     missing, expected = missing_frames(result)
-    ok = (all(c == 0 for c in codes.values()) and resumed and kept_model and all_rounds(f)
-          and subcontexts_ok(result["final"], f.data))
+    ok = (
+        all(c == 0 for c in codes.values())
+        and resumed
+        and kept_model
+        and all_rounds(f)
+        and subcontexts_ok(result["final"], f.data)
+    )
     first = rounds_after[0] if rounds_after else None
-    return ok, (f"killed after round {before[-1]['round']}, resumed at {first} "
-                f"(model v{before[-1]['model_version']} -> v{after[0]['model_version'] if after else '?'})  "
-                f"exit {codes}  missing {missing}/{expected} frames  final {groups_text(result['final'])}")
+    return ok, (
+        f"killed after round {before[-1]['round']}, resumed at {first} "
+        f"(model v{before[-1]['model_version']} -> v{after[0]['model_version'] if after else '?'})  "
+        f"exit {codes}  missing {missing}/{expected} frames  final {groups_text(result['final'])}"
+    )
 
 
 @drill("trainer-sigkill")
@@ -368,7 +461,11 @@ def trainer_sigkill(env: Env) -> tuple[bool, str]:
         at_kill = {a: read_rounds(f.state(a))[-1] for a in f.ids}
 
         def noticed(a: str) -> bool:
-            return any(r["trainer"] == "unavailable" for r in read_rounds(f.state(a)) if r["round"] > at_kill[a]["round"])
+            return any(
+                r["trainer"] == "unavailable"
+                for r in read_rounds(f.state(a))
+                if r["round"] > at_kill[a]["round"]
+            )
 
         seen_down = wait_until(lambda: all(noticed(a) for a in f.ids) or all_rounds(f), env.timeout)
         f.start_trainer()  # same socket, same state directory: the checkpoints are reloaded
@@ -378,22 +475,45 @@ def trainer_sigkill(env: Env) -> tuple[bool, str]:
     down = {a: sum(r["trainer"] == "unavailable" for r in recs[a]) for a in f.ids}
     versions = {a: (at_kill[a]["model_version"], recs[a][-1]["model_version"]) for a in f.ids}
     back = all(recs[a][-1]["trainer"] == "ok" and versions[a][1] > versions[a][0] for a in f.ids)
-    ok = (all(c == 0 for c in codes.values()) and seen_down and all(down.values()) and back and all_rounds(f)
-          and subcontexts_ok(result["final"], f.data))
-    return ok, (f"killed after round {min(r['round'] for r in at_kill.values())}  rounds without trainer {down}  "
-                f"model v(kill -> end) {versions}  exit {codes}  final {groups_text(result['final'])}")
+    ok = (
+        all(c == 0 for c in codes.values())
+        and seen_down
+        and all(down.values())
+        and back
+        and all_rounds(f)
+        and subcontexts_ok(result["final"], f.data)
+    )
+    return ok, (
+        f"killed after round {min(r['round'] for r in at_kill.values())}  rounds without trainer {down}  "
+        f"model v(kill -> end) {versions}  exit {codes}  final {groups_text(result['final'])}"
+    )
 
 
 # -- main ---------------------------------------------------------------------------------------
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", metavar="NAMES", help=f"comma list of drills to run: {', '.join(DRILLS)}")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fault-drills", help="where run directories go")
-    parser.add_argument("--paper", type=Path, default=PAPER, help="the paper's data (simple-context, complex-context)")
-    parser.add_argument("--deadline", type=float, default=5.0, help="seconds an agent waits for its neighbours")
-    parser.add_argument("--timeout", type=float, default=600.0, help="give up on a drill after this many seconds")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", metavar="NAMES", help=f"comma list of drills to run: {', '.join(DRILLS)}"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "runs" / "fault-drills", help="where run directories go"
+    )
+    parser.add_argument(
+        "--paper",
+        type=Path,
+        default=PAPER,
+        help="the paper's data (simple-context, complex-context)",
+    )
+    parser.add_argument(
+        "--deadline", type=float, default=5.0, help="seconds an agent waits for its neighbours"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="give up on a drill after this many seconds"
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",")] if args.only else list(DRILLS)
     unknown = [n for n in names if n not in DRILLS]
@@ -412,7 +532,10 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001  # one broken drill must not hide the others
             ok, figures = False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         failures += not ok
-        print(f"{name:<16} {'PASS' if ok else 'FAIL'}  {time.perf_counter() - t0:6.1f}s  {figures}", flush=True)
+        print(
+            f"{name:<16} {'PASS' if ok else 'FAIL'}  {time.perf_counter() - t0:6.1f}s  {figures}",
+            flush=True,
+        )
     return 1 if failures else 0
 
 

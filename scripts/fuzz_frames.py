@@ -4,7 +4,7 @@
     python scripts/fuzz_frames.py                    # 200 000 inputs, seed 0
     python scripts/fuzz_frames.py --inputs 2000000 --seed 7 --json fuzz.json
 
-Every input goes through :meth:`osml.inbox.Inbox.offer` twice: once in an inbox without
+Every input goes through :meth:`osml.wire.inbox.Inbox.offer` twice: once in an inbox without
 signatures and once in one that requires them. Inputs are drawn from six generators: random
 bytes; valid frames (random shapes, chunking, compression, signed or not) mutated by bit flips,
 byte inserts and deletes, truncation and splicing; valid msgpack maps with fields replaced by
@@ -31,15 +31,37 @@ import msgpack
 import numpy as np
 import zstandard
 
-from osml import topics
-from osml.codec import Frame, encode_frame
-from osml.inbox import REASONS, Inbox
+from osml.wire import topics
+from osml.wire.codec import Frame, encode_frame
+from osml.wire.inbox import REASONS, Inbox
 
 CTX, ME, NBS = "fuzz", "0", ("1", "2", "3")
 KEY = bytes(range(32))
 ROUND = 5
-VALUES = [None, True, False, 0, 1, -1, 2**63 - 1, 2**64 - 1, -(2**63), 1.5, float("nan"), float("inf"),
-          "", "x" * 200, "a/b", "1", b"", b"\x00" * 33, [], [1, 2], {}, {"v": 1}]
+VALUES = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    2**63 - 1,
+    2**64 - 1,
+    -(2**63),
+    1.5,
+    float("nan"),
+    float("inf"),
+    "",
+    "x" * 200,
+    "a/b",
+    "1",
+    b"",
+    b"\x00" * 33,
+    [],
+    [1, 2],
+    {},
+    {"v": 1},
+]
 KEYS = ["v", "ctx", "src", "rnd", "s0", "n", "d", "mv", "ck", "nck", "z", "p", "sig", "zz"]
 
 
@@ -50,9 +72,19 @@ def valid(rng: random.Random, *, signed: bool) -> tuple[str, bytes, Frame]:
     emb = np.random.default_rng(rng.getrandbits(32)).normal(size=(n, d)).astype(np.float32)
     if rng.random() < 0.1:
         emb *= rng.choice([1e-30, 1e30, 0.0])
-    f = Frame(context=CTX, source=src, round=ROUND + rng.randint(0, 3), step_start=rng.randint(0, 10**6),
-              model_version=rng.randint(0, 9), embeddings=emb, chunk=rng.randrange(nck), n_chunks=nck)
-    data = encode_frame(f, compress_threshold=rng.choice([0, 1024, 10**9]), key=KEY if signed else None)
+    f = Frame(
+        context=CTX,
+        source=src,
+        round=ROUND + rng.randint(0, 3),
+        step_start=rng.randint(0, 10**6),
+        model_version=rng.randint(0, 9),
+        embeddings=emb,
+        chunk=rng.randrange(nck),
+        n_chunks=nck,
+    )
+    data = encode_frame(
+        f, compress_threshold=rng.choice([0, 1024, 10**9]), key=KEY if signed else None
+    )
     return topics.inbox(CTX, ME, src), data, f
 
 
@@ -81,7 +113,9 @@ def replaced_field(rng: random.Random) -> bytes:
     _, data, _ = valid(rng, signed=rng.random() < 0.5)
     doc = msgpack.unpackb(data, raw=False)
     for _ in range(rng.randint(1, 3)):
-        doc[rng.choice(KEYS)] = rng.choice(VALUES) if rng.random() < 0.7 else rng.randint(-(2**64), 2**64)
+        doc[rng.choice(KEYS)] = (
+            rng.choice(VALUES) if rng.random() < 0.7 else rng.randint(-(2**64), 2**64)
+        )
     try:
         out: bytes = msgpack.packb(doc, use_bin_type=True)
     except (OverflowError, TypeError, ValueError):
@@ -95,7 +129,9 @@ _BOMBS: dict[tuple[int, bool], bytes] = {}
 def _zeros_compressed(size: int, declared: bool) -> bytes:
     if (size, declared) not in _BOMBS:
         if declared:
-            _BOMBS[size, declared] = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(size))
+            _BOMBS[size, declared] = zstandard.ZstdCompressor(write_content_size=True).compress(
+                bytes(size)
+            )
         else:  # a streamed frame: no content size in its header
             c = zstandard.ZstdCompressor().compressobj()
             _BOMBS[size, declared] = c.compress(bytes(size)) + c.flush()
@@ -120,28 +156,49 @@ def misdirected(rng: random.Random) -> tuple[str, bytes]:
     if choice == 0:
         return topics.inbox(CTX, ME, "9"), data  # a stranger
     if choice == 1:
-        return topics.inbox(CTX, ME, rng.choice([n for n in NBS if n != f.source])), data  # wrong src
+        return topics.inbox(
+            CTX, ME, rng.choice([n for n in NBS if n != f.source])
+        ), data  # wrong src
     if choice == 2:
         return topics.inbox("other", ME, f.source), data  # another context
     if choice == 3:
         return topics.inbox(CTX, "7", f.source), data  # someone else's inbox
-    old = Frame(context=CTX, source=f.source, round=rng.randint(0, ROUND - 1), step_start=0,
-                model_version=0, embeddings=f.embeddings)
-    return topics.inbox(CTX, ME, f.source), encode_frame(old, key=KEY)  # a replay of a finished round
+    old = Frame(
+        context=CTX,
+        source=f.source,
+        round=rng.randint(0, ROUND - 1),
+        step_start=0,
+        model_version=0,
+        embeddings=f.embeddings,
+    )
+    return topics.inbox(CTX, ME, f.source), encode_frame(
+        old, key=KEY
+    )  # a replay of a finished round
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--inputs", type=int, default=200_000, help="how many inputs to try (default 200000)")
+    ap.add_argument(
+        "--inputs", type=int, default=200_000, help="how many inputs to try (default 200000)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the summary here")
     args = ap.parse_args()
-    logging.getLogger("osml").setLevel(logging.ERROR)  # the counters are the output, not 10^5 warnings
+    logging.getLogger("osml").setLevel(
+        logging.ERROR
+    )  # the counters are the output, not 10^5 warnings
     rng = random.Random(args.seed)
     budget = 4 << 20
     plain = Inbox(context=CTX, me=ME, neighbours=NBS, dim=5, max_pending_bytes=budget)
-    strict = Inbox(context=CTX, me=ME, neighbours=NBS, dim=5, keys=[KEY], require_signature=True,
-                   max_pending_bytes=budget)
+    strict = Inbox(
+        context=CTX,
+        me=ME,
+        neighbours=NBS,
+        dim=5,
+        keys=[KEY],
+        require_signature=True,
+        max_pending_bytes=budget,
+    )
     kinds: Counter[str] = Counter()
     kept: Counter[str] = Counter()
     failures: list[str] = []
@@ -180,7 +237,13 @@ def main() -> int:
                 kept[f"{name}:{kind}"] += 1
                 if name == "signed" and kind == "mutated":
                     failures.append(f"input {i}: a modified signed frame was kept")
-            elif kind == "intact" and reason not in ("duplicate", "flood", "chunk", "dimension", "topic"):
+            elif kind == "intact" and reason not in (
+                "duplicate",
+                "flood",
+                "chunk",
+                "dimension",
+                "topic",
+            ):
                 failures.append(f"input {i}: an intact valid frame was rejected ({reason})")
             if box.pending_bytes > budget * len(NBS):
                 failures.append(f"input {i}: {name} inbox holds {box.pending_bytes} bytes")
@@ -188,14 +251,20 @@ def main() -> int:
             for parts in box._chunks.values():
                 for f in parts.values():
                     if not np.isfinite(f.embeddings).all() or f.dim != 5:
-                        failures.append(f"input {i}: kept a frame with non-finite values or dim {f.dim}")
+                        failures.append(
+                            f"input {i}: kept a frame with non-finite values or dim {f.dim}"
+                        )
             if rng.random() < 0.01:
                 box.forget_before(ROUND + 4)  # as rounds go by; keeps duplicates from piling up
                 box.forget_before(0)
         if failures:
             break
         if (i + 1) % 50_000 == 0:
-            print(f"... {i + 1} inputs, {(i + 1) / (time.perf_counter() - t0):.0f}/s", file=sys.stderr, flush=True)
+            print(
+                f"... {i + 1} inputs, {(i + 1) / (time.perf_counter() - t0):.0f}/s",
+                file=sys.stderr,
+                flush=True,
+            )
     elapsed = time.perf_counter() - t0
     tried = sum(kinds.values())
     summary = {
@@ -207,8 +276,10 @@ def main() -> int:
         "kept": dict(kept),
         "rejected_plain": dict(plain.rejected.most_common()),
         "rejected_signed": dict(strict.rejected.most_common()),
-        "peak_rss_mb": {"start": round(rss0 / 1024, 1),
-                        "end": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
+        "peak_rss_mb": {
+            "start": round(rss0 / 1024, 1),
+            "end": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        },
         "failures": failures[:20],
         "result": "FAIL" if failures else "PASS",
     }

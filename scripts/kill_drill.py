@@ -37,10 +37,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_drills import PAPER, ROOT, Env, Fleet  # the fleet of the fault drills
+from osml.agent.inference import OnnxEncoder
+from osml.agent.modelcard import card_path, read_card, sha256_hex
+from osml.agent.state import ROUNDS_FILE, load_state, read_rounds
 from osml.errors import OsmlError
-from osml.inference import OnnxEncoder
-from osml.modelcard import card_path, read_card, sha256_hex
-from osml.state import ROUNDS_FILE, load_state, read_rounds
 
 VICTIM = "1"
 IDS = ["0", "1"]
@@ -83,13 +83,21 @@ def check_disk(f: Fleet, last: tuple[int, int], tally: Tally) -> tuple[int, int]
 
 def check_restart(f: Fleet, log_from: int, since_round: int, version: int) -> None:
     """What the victim did since its last restart: kept its model, ran on it (or a newer one)."""
-    log = (f.workdir / "agents" / VICTIM / "agent.log").read_bytes()[log_from:].decode(errors="replace")
+    log = (
+        (f.workdir / "agents" / VICTIM / "agent.log")
+        .read_bytes()[log_from:]
+        .decode(errors="replace")
+    )
     if "ignoring the model" in log:
-        raise OsmlError("the restarted agent ignored its model: " + next(
-            line for line in log.splitlines() if "ignoring the model" in line))
+        raise OsmlError(
+            "the restarted agent ignored its model: "
+            + next(line for line in log.splitlines() if "ignoring the model" in line)
+        )
     for rec in read_rounds(f.state(VICTIM)):
         if rec["round"] >= since_round and rec["model_version"] < version:
-            raise OsmlError(f"round {rec['round']} ran on model v{rec['model_version']}, v{version} was on disk")
+            raise OsmlError(
+                f"round {rec['round']} ran on model v{rec['model_version']}, v{version} was on disk"
+            )
 
 
 def drill(f: Fleet, kills: int, seed: int, max_delay: float, tally: Tally) -> None:
@@ -99,7 +107,9 @@ def drill(f: Fleet, kills: int, seed: int, max_delay: float, tally: Tally) -> No
     for kill in range(1, kills + 1):
         done = [r["round"] for r in read_rounds(f.state(VICTIM))]
         if done and done[-1] >= f.rounds - 2:
-            raise OsmlError(f"the victim is at round {done[-1]} of {f.rounds} after {kill - 1} kills: pass more --rounds")
+            raise OsmlError(
+                f"the victim is at round {done[-1]} of {f.rounds} after {kill - 1} kills: pass more --rounds"
+            )
         delay = rng.uniform(0.1, max_delay)
         time.sleep(delay)
         proc = f.agents[VICTIM]
@@ -119,20 +129,50 @@ def drill(f: Fleet, kills: int, seed: int, max_delay: float, tally: Tally) -> No
         log_from = log_path.stat().st_size if log_path.exists() else 0
         f.start_agent(VICTIM)  # same config, same state directory
         tally.restarts_ok += 1
-        print(f"kill {kill:3d}  after {delay:4.2f}s  next_round {nxt:3d}  model v{version:<3d} OK", flush=True)
+        print(
+            f"kill {kill:3d}  after {delay:4.2f}s  next_round {nxt:3d}  model v{version:<3d} OK",
+            flush=True,
+        )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kills", type=int, default=50, help="SIGKILLs of the victim (default 50)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the random kill delays (default 1)")
-    parser.add_argument("--max-delay", type=float, default=8.0, help="longest delay before a kill, seconds (default 8)")
-    parser.add_argument("--rounds", type=int, default=300,
-                        help="rounds the fleet runs (default 300: enough for 50 kills, as a restarted agent catches up)")
-    parser.add_argument("--deadline", type=float, default=2.0, help="seconds an agent waits for its neighbours (default 2)")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "kill-drill", help="where logs and state go")
-    parser.add_argument("--paper", type=Path, default=PAPER, help="the paper's data (simple-context)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting for the end after this many seconds")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="seed of the random kill delays (default 1)"
+    )
+    parser.add_argument(
+        "--max-delay",
+        type=float,
+        default=8.0,
+        help="longest delay before a kill, seconds (default 8)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=300,
+        help="rounds the fleet runs (default 300: enough for 50 kills, as a restarted agent catches up)",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=2.0,
+        help="seconds an agent waits for its neighbours (default 2)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "runs" / "kill-drill", help="where logs and state go"
+    )
+    parser.add_argument(
+        "--paper", type=Path, default=PAPER, help="the paper's data (simple-context)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="give up waiting for the end after this many seconds",
+    )
     args = parser.parse_args()
     if args.kills < 1 or args.rounds < 4:
         parser.error("--kills must be at least 1 and --rounds at least 4")
@@ -147,10 +187,16 @@ def main() -> int:
     finished: dict[str, int | None] = {}
     try:
         f.start()
-        print(f"fleet up: broker {f.broker.url}, trainer pid {f.trainer.pid if f.trainer else '?'}, "
-              f"agents {', '.join(f'{a} pid {p.pid}' for a, p in f.agents.items())}; victim {VICTIM}", flush=True)
+        print(
+            f"fleet up: broker {f.broker.url}, trainer pid {f.trainer.pid if f.trainer else '?'}, "
+            f"agents {', '.join(f'{a} pid {p.pid}' for a, p in f.agents.items())}; victim {VICTIM}",
+            flush=True,
+        )
         drill(f, args.kills, args.seed, args.max_delay, tally)
-        print(f"{tally.kills} kills done; waiting for the fleet to finish {args.rounds} rounds", flush=True)
+        print(
+            f"{tally.kills} kills done; waiting for the fleet to finish {args.rounds} rounds",
+            flush=True,
+        )
         finished = f.wait_agents()
     except KeyboardInterrupt:
         tally.failures.append("interrupted")
@@ -162,19 +208,29 @@ def main() -> int:
     rounds = {a: [r["round"] for r in read_rounds(f.state(a))] for a in IDS}
     complete = {a: bool(r) and r[-1] == args.rounds - 1 for a, r in rounds.items()}
     if finished and (not all(c == 0 for c in finished.values()) or not all(complete.values())):
-        tally.failures.append(f"the fleet did not finish: exit codes {finished}, last rounds "
-                              f"{ {a: r[-1] if r else None for a, r in rounds.items()} }")
+        tally.failures.append(
+            f"the fleet did not finish: exit codes {finished}, last rounds "
+            f"{ {a: r[-1] if r else None for a, r in rounds.items()} }"
+        )
     victim_rounds = read_rounds(f.state(VICTIM))
     final_version = victim_rounds[-1]["model_version"] if victim_rounds else None
     ok = not tally.failures and tally.kills >= args.kills and bool(finished)
-    print(f"\nkill drill {'PASS' if ok else 'FAIL'} in {time.perf_counter() - started:.0f}s (seed {args.seed})")
+    print(
+        f"\nkill drill {'PASS' if ok else 'FAIL'} in {time.perf_counter() - started:.0f}s (seed {args.seed})"
+    )
     print(f"  kills {tally.kills}, restarts OK {tally.restarts_ok}")
-    print(f"  kills before the first model {tally.before_first_model}, between the card's commit and the "
-          f"model's rename {tally.between_commit_and_rename}, with a torn last round line {tally.torn_round_lines}")
-    print(f"  victim's model at the kills v{min(tally.versions, default=0)} .. v{max(tally.versions, default=0)}, "
-          f"v{final_version} at the end")
-    print(f"  round records {({a: len(r) for a, r in rounds.items()})}, last {({a: r[-1] if r else None for a, r in rounds.items()})} "
-          f"of {args.rounds}, exit codes {finished or 'n/a'}")
+    print(
+        f"  kills before the first model {tally.before_first_model}, between the card's commit and the "
+        f"model's rename {tally.between_commit_and_rename}, with a torn last round line {tally.torn_round_lines}"
+    )
+    print(
+        f"  victim's model at the kills v{min(tally.versions, default=0)} .. v{max(tally.versions, default=0)}, "
+        f"v{final_version} at the end"
+    )
+    print(
+        f"  round records { ({a: len(r) for a, r in rounds.items()}) }, last { ({a: r[-1] if r else None for a, r in rounds.items()}) } "
+        f"of {args.rounds}, exit codes {finished or 'n/a'}"
+    )
     for failure in tally.failures:
         print(f"  FAIL: {failure}")
     return 0 if ok else 1

@@ -2,7 +2,7 @@
 """Soak: a large fleet for many rounds on loopback, with random broker restarts and frame loss.
 
 One private Mosquitto, a few trainer processes and one ``osml agent`` process per agent, all
-started by this script (the ``osml run`` machinery in :mod:`osml.fleet`). The generated datasets
+started by this script (the ``osml run`` machinery in :mod:`osml.ops.fleet`). The generated datasets
 have at most five agents, so a fleet of N agents is several contexts of ``--data`` (context ``c``
 draws its data with seed ``--seed + c``; the last context may be smaller). Agents run until
 stopped (``rounds.count = 0``); the soak
@@ -44,10 +44,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from osml import topics
-from osml.broker import MosquittoProcess
-from osml.data import GENERATED_SPECS, load_dataset
-from osml.fleet import (
+from osml.agent.data import GENERATED_SPECS, load_dataset
+from osml.agent.state import read_rounds
+from osml.core.topology import neighbours as topology_neighbours
+from osml.net.broker import MosquittoProcess
+from osml.net.transport import BrokerSettings, Transport
+from osml.ops.fleet import (
     FleetOptions,
     FleetProcess,
     agent_toml,
@@ -56,10 +58,8 @@ from osml.fleet import (
     stop_processes,
     write_signing_key,
 )
-from osml.simulate import SimulationSettings
-from osml.state import read_rounds
-from osml.topology import neighbours as topology_neighbours
-from osml.transport import BrokerSettings, Transport
+from osml.ops.simulate import SimulationSettings
+from osml.wire import topics
 
 ROOT = Path(__file__).resolve().parents[1]
 RSS_SUM_GROWTH = 1.10  # agents' summed RSS: last-quartile mean / first-quartile mean
@@ -177,7 +177,12 @@ def processes_mentioning(needles: Sequence[str]) -> list[tuple[int, str]]:
         if not entry.isdigit() or int(entry) in mine:
             continue
         try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmd = (
+                Path(f"/proc/{entry}/cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
         except OSError:
             continue
         if any(n in cmd for n in needles):
@@ -218,7 +223,11 @@ def restart_rounds(cfg: SoakConfig, rng: random.Random) -> list[int]:
     random over the run, none in the first 2 or the last 3 rounds (when it fits)."""
     lo, hi = min(2, cfg.rounds - 1), max(min(2, cfg.rounds - 1) + 1, cfg.rounds - 3)
     pool = list(range(lo, hi))
-    picks = rng.sample(pool, cfg.restarts) if cfg.restarts <= len(pool) else rng.choices(pool, k=cfg.restarts)
+    picks = (
+        rng.sample(pool, cfg.restarts)
+        if cfg.restarts <= len(pool)
+        else rng.choices(pool, k=cfg.restarts)
+    )
     return sorted(picks)
 
 
@@ -235,34 +244,61 @@ def setup(soak: Soak, log: Callable[[str], None]) -> None:
     soak.sockets = start_trainers(out, cfg.trainers, env, soak.procs)
     key = write_signing_key(out / "signing.key") if cfg.sign else None
     options = FleetOptions(
-        broker_url=soak.broker.url, drop_rate=cfg.drop_rate, deadline=cfg.deadline, count=0,
-        steps=cfg.window_steps, trainers=cfg.trainers, sign=cfg.sign,
-        trainer_settings={"steps_per_round": cfg.train_steps,
-                          **({} if cfg.learning_rate is None else {"learning_rate": cfg.learning_rate})},
+        broker_url=soak.broker.url,
+        drop_rate=cfg.drop_rate,
+        deadline=cfg.deadline,
+        count=0,
+        steps=cfg.window_steps,
+        trainers=cfg.trainers,
+        sign=cfg.sign,
+        trainer_settings={
+            "steps_per_round": cfg.train_steps,
+            **({} if cfg.learning_rate is None else {"learning_rate": cfg.learning_rate}),
+        },
     )
     index = 0
     c = 0
     while index < cfg.agents:
         ctx = f"soak-{c:02d}"
         ids = list(load_dataset(cfg.data, seed=cfg.seed + c).ids)[: cfg.agents - index]
-        settings = SimulationSettings(rounds=cfg.rounds, context=ctx, topology=cfg.topology, seed=cfg.seed + c,
-                                      trainer=None)
+        settings = SimulationSettings(
+            rounds=cfg.rounds, context=ctx, topology=cfg.topology, seed=cfg.seed + c, trainer=None
+        )
         links = topology_neighbours(ids, cfg.topology, settings.seed)
         for aid in ids:
             adir = out / "agents" / ctx / aid
             adir.mkdir(parents=True, exist_ok=True)
-            (adir / "agent.toml").write_text(agent_toml(
-                aid, index, cfg.data, cfg.seed + c, links[aid], settings, soak.broker.url, adir / "state", None,
-                soak.sockets[index % len(soak.sockets)], options, key))
+            (adir / "agent.toml").write_text(
+                agent_toml(
+                    aid,
+                    index,
+                    cfg.data,
+                    cfg.seed + c,
+                    links[aid],
+                    settings,
+                    soak.broker.url,
+                    adir / "state",
+                    None,
+                    soak.sockets[index % len(soak.sockets)],
+                    options,
+                    key,
+                )
+            )
             soak.agents.append(Agent(ctx, aid, adir))
             index += 1
         c += 1
     for a in soak.agents:
-        a.proc = spawn(f"agent {a.name}", [sys.executable, "-m", "osml.cli", "agent", "--config",
-                                           str(a.dir / "agent.toml")], a.dir / "agent.log", env)
+        a.proc = spawn(
+            f"agent {a.name}",
+            [sys.executable, "-m", "osml.cli", "agent", "--config", str(a.dir / "agent.toml")],
+            a.dir / "agent.log",
+            env,
+        )
         soak.procs.append(a.proc)
-    log(f"started: broker pid {soak.broker.pid} on {soak.broker.url}, {cfg.trainers} trainer(s), "
-        f"{len(soak.agents)} agents in {c} contexts of {cfg.data}")
+    log(
+        f"started: broker pid {soak.broker.pid} on {soak.broker.url}, {cfg.trainers} trainer(s), "
+        f"{len(soak.agents)} agents in {c} contexts of {cfg.data}"
+    )
 
 
 def sample(soak: Soak, rounds: dict[str, int]) -> dict[str, Any]:
@@ -271,17 +307,24 @@ def sample(soak: Soak, rounds: dict[str, int]) -> dict[str, Any]:
         named["broker"] = soak.broker.pid
     rss = {n: rss_kb(pid) for n, pid in named.items()}
     fds = {n: fd_count(pid) for n, pid in named.items()}
-    return {"time": round(time.time(), 1), "min_round": min(rounds.values(), default=-1),
-            "max_round": max(rounds.values(), default=-1),
-            "rss_kb": {n: v for n, v in rss.items() if v is not None},
-            "fds": {n: v for n, v in fds.items() if v is not None}}
+    return {
+        "time": round(time.time(), 1),
+        "min_round": min(rounds.values(), default=-1),
+        "max_round": max(rounds.values(), default=-1),
+        "rss_kb": {n: v for n, v in rss.items() if v is not None},
+        "fds": {n: v for n, v in fds.items() if v is not None},
+    }
 
 
 def read_statuses(url: str, names: set[str], timeout: float) -> dict[str, dict[str, Any]]:
     """Every agent's retained status, straight from the broker."""
     got: dict[str, dict[str, Any]] = {}
-    t = Transport(BrokerSettings(url=url), f"osml-soak-{os.getpid()}",
-                  subscriptions=[f"{topics.ROOT}/+/+/status"], persistent=False)
+    t = Transport(
+        BrokerSettings(url=url),
+        f"osml-soak-{os.getpid()}",
+        subscriptions=[f"{topics.ROOT}/+/+/status"],
+        persistent=False,
+    )
     t.connect()
     try:
         end = time.monotonic() + timeout
@@ -331,8 +374,11 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
             if time.monotonic() - t0 > cfg.timeout:
                 failures.append(f"timeout: no result within {cfg.timeout:.0f} s")
                 break
-            exited = [(a.name, a.proc.popen.returncode) for a in soak.agents
-                      if a.proc is not None and a.proc.popen.poll() is not None]
+            exited = [
+                (a.name, a.proc.popen.returncode)
+                for a in soak.agents
+                if a.proc is not None and a.proc.popen.poll() is not None
+            ]
             if exited:
                 failures.append(f"agents exited: {exited}")
                 break
@@ -352,9 +398,11 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
                 s = samples[-1] if samples else {"rss_kb": {}}
                 agents_kb = [v for n, v in s["rss_kb"].items() if n.startswith("agent")]
                 trainers_kb = [v for n, v in s["rss_kb"].items() if n.startswith("trainer")]
-                log(f"[{now - t0:6.0f}s] rounds {lo}..{hi} of {cfg.rounds}  restarts {len(restarts)}/{cfg.restarts}  "
+                log(
+                    f"[{now - t0:6.0f}s] rounds {lo}..{hi} of {cfg.rounds}  restarts {len(restarts)}/{cfg.restarts}  "
                     f"RSS agents {_mb(sum(agents_kb))} MB (max {_mb(max(agents_kb, default=0))})  "
-                    f"trainers {_mb(sum(trainers_kb))} MB")
+                    f"trainers {_mb(sum(trainers_kb))} MB"
+                )
                 last_line = now
             if plan and lo >= plan[0]:  # the slowest agent: every agent lives through every restart
                 plan.pop(0)
@@ -365,15 +413,21 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
                 soak.broker.start()
                 assert soak.broker.pid is not None
                 soak.broker_pids.append(soak.broker.pid)
-                restarts.append({"rounds": [lo, hi], "down_s": round(down, 2), "time": round(time.time(), 1)})
-                log(f"[{time.monotonic() - t0:6.0f}s] broker restart {len(restarts)}/{cfg.restarts} at rounds "
-                    f"{lo}..{hi}, down {down:.1f} s (new pid {soak.broker.pid})")
+                restarts.append(
+                    {"rounds": [lo, hi], "down_s": round(down, 2), "time": round(time.time(), 1)}
+                )
+                log(
+                    f"[{time.monotonic() - t0:6.0f}s] broker restart {len(restarts)}/{cfg.restarts} at rounds "
+                    f"{lo}..{hi}, down {down:.1f} s (new pid {soak.broker.pid})"
+                )
                 continue
             if lo >= target and not plan:
                 if settle_until is None:
                     settle_until = lo + cfg.settle_rounds
-                    log(f"[{now - t0:6.0f}s] every agent finished {cfg.rounds} rounds; settling (up to round "
-                        f"{settle_until}) until every agent reports equilibrium")
+                    log(
+                        f"[{now - t0:6.0f}s] every agent finished {cfg.rounds} rounds; settling (up to round "
+                        f"{settle_until}) until every agent reports equilibrium"
+                    )
                 if all(r and r.get("equilibrium") for r in recs.values()):
                     settled_at = lo
                     break
@@ -400,8 +454,18 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
         if soak.broker is not None:
             soak.broker.stop()
     elapsed = time.monotonic() - t0
-    result = summarize(soak, restarts, samples, start_sample, end_sample, statuses, settled_at, failures, elapsed,
-                       recs_end)
+    result = summarize(
+        soak,
+        restarts,
+        samples,
+        start_sample,
+        end_sample,
+        statuses,
+        settled_at,
+        failures,
+        elapsed,
+        recs_end,
+    )
     (cfg.out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -412,13 +476,25 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
 def _stats(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {}
-    return {"max": _mb(max(values)), "median": _mb(statistics.median(values)), "sum": _mb(sum(values))}
+    return {
+        "max": _mb(max(values)),
+        "median": _mb(statistics.median(values)),
+        "sum": _mb(sum(values)),
+    }
 
 
-def summarize(soak: Soak, restarts: list[dict[str, Any]], samples: list[dict[str, Any]],
-              start: dict[str, Any] | None, end: dict[str, Any] | None, statuses: dict[str, dict[str, Any]],
-              settled_at: int | None, failures: list[str], elapsed: float,
-              recs_end: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+def summarize(
+    soak: Soak,
+    restarts: list[dict[str, Any]],
+    samples: list[dict[str, Any]],
+    start: dict[str, Any] | None,
+    end: dict[str, Any] | None,
+    statuses: dict[str, dict[str, Any]],
+    settled_at: int | None,
+    failures: list[str],
+    elapsed: float,
+    recs_end: dict[str, dict[str, Any] | None],
+) -> dict[str, Any]:
     """The result. Per-agent figures come from each agent's last record *before* teardown
     (``recs_end``): a round an agent finished while being stopped does not count."""
     cfg = soak.cfg
@@ -432,19 +508,39 @@ def summarize(soak: Soak, restarts: list[dict[str, Any]], samples: list[dict[str
     for rec in last.values():
         for reason, count in rec.get("rejected", {}).items():
             rejected[reason] = rejected.get(reason, 0) + int(count)
-    total = {k: sum(int(r.get(k, 0)) for r in last.values())
-             for k in ("frames_in", "frames_out", "late_frames", "invalid_frames", "dropped_out", "reconnects")}
+    total = {
+        k: sum(int(r.get(k, 0)) for r in last.values())
+        for k in (
+            "frames_in",
+            "frames_out",
+            "late_frames",
+            "invalid_frames",
+            "dropped_out",
+            "reconnects",
+        )
+    }
     reconnects = {n: int(r.get("reconnects", 0)) for n, r in last.items()}
     eq_end = {n: bool(r.get("equilibrium")) for n, r in last.items()}
     window = 20
-    eq_share = [statistics.fmean(bool(r.get("equilibrium")) for r in h[-window:]) for h in history.values() if h]
+    eq_share = [
+        statistics.fmean(bool(r.get("equilibrium")) for r in h[-window:])
+        for h in history.values()
+        if h
+    ]
     online = {n: statuses.get(n, {}).get("state") == "online" for n in history}
     first_version = {n: int(h[0].get("model_version", 0)) for n, h in history.items() if h}
-    training = {n: r.get("trainer") == "ok" and int(r.get("model_version", 0)) > first_version[n] for n, r in last.items()}
+    training = {
+        n: r.get("trainer") == "ok" and int(r.get("model_version", 0)) > first_version[n]
+        for n, r in last.items()
+    }
 
     # Growth between the start sample (round ~2) and the end, per process that lived throughout.
     span = [s for s in samples if start is not None and s["time"] >= start["time"]]
-    names = [n for n in (start or {}).get("rss_kb", {}) if n != "broker" and all(n in s["rss_kb"] for s in span)]
+    names = [
+        n
+        for n in (start or {}).get("rss_kb", {})
+        if n != "broker" and all(n in s["rss_kb"] for s in span)
+    ]
     growth: dict[str, float] = {}
     fd_delta: dict[str, float] = {}
     for n in names:
@@ -464,31 +560,52 @@ def summarize(soak: Soak, restarts: list[dict[str, Any]], samples: list[dict[str
         tr = [v for n, v in s["rss_kb"].items() if n.startswith("trainer")]
         fa = [v for n, v in s["fds"].items() if n.startswith("agent")]
         ft = [v for n, v in s["fds"].items() if n.startswith("trainer")]
-        return {"min_round": s["min_round"], "rss_mb": {"agents": _stats(ag), "trainers": _stats(tr),
-                                                       "broker": _mb(s["rss_kb"].get("broker", 0))},
-                "fds": {"agents_max": max(fa, default=0), "agents_sum": sum(fa), "trainers": ft,
-                        "broker": s["fds"].get("broker", 0)}}
+        return {
+            "min_round": s["min_round"],
+            "rss_mb": {
+                "agents": _stats(ag),
+                "trainers": _stats(tr),
+                "broker": _mb(s["rss_kb"].get("broker", 0)),
+            },
+            "fds": {
+                "agents_max": max(fa, default=0),
+                "agents_sum": sum(fa),
+                "trainers": ft,
+                "broker": s["fds"].get("broker", 0),
+            },
+        }
 
     alive = [p.name for p in soak.procs if p.popen.poll() is None]
     if soak.broker is not None and soak.broker.running:
         alive.append("broker")
     needles = [str(cfg.out.resolve()), *(str(s) for s in soak.sockets)]
     leftovers = processes_mentioning(needles)
-    stale_sockets = [str(s) for s in soak.sockets if s.exists()]  # a trainer removes its socket on exit
+    stale_sockets = [
+        str(s) for s in soak.sockets if s.exists()
+    ]  # a trainer removes its socket on exit
     n_agents = len(soak.agents)
     checks = {
         "no errors": not failures,
-        f"every agent finished {cfg.rounds} rounds": bool(done) and min(done.values()) >= cfg.rounds,
+        f"every agent finished {cfg.rounds} rounds": bool(done)
+        and min(done.values()) >= cfg.rounds,
         f"{cfg.restarts} broker restarts survived (every agent reconnected each time)": (
-            len(restarts) == cfg.restarts and bool(reconnects) and len(reconnects) == n_agents
-            and min(reconnects.values()) >= len(restarts)),
+            len(restarts) == cfg.restarts
+            and bool(reconnects)
+            and len(reconnects) == n_agents
+            and min(reconnects.values()) >= len(restarts)
+        ),
         "every agent trained (trainer ok at the end, model version advanced)": (
-            len(training) == n_agents and all(training.values())),
+            len(training) == n_agents and all(training.values())
+        ),
         "every agent online at the end (retained status)": bool(online) and all(online.values()),
         "every agent at equilibrium at the end": len(eq_end) == n_agents and all(eq_end.values()),
         f"RSS bounded (agents' sum <= x{RSS_SUM_GROWTH}, each process <= x{RSS_PROC_GROWTH})": (
-            bool(growth) and sum_last <= RSS_SUM_GROWTH * sum_first and max(growth.values()) <= RSS_PROC_GROWTH),
-        f"descriptors bounded (each process <= +{FD_GROWTH})": bool(fd_delta) and max(fd_delta.values()) <= FD_GROWTH,
+            bool(growth)
+            and sum_last <= RSS_SUM_GROWTH * sum_first
+            and max(growth.values()) <= RSS_PROC_GROWTH
+        ),
+        f"descriptors bounded (each process <= +{FD_GROWTH})": bool(fd_delta)
+        and max(fd_delta.values()) <= FD_GROWTH,
         "no leaked processes or trainer sockets": not alive and not leftovers and not stale_sockets,
     }
     return {
@@ -500,33 +617,61 @@ def summarize(soak: Soak, restarts: list[dict[str, Any]], samples: list[dict[str
         "agents": n_agents,
         "contexts": len({a.context for a in soak.agents}),
         "trainers": cfg.trainers,
-        "rounds_completed": {"min": min(done.values(), default=0), "max": max(done.values(), default=0)},
+        "rounds_completed": {
+            "min": min(done.values(), default=0),
+            "max": max(done.values(), default=0),
+        },
         "settled_at_round": settled_at,
         "restarts": restarts,
-        "broker_restarts_survived": len(restarts) if checks[next(k for k in checks if "restarts survived" in k)] else 0,
-        "reconnects": {"total": total["reconnects"], "min": min(reconnects.values(), default=0),
-                       "max": max(reconnects.values(), default=0)},
-        "frames": {"in": total["frames_in"], "out": total["frames_out"], "dropped_out": total["dropped_out"]},
-        "rejected": {**rejected, "late_frames": total["late_frames"], "invalid_frames": total["invalid_frames"]},
+        "broker_restarts_survived": len(restarts)
+        if checks[next(k for k in checks if "restarts survived" in k)]
+        else 0,
+        "reconnects": {
+            "total": total["reconnects"],
+            "min": min(reconnects.values(), default=0),
+            "max": max(reconnects.values(), default=0),
+        },
+        "frames": {
+            "in": total["frames_in"],
+            "out": total["frames_out"],
+            "dropped_out": total["dropped_out"],
+        },
+        "rejected": {
+            **rejected,
+            "late_frames": total["late_frames"],
+            "invalid_frames": total["invalid_frames"],
+        },
         "online_at_end": sum(online.values()),
-        "status_states": {st: sum(1 for s in statuses.values() if s.get("state") == st)
-                          for st in sorted({str(s.get("state")) for s in statuses.values()})},
+        "status_states": {
+            st: sum(1 for s in statuses.values() if s.get("state") == st)
+            for st in sorted({str(s.get("state")) for s in statuses.values()})
+        },
         "training_at_end": sum(training.values()),
-        "model_versions_at_end": {"min": min((int(r.get("model_version", 0)) for r in last.values()), default=0),
-                                  "max": max((int(r.get("model_version", 0)) for r in last.values()), default=0)},
+        "model_versions_at_end": {
+            "min": min((int(r.get("model_version", 0)) for r in last.values()), default=0),
+            "max": max((int(r.get("model_version", 0)) for r in last.values()), default=0),
+        },
         "equilibrium_at_end": sum(eq_end.values()),
         "not_at_equilibrium": sorted(n for n, v in eq_end.items() if not v),
-        "equilibrium_share_last_rounds": {"rounds": window, "min": round(min(eq_share, default=0), 2),
-                                          "mean": round(statistics.fmean(eq_share), 2) if eq_share else 0},
+        "equilibrium_share_last_rounds": {
+            "rounds": window,
+            "min": round(min(eq_share, default=0), 2),
+            "mean": round(statistics.fmean(eq_share), 2) if eq_share else 0,
+        },
         "start": snapshot(start),
         "end": snapshot(end),
-        "rss_growth": {"agents_sum_first_quartile_mb": _mb(sum_first), "agents_sum_last_quartile_mb": _mb(sum_last),
-                       "agents_sum_slope_mb_per_100_rounds": None if slope is None else _mb(slope),
-                       "max_process_ratio": round(max(growth.values(), default=0), 3),
-                       "max_process": max(growth, key=lambda n: growth[n]) if growth else None,
-                       "samples": len(span)},
-        "fd_growth": {"max": max(fd_delta.values(), default=0),
-                      "max_process": max(fd_delta, key=lambda n: fd_delta[n]) if fd_delta else None},
+        "rss_growth": {
+            "agents_sum_first_quartile_mb": _mb(sum_first),
+            "agents_sum_last_quartile_mb": _mb(sum_last),
+            "agents_sum_slope_mb_per_100_rounds": None if slope is None else _mb(slope),
+            "max_process_ratio": round(max(growth.values(), default=0), 3),
+            "max_process": max(growth, key=lambda n: growth[n]) if growth else None,
+            "samples": len(span),
+        },
+        "fd_growth": {
+            "max": max(fd_delta.values(), default=0),
+            "max_process": max(fd_delta, key=lambda n: fd_delta[n]) if fd_delta else None,
+        },
         "leftover_processes": [f"{pid} {cmd[:120]}" for pid, cmd in leftovers] + alive,
         "leftover_sockets": stale_sockets,
     }
@@ -537,34 +682,54 @@ def summary_text(r: dict[str, Any]) -> str:
     lines = [
         f"soak: {r['agents']} agents in {r['contexts']} contexts, {r['trainers']} trainers, {r['elapsed_s']:.0f} s",
         f"rounds completed per agent   min {r['rounds_completed']['min']}  max {r['rounds_completed']['max']}"
-        + (f"  (all at equilibrium at round {r['settled_at_round']})" if r["settled_at_round"] is not None else ""),
-        (f"broker restarts survived     {r['broker_restarts_survived']}/{r['config']['restarts']}  (at rounds "
-         f"{', '.join('{}..{}'.format(*x['rounds']) for x in r['restarts'])}; down "
-         f"{', '.join(str(x['down_s']) for x in r['restarts'])} s)"),
+        + (
+            f"  (all at equilibrium at round {r['settled_at_round']})"
+            if r["settled_at_round"] is not None
+            else ""
+        ),
+        (
+            f"broker restarts survived     {r['broker_restarts_survived']}/{r['config']['restarts']}  (at rounds "
+            f"{', '.join('{}..{}'.format(*x['rounds']) for x in r['restarts'])}; down "
+            f"{', '.join(str(x['down_s']) for x in r['restarts'])} s)"
+        ),
         f"reconnects                   total {r['reconnects']['total']}  per agent {r['reconnects']['min']}..{r['reconnects']['max']}",
         f"frames                       in {r['frames']['in']}  out {r['frames']['out']}  dropped on purpose {r['frames']['dropped_out']}",
         "rejected                     " + "  ".join(f"{k} {v}" for k, v in r["rejected"].items()),
         f"online at the end            {r['online_at_end']}/{r['agents']}  (retained states {r['status_states']})",
-        (f"trainer ok, model advanced   {r['training_at_end']}/{r['agents']}  (model versions "
-         f"{r['model_versions_at_end']['min']}..{r['model_versions_at_end']['max']})"),
-        (f"at equilibrium at the end    {r['equilibrium_at_end']}/{r['agents']}  (share of the last "
-         f"{r['equilibrium_share_last_rounds']['rounds']} rounds: mean {r['equilibrium_share_last_rounds']['mean']}, "
-         f"min {r['equilibrium_share_last_rounds']['min']})"),
+        (
+            f"trainer ok, model advanced   {r['training_at_end']}/{r['agents']}  (model versions "
+            f"{r['model_versions_at_end']['min']}..{r['model_versions_at_end']['max']})"
+        ),
+        (
+            f"at equilibrium at the end    {r['equilibrium_at_end']}/{r['agents']}  (share of the last "
+            f"{r['equilibrium_share_last_rounds']['rounds']} rounds: mean {r['equilibrium_share_last_rounds']['mean']}, "
+            f"min {r['equilibrium_share_last_rounds']['min']})"
+        ),
     ]
     for label, snap in (("start", s), ("end", e)):
         if snap:
             a, t = snap["rss_mb"]["agents"], snap["rss_mb"]["trainers"]
-            lines.append(f"RSS {label:<5} (round {snap['min_round']:>3})   agents max {a.get('max')} / median {a.get('median')} / "
-                         f"sum {a.get('sum')} MB; trainers max {t.get('max')} / sum {t.get('sum')} MB; broker {snap['rss_mb']['broker']} MB")
-            lines.append(f"fds {label:<5}                 agents max {snap['fds']['agents_max']} / sum {snap['fds']['agents_sum']}; "
-                         f"trainers {snap['fds']['trainers']}; broker {snap['fds']['broker']}")
+            lines.append(
+                f"RSS {label:<5} (round {snap['min_round']:>3})   agents max {a.get('max')} / median {a.get('median')} / "
+                f"sum {a.get('sum')} MB; trainers max {t.get('max')} / sum {t.get('sum')} MB; broker {snap['rss_mb']['broker']} MB"
+            )
+            lines.append(
+                f"fds {label:<5}                 agents max {snap['fds']['agents_max']} / sum {snap['fds']['agents_sum']}; "
+                f"trainers {snap['fds']['trainers']}; broker {snap['fds']['broker']}"
+            )
     g = r["rss_growth"]
-    lines.append(f"RSS growth                   agents' sum {g['agents_sum_first_quartile_mb']} -> {g['agents_sum_last_quartile_mb']} MB "
-                 f"(quartile means of {g['samples']} samples; slope {g['agents_sum_slope_mb_per_100_rounds']} MB/100 rounds); "
-                 f"largest process ratio {g['max_process_ratio']} ({g['max_process']})")
-    lines.append(f"fd growth                    largest {r['fd_growth']['max']} ({r['fd_growth']['max_process']})")
+    lines.append(
+        f"RSS growth                   agents' sum {g['agents_sum_first_quartile_mb']} -> {g['agents_sum_last_quartile_mb']} MB "
+        f"(quartile means of {g['samples']} samples; slope {g['agents_sum_slope_mb_per_100_rounds']} MB/100 rounds); "
+        f"largest process ratio {g['max_process_ratio']} ({g['max_process']})"
+    )
+    lines.append(
+        f"fd growth                    largest {r['fd_growth']['max']} ({r['fd_growth']['max_process']})"
+    )
     if r["leftover_processes"] or r["leftover_sockets"]:
-        lines.append(f"leftovers                    {r['leftover_processes'] + r['leftover_sockets']}")
+        lines.append(
+            f"leftovers                    {r['leftover_processes'] + r['leftover_sockets']}"
+        )
     for f in r["failures"]:
         lines.append(f"error: {f}")
     for name, ok in r["checks"].items():
@@ -578,39 +743,106 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     d = SoakConfig(out=Path())
     parser.add_argument("--agents", type=int, default=d.agents, help="number of agent processes")
-    parser.add_argument("--rounds", type=int, default=d.rounds, help="rounds every agent must finish")
-    parser.add_argument("--drop-rate", type=float, default=d.drop_rate, help="share of outgoing frames each agent drops")
-    parser.add_argument("--restarts", type=int, default=d.restarts, help="broker restarts, at random rounds")
-    parser.add_argument("--down-min", type=float, default=d.down[0], help="shortest broker downtime (s)")
-    parser.add_argument("--down-max", type=float, default=d.down[1], help="longest broker downtime (s)")
-    parser.add_argument("--seed", type=int, default=d.seed, help="seeds the data, the models and the fault plan")
-    parser.add_argument("--data", default=d.data, choices=GENERATED_SPECS, help="generated dataset of each context")
-    parser.add_argument("--topology", default=d.topology, help="topology inside each context (full, ring, random:K)")
-    parser.add_argument("--trainers", type=int, default=d.trainers, help="trainer processes (agent i uses i mod N)")
-    parser.add_argument("--train-steps", type=int, default=d.train_steps, help="trainer steps per round")
-    parser.add_argument("--learning-rate", type=float, help="trainer learning rate (default: the trainer's, 1e-2)")
-    parser.add_argument("--window-steps", type=int, default=d.window_steps, help="windows embedded and sent per round")
-    parser.add_argument("--deadline", type=float, default=d.deadline, help="seconds an agent waits for its neighbours")
-    parser.add_argument("--settle-rounds", type=int, default=d.settle_rounds,
-                        help="after the rounds, run on up to this many rounds for every agent to report equilibrium")
-    parser.add_argument("--sample-every", type=float, default=d.sample_every, help="seconds between RSS/fd samples")
-    parser.add_argument("--timeout", type=float, default=d.timeout, help="give up after this many seconds")
-    parser.add_argument("--sign", action="store_true", help="sign frames with a fresh key (agents require signatures)")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "soak", help="run directory (logs, state, soak.json)")
+    parser.add_argument(
+        "--rounds", type=int, default=d.rounds, help="rounds every agent must finish"
+    )
+    parser.add_argument(
+        "--drop-rate",
+        type=float,
+        default=d.drop_rate,
+        help="share of outgoing frames each agent drops",
+    )
+    parser.add_argument(
+        "--restarts", type=int, default=d.restarts, help="broker restarts, at random rounds"
+    )
+    parser.add_argument(
+        "--down-min", type=float, default=d.down[0], help="shortest broker downtime (s)"
+    )
+    parser.add_argument(
+        "--down-max", type=float, default=d.down[1], help="longest broker downtime (s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=d.seed, help="seeds the data, the models and the fault plan"
+    )
+    parser.add_argument(
+        "--data", default=d.data, choices=GENERATED_SPECS, help="generated dataset of each context"
+    )
+    parser.add_argument(
+        "--topology", default=d.topology, help="topology inside each context (full, ring, random:K)"
+    )
+    parser.add_argument(
+        "--trainers", type=int, default=d.trainers, help="trainer processes (agent i uses i mod N)"
+    )
+    parser.add_argument(
+        "--train-steps", type=int, default=d.train_steps, help="trainer steps per round"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, help="trainer learning rate (default: the trainer's, 1e-2)"
+    )
+    parser.add_argument(
+        "--window-steps",
+        type=int,
+        default=d.window_steps,
+        help="windows embedded and sent per round",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=d.deadline,
+        help="seconds an agent waits for its neighbours",
+    )
+    parser.add_argument(
+        "--settle-rounds",
+        type=int,
+        default=d.settle_rounds,
+        help="after the rounds, run on up to this many rounds for every agent to report equilibrium",
+    )
+    parser.add_argument(
+        "--sample-every", type=float, default=d.sample_every, help="seconds between RSS/fd samples"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=d.timeout, help="give up after this many seconds"
+    )
+    parser.add_argument(
+        "--sign",
+        action="store_true",
+        help="sign frames with a fresh key (agents require signatures)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "runs" / "soak",
+        help="run directory (logs, state, soak.json)",
+    )
     args = parser.parse_args()
     if args.agents < 1 or args.rounds < 1 or args.restarts < 0 or not 0 <= args.drop_rate < 1:
         parser.error("--agents and --rounds must be >= 1, --restarts >= 0, --drop-rate in [0, 1)")
     if not 0 < args.down_min <= args.down_max:
         parser.error("need 0 < --down-min <= --down-max")
     cfg = SoakConfig(
-        out=args.out.resolve(), agents=args.agents, rounds=args.rounds, drop_rate=args.drop_rate,
-        restarts=args.restarts, seed=args.seed, data=args.data, topology=args.topology, trainers=args.trainers,
-        train_steps=args.train_steps, learning_rate=args.learning_rate, window_steps=args.window_steps, deadline=args.deadline,
-        down=(args.down_min, args.down_max), settle_rounds=args.settle_rounds, sample_every=args.sample_every,
-        timeout=args.timeout, sign=args.sign,
+        out=args.out.resolve(),
+        agents=args.agents,
+        rounds=args.rounds,
+        drop_rate=args.drop_rate,
+        restarts=args.restarts,
+        seed=args.seed,
+        data=args.data,
+        topology=args.topology,
+        trainers=args.trainers,
+        train_steps=args.train_steps,
+        learning_rate=args.learning_rate,
+        window_steps=args.window_steps,
+        deadline=args.deadline,
+        down=(args.down_min, args.down_max),
+        settle_rounds=args.settle_rounds,
+        sample_every=args.sample_every,
+        timeout=args.timeout,
+        sign=args.sign,
     )
     signal.signal(signal.SIGTERM, _interrupt)
     result = run_soak(cfg, lambda line: print(line, flush=True))

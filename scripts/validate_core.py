@@ -40,20 +40,32 @@ def _checks(rep: dict, final: dict, scenario: str) -> tuple[dict[str, bool], lis
         checks["centered>=0.99"] = c >= 0.99
         checks["probe>=0.9"] = min(final["probe_r2"][a] for a in ("0", "1")) >= 0.9
         checks["spread>=0.1"] = min(final["spread"][a] for a in ("0", "1")) >= 0.1
-        notes.append(f"strict {s:.4f} centred {c:.4f} probe {final['probe_r2']['0']:.3f}/{final['probe_r2']['1']:.3f} "
-                     f"spread {final['spread']['0']:.3f}/{final['spread']['1']:.3f}")
+        notes.append(
+            f"strict {s:.4f} centred {c:.4f} probe {final['probe_r2']['0']:.3f}/{final['probe_r2']['1']:.3f} "
+            f"spread {final['spread']['0']:.3f}/{final['spread']['1']:.3f}"
+        )
     elif scenario == "four":
         s = strict["0"]["1"]
         checks["strict01>=0.99"] = s >= 0.99
         checks["0,1 exclude M*"] = all(not ({"M0", "M1"} & sub[a]) for a in ("0", "1"))
         links = rep["neighbours"]
-        checks["0,1 together"] = all(b in sub[a] for a, b in (("0", "1"), ("1", "0")) if b in links[a])
+        checks["0,1 together"] = all(
+            b in sub[a] for a, b in (("0", "1"), ("1", "0")) if b in links[a]
+        )
         w = max(weights.get(a, {}).get(m, 0.0) for a in ("0", "1") for m in ("M0", "M1"))
         checks["weight on M*<0.05"] = w < 0.05
         checks["M0,M1 apart"] = "M1" not in sub["M0"] and "M0" not in sub["M1"]
-        notes.append(f"strict01 {s:.4f} max weight on M* {w:.3f} subs {json.dumps({a: sorted(v) for a, v in sub.items()})}")
+        notes.append(
+            f"strict01 {s:.4f} max weight on M* {w:.3f} subs {json.dumps({a: sorted(v) for a, v in sub.items()})}"
+        )
     else:
-        truth = {"0": {"0", "1"}, "1": {"0", "1"}, "2": {"2", "3", "4"}, "3": {"2", "3", "4"}, "4": {"2", "3", "4"}}
+        truth = {
+            "0": {"0", "1"},
+            "1": {"0", "1"},
+            "2": {"2", "3", "4"},
+            "3": {"2", "3", "4"},
+            "4": {"2", "3", "4"},
+        }
         # An agent can only choose among its neighbours: on a ring, its true sub-context as seen
         # through its own links.
         links = rep["neighbours"]
@@ -75,7 +87,9 @@ def grade(run: Path, scenario: str) -> dict[str, object]:
     for i, entry in enumerate(rep["rounds"]):
         view = dict(entry)
         view["subcontexts"] = rep["rounds"][i - 1]["subcontexts"] if i > 0 else entry["subcontexts"]
-        view.setdefault("osmosis_weights", rep["rounds"][i - 1].get("osmosis_weights", {}) if i > 0 else {})
+        view.setdefault(
+            "osmosis_weights", rep["rounds"][i - 1].get("osmosis_weights", {}) if i > 0 else {}
+        )
         c, _ = _checks(rep, view, scenario)
         if all(v for k, v in c.items() if not k.startswith(("probe", "spread"))):
             reached = {"round": entry["round"], "elapsed_s": entry.get("elapsed_s")}
@@ -84,7 +98,9 @@ def grade(run: Path, scenario: str) -> dict[str, object]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--paper", type=Path, default=PAPER)
     ap.add_argument("--only", choices=["paper", "generated"], default=None)
     ap.add_argument("--topologies", default="full,ring")
@@ -92,13 +108,21 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "validate")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--scenarios", default="pair,four,complex")
-    ap.add_argument("--command", choices=["simulate", "run"], default="simulate",
-                    help="osml simulate (one process) or osml run (agent processes over a private Mosquitto)")
-    ap.add_argument("--extra", default="", help="extra flags for osml simulate, e.g. '--objective masked'")
+    ap.add_argument(
+        "--command",
+        choices=["simulate", "run"],
+        default="simulate",
+        help="osml simulate (one process) or osml run (agent processes over a private Mosquitto)",
+    )
+    ap.add_argument(
+        "--extra", default="", help="extra flags for osml simulate, e.g. '--objective masked'"
+    )
     args = ap.parse_args()
     sources = []
     if args.only in (None, "paper"):
-        sources += [("paper", str(args.paper / "simple-context"), str(args.paper / "complex-context"))]
+        sources += [
+            ("paper", str(args.paper / "simple-context"), str(args.paper / "complex-context"))
+        ]
     if args.only in (None, "generated"):
         sources += [("generated", "generated:simple", "generated:complex")]
     rows = []
@@ -110,8 +134,23 @@ def main() -> int:
                 ("complex", complex_, None, 15),
             ):
                 out = args.out / f"{args.command}-{label}-{topo}-{scenario}"
-                cmd = [sys.executable, "-m", "osml.cli", args.command, "--data", data, "--rounds", str(rounds),
-                       "--topology", topo, "--seed", str(args.seed), "--out", str(out), "--quiet"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "osml.cli",
+                    args.command,
+                    "--data",
+                    data,
+                    "--rounds",
+                    str(rounds),
+                    "--topology",
+                    topo,
+                    "--seed",
+                    str(args.seed),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
                 if scenario not in args.scenarios.split(","):
                     continue
                 if agents:
@@ -128,18 +167,39 @@ def main() -> int:
                 wall = time.perf_counter() - t0
                 peak = usage.ru_maxrss
                 if proc.returncode != 0:
-                    print(f"{label:9} {topo:5} {scenario:8} FAILED TO RUN: {stderr.strip()[-300:]}", flush=True)
-                    rows.append({"data": label, "topology": topo, "scenario": scenario, "pass": False, "error": stderr[-2000:]})
+                    print(
+                        f"{label:9} {topo:5} {scenario:8} FAILED TO RUN: {stderr.strip()[-300:]}",
+                        flush=True,
+                    )
+                    rows.append(
+                        {
+                            "data": label,
+                            "topology": topo,
+                            "scenario": scenario,
+                            "pass": False,
+                            "error": stderr[-2000:],
+                        }
+                    )
                     continue
                 g = grade(out, scenario)
-                row = {"data": label, "topology": topo, "scenario": scenario, "wall_s": round(wall, 1),
-                       "peak_rss_mb": round(peak / 1024), **g}
+                row = {
+                    "data": label,
+                    "topology": topo,
+                    "scenario": scenario,
+                    "wall_s": round(wall, 1),
+                    "peak_rss_mb": round(peak / 1024),
+                    **g,
+                }
                 rows.append(row)
                 failed = [k for k, v in g["checks"].items() if not v]
                 reached = g["reached"]
                 at = f"r{reached['round']}@{reached['elapsed_s'] or 0:.1f}s" if reached else "never"
-                print(f"{label:9} {topo:5} {scenario:8} {'PASS' if g['pass'] else 'FAIL':4} {wall:6.1f}s {at:>11} "
-                      f"{row['peak_rss_mb']:5d}MB  {'; '.join(g['notes'])}" + (f"  failed: {failed}" if failed else ""), flush=True)
+                print(
+                    f"{label:9} {topo:5} {scenario:8} {'PASS' if g['pass'] else 'FAIL':4} {wall:6.1f}s {at:>11} "
+                    f"{row['peak_rss_mb']:5d}MB  {'; '.join(g['notes'])}"
+                    + (f"  failed: {failed}" if failed else ""),
+                    flush=True,
+                )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0 if all(r["pass"] for r in rows) else 1

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from osml.broker import MosquittoProcess, find_mosquitto
+
+from osml.net.broker import MosquittoProcess, find_mosquitto
 
 _NO_BROKER = "mosquitto not installed (Debian: apt-get install -y mosquitto)"
 

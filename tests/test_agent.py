@@ -24,18 +24,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from osml import topics
-from osml.anchor import context_anchor
-from osml.broker import MosquittoProcess, find_mosquitto
-from osml.codec import Frame, encode_frame
-from osml.config import load_config
-from osml.data import load_dataset, windows
-from osml.inference import OnnxEncoder
-from osml.modelcard import card_path, read_card, write_model
-from osml.runtime import AgentRuntime
-from osml.state import read_rounds as state_rounds
-from osml.trainer_client import TrainerClient
-from osml.transport import BrokerSettings, Transport
+
+from osml.agent.config import load_config
+from osml.agent.data import load_dataset, windows
+from osml.agent.inference import OnnxEncoder
+from osml.agent.modelcard import card_path, read_card, write_model
+from osml.agent.runtime import AgentRuntime
+from osml.agent.state import read_rounds as state_rounds
+from osml.agent.trainer_client import TrainerClient
+from osml.core.anchor import context_anchor
+from osml.net.broker import MosquittoProcess, find_mosquitto
+from osml.net.transport import BrokerSettings, Transport
+from osml.wire import topics
+from osml.wire.codec import Frame, encode_frame
 
 WAIT = 60.0  # upper bound for a whole short run; a healthy one takes a few seconds
 IDS = ("0", "1")
@@ -58,8 +59,11 @@ class Procs:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as fh:
             p = subprocess.Popen(
-                [sys.executable, "-m", "osml.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                [sys.executable, "-m", "osml.cli", *args],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         self.started.append((p, log))
         return p
@@ -117,7 +121,10 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) 
 
 
 def start_trainer(procs: Procs, socket: Path, state_dir: Path) -> subprocess.Popen[bytes]:
-    p = procs.start(["trainer", "--socket", str(socket), "--state-dir", str(state_dir)], state_dir.parent / "trainer.log")
+    p = procs.start(
+        ["trainer", "--socket", str(socket), "--state-dir", str(state_dir)],
+        state_dir.parent / "trainer.log",
+    )
     client = TrainerClient(socket, timeout=5.0)
     wait_until(lambda: client.ping() or p.poll() is not None, "the trainer to answer")
     assert p.poll() is None, procs.log_of(p)
@@ -128,23 +135,50 @@ def start_trainer(procs: Procs, socket: Path, state_dir: Path) -> subprocess.Pop
 
 
 def write_config(
-    root: Path, ctx: str, agent: str, url: str, *, count: int, socket: Path, deadline: float = 3.0,
-    model_path: Path | None = None, interval: float = 0.0, neighbours: tuple[str, ...] | None = None,
+    root: Path,
+    ctx: str,
+    agent: str,
+    url: str,
+    *,
+    count: int,
+    socket: Path,
+    deadline: float = 3.0,
+    model_path: Path | None = None,
+    interval: float = 0.0,
+    neighbours: tuple[str, ...] | None = None,
     signing_key: Path | None = None,
 ) -> Path:
     adir = root / agent
     adir.mkdir(parents=True, exist_ok=True)
     nbs = neighbours if neighbours is not None else (other(agent),)
     lines = [
-        "[agent]", f'id = "{agent}"', f'context = "{ctx}"', 'state_dir = "state"',
-        "[broker]", f'url = "{url}"',
-        "[neighbours]", "ids = [" + ", ".join(f'"{n}"' for n in nbs) + "]",
-        "[data]", 'source = "generated:simple"', f'agent = "{agent}"',
-        "[model]", 'architecture = "mlp"', "window = 10", "embedding_dim = 5", f"seed = {IDS.index(agent)}",
+        "[agent]",
+        f'id = "{agent}"',
+        f'context = "{ctx}"',
+        'state_dir = "state"',
+        "[broker]",
+        f'url = "{url}"',
+        "[neighbours]",
+        "ids = [" + ", ".join(f'"{n}"' for n in nbs) + "]",
+        "[data]",
+        'source = "generated:simple"',
+        f'agent = "{agent}"',
+        "[model]",
+        'architecture = "mlp"',
+        "window = 10",
+        "embedding_dim = 5",
+        f"seed = {IDS.index(agent)}",
         *([f'path = "{model_path}"'] if model_path else []),
-        "[rounds]", f"count = {count}", f"deadline = {deadline}", "train_wait = 30.0", f"interval = {interval}",
-        "[trainer]", f'socket = "{socket}"', "timeout = 30.0",
-        "[trainer.settings]", "steps_per_round = 40",
+        "[rounds]",
+        f"count = {count}",
+        f"deadline = {deadline}",
+        "train_wait = 30.0",
+        f"interval = {interval}",
+        "[trainer]",
+        f'socket = "{socket}"',
+        "timeout = 30.0",
+        "[trainer.settings]",
+        "steps_per_round = 40",
         *(["[signing]", f'key_file = "{signing_key}"'] if signing_key else []),
     ]
     path = adir / "agent.toml"
@@ -174,8 +208,12 @@ def done_round(config: Path, rnd: int) -> Callable[[], bool]:
 
 def retained_status(url: str, ctx: str, agents: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """The retained status message of each agent, as a new subscriber gets it."""
-    t = Transport(BrokerSettings(url=url), f"status-reader-{ctx}", persistent=False,
-                  subscriptions=[topics.status(ctx, a) for a in agents])
+    t = Transport(
+        BrokerSettings(url=url),
+        f"status-reader-{ctx}",
+        persistent=False,
+        subscriptions=[topics.status(ctx, a) for a in agents],
+    )
     got: dict[str, dict[str, Any]] = {}
     t.connect()
     try:
@@ -210,8 +248,15 @@ def premade_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = {}
     for i, agent in enumerate(IDS):
         train = np.asarray(ds[agent].train)
-        tr = EncoderTrainer(TrainerSettings(architecture="mlp"), 10, 1, 5, seed=i, train_data=train,
-                            offset=context_anchor("premade", 5, 4.5))
+        tr = EncoderTrainer(
+            TrainerSettings(architecture="mlp"),
+            10,
+            1,
+            5,
+            seed=i,
+            train_data=train,
+            offset=context_anchor("premade", 5, 4.5),
+        )
         model, card, _ = tr.export(windows(train, 10), agent=agent, context="premade")
         assert card.version == 1
         paths[agent] = out / f"encoder-{agent}.onnx"
@@ -223,13 +268,20 @@ def premade_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_two_agents_and_a_trainer_run_to_completion(
-    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs, short_dir: Path,
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
 ) -> None:
     ctx = unique_context("full")
     sock = short_dir / "t.sock"
     start_trainer(procs, sock, tmp_path / "trainer")
     # A generous deadline costs nothing when every frame arrives: it only bounds a wait.
-    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=3, socket=sock, deadline=10.0) for a in IDS}
+    configs = {
+        a: write_config(tmp_path, ctx, a, mosquitto.url, count=3, socket=sock, deadline=10.0)
+        for a in IDS
+    }
 
     agents = {a: start_agent(procs, c) for a, c in configs.items()}
     for p in agents.values():
@@ -238,7 +290,9 @@ def test_two_agents_and_a_trainer_run_to_completion(
     for cfg in configs.values():
         recs = read_rounds(cfg)
         assert [r["round"] for r in recs] == [0, 1, 2]
-        assert all(r["missing"] == [] for r in recs), [r["missing"] for r in recs]  # each heard the other
+        assert all(r["missing"] == [] for r in recs), [
+            r["missing"] for r in recs
+        ]  # each heard the other
         assert all(r["trainer"] == "ok" for r in recs)
         assert all(r["invalid_frames"] == 0 and r["late_frames"] == 0 for r in recs)
         assert recs[-1]["frames_in"] == 3 and recs[-1]["frames_out"] == 3
@@ -257,16 +311,31 @@ def test_two_agents_and_a_trainer_run_to_completion(
 
 
 def test_an_agent_that_was_away_for_many_rounds_catches_up(
-    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
-    short_dir: Path, premade_models: dict[str, Path],
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
+    premade_models: dict[str, Path],
 ) -> None:
     """Agent 1 starts when agent 0 is more than 8 rounds ahead: it skips to agent 0's round
     instead of staying out of step (its frames late for 0, 0's too far ahead for it) for ever."""
     ctx = unique_context("behind")
     sock = short_dir / "t.sock"
     start_trainer(procs, sock, tmp_path / "trainer")
-    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=20, socket=sock, deadline=0.5,
-                               model_path=premade_models[a]) for a in IDS}
+    configs = {
+        a: write_config(
+            tmp_path,
+            ctx,
+            a,
+            mosquitto.url,
+            count=20,
+            socket=sock,
+            deadline=0.5,
+            model_path=premade_models[a],
+        )
+        for a in IDS
+    }
     first = start_agent(procs, configs["0"])
     wait_until(done_round(configs["0"], 10), "agent 0 to run 10 rounds alone")
     second = start_agent(procs, configs["1"])
@@ -284,13 +353,21 @@ def test_an_agent_that_was_away_for_many_rounds_catches_up(
 
 
 def test_without_a_trainer_the_agents_run_on_their_initial_model(
-    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
-    short_dir: Path, premade_models: dict[str, Path],
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
+    premade_models: dict[str, Path],
 ) -> None:
     ctx = unique_context("notrainer")
     sock = short_dir / "absent.sock"
-    configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=3, socket=sock, model_path=premade_models[a])
-               for a in IDS}
+    configs = {
+        a: write_config(
+            tmp_path, ctx, a, mosquitto.url, count=3, socket=sock, model_path=premade_models[a]
+        )
+        for a in IDS
+    }
 
     agents = {a: start_agent(procs, c) for a, c in configs.items()}
     for p in agents.values():
@@ -309,7 +386,11 @@ def test_without_a_trainer_the_agents_run_on_their_initial_model(
 
 
 def test_sigkilled_agent_resumes_where_it_stopped(
-    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs, short_dir: Path,
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
 ) -> None:
     ctx = unique_context("sigkill")
     sock = short_dir / "t.sock"
@@ -328,7 +409,7 @@ def test_sigkilled_agent_resumes_where_it_stopped(
     procs.wait_ok(restarted)
     procs.wait_ok(agents["1"])
 
-    after = read_rounds(victim)[len(before):]
+    after = read_rounds(victim)[len(before) :]
     rounds_after = [r["round"] for r in after]
     assert rounds_after[0] >= 2 and 0 not in rounds_after
     assert rounds_after[0] == resumed_at
@@ -341,7 +422,11 @@ def test_sigkilled_agent_resumes_where_it_stopped(
 
 
 def test_agents_keep_their_last_model_when_the_trainer_is_killed(
-    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs, short_dir: Path,
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
 ) -> None:
     ctx = unique_context("trainerkill")
     sock = short_dir / "t.sock"
@@ -349,7 +434,9 @@ def test_agents_keep_their_last_model_when_the_trainer_is_killed(
     configs = {a: write_config(tmp_path, ctx, a, mosquitto.url, count=5, socket=sock) for a in IDS}
     agents = {a: start_agent(procs, c) for a, c in configs.items()}
 
-    wait_until(lambda: all(done_round(c, 0)() for c in configs.values()), "both agents to finish round 0")
+    wait_until(
+        lambda: all(done_round(c, 0)() for c in configs.values()), "both agents to finish round 0"
+    )
     os.kill(trainer.pid, signal.SIGKILL)
     trainer.wait(timeout=10)
     at_kill = {a: max(r["model_version"] for r in read_rounds(c)) for a, c in configs.items()}
@@ -368,16 +455,33 @@ def test_agents_keep_their_last_model_when_the_trainer_is_killed(
 
 
 def test_agents_ride_out_a_broker_restart(
-    fresh_broker: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
-    short_dir: Path, premade_models: dict[str, Path],
+    fresh_broker: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
+    premade_models: dict[str, Path],
 ) -> None:
     ctx = unique_context("restart")
     # No trainer (rounds are then quick): an interval keeps the run long enough to restart in.
-    configs = {a: write_config(tmp_path, ctx, a, fresh_broker.url, count=6, socket=short_dir / "none.sock",
-                               model_path=premade_models[a], interval=1.0) for a in IDS}
+    configs = {
+        a: write_config(
+            tmp_path,
+            ctx,
+            a,
+            fresh_broker.url,
+            count=6,
+            socket=short_dir / "none.sock",
+            model_path=premade_models[a],
+            interval=1.0,
+        )
+        for a in IDS
+    }
     agents = {a: start_agent(procs, c) for a, c in configs.items()}
 
-    wait_until(lambda: all(done_round(c, 1)() for c in configs.values()), "both agents to finish round 1")
+    wait_until(
+        lambda: all(done_round(c, 1)() for c in configs.values()), "both agents to finish round 1"
+    )
     fresh_broker.restart()
     for p in agents.values():
         procs.wait_ok(p)
@@ -390,13 +494,31 @@ def test_agents_ride_out_a_broker_restart(
 
 
 def intrude(
-    procs: Procs, root: Path, url: str, ctx: str, models: dict[str, Path], socket: Path,
-    payloads: Callable[[int], list[tuple[str, bytes]]], signing_key: Path | None = None,
+    procs: Procs,
+    root: Path,
+    url: str,
+    ctx: str,
+    models: dict[str, Path],
+    socket: Path,
+    payloads: Callable[[int], list[tuple[str, bytes]]],
+    signing_key: Path | None = None,
 ) -> dict[str, Path]:
     """Run agents 0 and 1 for 5 rounds without a trainer; once agent 0 has finished a round, an
     intruder publishes ``payloads(that round)`` as (topic, bytes). Returns the agents' configs."""
-    configs = {a: write_config(root, ctx, a, url, count=5, socket=socket, model_path=models[a],
-                               interval=0.5, signing_key=signing_key) for a in IDS}
+    configs = {
+        a: write_config(
+            root,
+            ctx,
+            a,
+            url,
+            count=5,
+            socket=socket,
+            model_path=models[a],
+            interval=0.5,
+            signing_key=signing_key,
+        )
+        for a in IDS
+    }
     agents = {a: start_agent(procs, c) for a, c in configs.items()}
     wait_until(done_round(configs["0"], 0), "agent 0 to finish round 0")
     t = Transport(BrokerSettings(url=url), f"intruder-{ctx}", persistent=False)
@@ -418,8 +540,14 @@ def hostile_frames(ctx: str, done: int) -> list[tuple[str, str, bytes]]:
     import zstandard
 
     def frame(src: str = "1", rnd: int = 10**6, d: int = 5, c: str = ctx) -> Frame:
-        return Frame(context=c, source=src, round=rnd, step_start=9, model_version=1,
-                     embeddings=np.ones((8, d), np.float32))
+        return Frame(
+            context=c,
+            source=src,
+            round=rnd,
+            step_start=9,
+            model_version=1,
+            embeddings=np.ones((8, d), np.float32),
+        )
 
     good = msgpack.unpackb(encode_frame(frame()), raw=False)
     bomb = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(32 << 20))
@@ -441,8 +569,12 @@ def hostile_frames(ctx: str, done: int) -> list[tuple[str, str, bytes]]:
 
 
 def test_hostile_frames_are_rejected_by_reason_and_never_used(
-    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
-    short_dir: Path, premade_models: dict[str, Path],
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
+    premade_models: dict[str, Path],
 ) -> None:
     ctx = unique_context("hostile")
     cases: list[tuple[str, str, bytes]] = []
@@ -451,7 +583,9 @@ def test_hostile_frames_are_rejected_by_reason_and_never_used(
         cases.extend(hostile_frames(ctx, done))
         return [(topic, payload) for _, topic, payload in cases]
 
-    configs = intrude(procs, tmp_path, mosquitto.url, ctx, premade_models, short_dir / "none.sock", payloads)
+    configs = intrude(
+        procs, tmp_path, mosquitto.url, ctx, premade_models, short_dir / "none.sock", payloads
+    )
 
     recs = read_rounds(configs["0"])
     assert [r["round"] for r in recs] == list(range(5))  # it never stopped or stalled
@@ -468,11 +602,15 @@ def test_hostile_frames_are_rejected_by_reason_and_never_used(
 
 
 def test_signed_fleet_rejects_frames_forged_with_broker_credentials(
-    mosquitto: MosquittoProcess, unique_context: Callable[[str], str], tmp_path: Path, procs: Procs,
-    short_dir: Path, premade_models: dict[str, Path],
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
+    premade_models: dict[str, Path],
 ) -> None:
     """With signing on, a client that can publish on agent 1's topic still cannot speak as 1."""
-    from osml.signing import new_key_hex
+    from osml.wire.signing import new_key_hex
 
     ctx = unique_context("signed")
     key = tmp_path / "ctx.key"
@@ -481,38 +619,80 @@ def test_signed_fleet_rejects_frames_forged_with_broker_credentials(
 
     def forged(done: int) -> list[tuple[str, bytes]]:
         return [
-            (topics.inbox(ctx, "0", "1"), encode_frame(Frame(
-                context=ctx, source="1", round=r, step_start=9, model_version=1,
-                embeddings=np.full((8, 5), 9.0, np.float32)), key=k))
-            for r in range(done + 1, done + 4) for k in (None, bytes(32))  # unsigned, a guessed key
+            (
+                topics.inbox(ctx, "0", "1"),
+                encode_frame(
+                    Frame(
+                        context=ctx,
+                        source="1",
+                        round=r,
+                        step_start=9,
+                        model_version=1,
+                        embeddings=np.full((8, 5), 9.0, np.float32),
+                    ),
+                    key=k,
+                ),
+            )
+            for r in range(done + 1, done + 4)
+            for k in (None, bytes(32))  # unsigned, a guessed key
         ]
 
-    configs = intrude(procs, tmp_path, mosquitto.url, ctx, premade_models, short_dir / "none.sock",
-                      forged, signing_key=key)
+    configs = intrude(
+        procs,
+        tmp_path,
+        mosquitto.url,
+        ctx,
+        premade_models,
+        short_dir / "none.sock",
+        forged,
+        signing_key=key,
+    )
 
     recs = read_rounds(configs["0"])
     assert [r["round"] for r in recs] == list(range(5))
-    assert recs[-1]["rejected"].get("unsigned") == 3 and recs[-1]["rejected"].get("bad_signature") == 3
+    assert (
+        recs[-1]["rejected"].get("unsigned") == 3 and recs[-1]["rejected"].get("bad_signature") == 3
+    )
     assert recs[-1]["missing"] == []  # the real, signed frames of 1 got through
     assert read_rounds(configs["1"])[-1]["rejected"].get("bad_signature", 0) == 0
 
 
 def test_agent_started_before_the_broker_waits_for_it(
-    unique_context: Callable[[str], str], tmp_path: Path, procs: Procs, short_dir: Path,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
     premade_models: dict[str, Path],
 ) -> None:
     if find_mosquitto() is None:
         pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
     broker = MosquittoProcess(tmp_path / "broker")  # port chosen now, broker not started yet
     ctx = unique_context("late")
-    configs = {a: write_config(tmp_path, ctx, a, broker.url, count=2, socket=short_dir / "none.sock",
-                               model_path=premade_models[a]) for a in IDS}
+    configs = {
+        a: write_config(
+            tmp_path,
+            ctx,
+            a,
+            broker.url,
+            count=2,
+            socket=short_dir / "none.sock",
+            model_path=premade_models[a],
+        )
+        for a in IDS
+    }
     try:
         agents = {a: start_agent(procs, c) for a, c in configs.items()}
         logs = [c.parent / "agent.log" for c in configs.values()]
-        wait_until(lambda: all(log.exists() and "broker unreachable" in log.read_text() for log in logs)
-                   or any(p.poll() is not None for p in agents.values()), "both agents to retry the broker")
-        assert all(p.poll() is None for p in agents.values()), [procs.log_of(p) for p in agents.values()]
+        wait_until(
+            lambda: (
+                all(log.exists() and "broker unreachable" in log.read_text() for log in logs)
+                or any(p.poll() is not None for p in agents.values())
+            ),
+            "both agents to retry the broker",
+        )
+        assert all(p.poll() is None for p in agents.values()), [
+            procs.log_of(p) for p in agents.values()
+        ]
         broker.start()
         for p in agents.values():
             procs.wait_ok(p)
@@ -523,11 +703,20 @@ def test_agent_started_before_the_broker_waits_for_it(
 
 
 def test_a_torn_model_in_the_state_directory_is_replaced(
-    tmp_path: Path, short_dir: Path, premade_models: dict[str, Path],
+    tmp_path: Path,
+    short_dir: Path,
+    premade_models: dict[str, Path],
 ) -> None:
     """A SIGKILL between writing model.onnx and its card leaves a pair that does not verify."""
-    cfg_path = write_config(tmp_path, "torn", "0", "mqtt://127.0.0.1:1", count=1, socket=short_dir / "none.sock",
-                            model_path=premade_models["0"])
+    cfg_path = write_config(
+        tmp_path,
+        "torn",
+        "0",
+        "mqtt://127.0.0.1:1",
+        count=1,
+        socket=short_dir / "none.sock",
+        model_path=premade_models["0"],
+    )
     sdir = state_dir(cfg_path)
     sdir.mkdir()
     shutil.copy(premade_models["0"], sdir / "model.onnx")
@@ -538,5 +727,7 @@ def test_a_torn_model_in_the_state_directory_is_replaced(
     runtime._ensure_model(threading.Event())
 
     assert runtime.encoder is not None and runtime.encoder.version == 1
-    assert OnnxEncoder.load(sdir / "model.onnx").card.sha256 == read_card(premade_models["0"]).sha256
+    assert (
+        OnnxEncoder.load(sdir / "model.onnx").card.sha256 == read_card(premade_models["0"]).sha256
+    )
     assert runtime.trainer_status == "unavailable"

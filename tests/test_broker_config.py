@@ -25,13 +25,14 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from click.testing import Result
+from paho.mqtt.enums import CallbackAPIVersion
+
 from clihelp import run_command
-from osml import topics
-from osml.broker import find_mosquitto, free_port
-from osml.broker_cli import TUNING, broker, broker_conf, with_port
-from osml.signing import load_key
 from osml.errors import ConfigError, TransportError
-from osml.fleetfile import (
+from osml.net.broker import find_mosquitto, free_port
+from osml.net.transport import BrokerSettings, Message, Transport
+from osml.ops.broker_setup import TUNING, broker, broker_conf, with_port
+from osml.ops.fleetfile import (
     Fleet,
     acl_text,
     find_mosquitto_passwd,
@@ -39,14 +40,16 @@ from osml.fleetfile import (
     parse_fleet,
     passwords,
 )
-from osml.transport import BrokerSettings, Message, Transport
-from paho.mqtt.enums import CallbackAPIVersion
+from osml.wire import topics
+from osml.wire.signing import load_key
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "broker-config" / "mosquitto.conf"
 EXAMPLE = REPO / "broker-config" / "fleet.example.toml"
 
-needs_passwd = pytest.mark.skipif(find_mosquitto_passwd() is None, reason="mosquitto_passwd not installed")
+needs_passwd = pytest.mark.skipif(
+    find_mosquitto_passwd() is None, reason="mosquitto_passwd not installed"
+)
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 needs_mosquitto = pytest.mark.skipif(
     find_mosquitto() is None or find_mosquitto_passwd() is None,
@@ -130,27 +133,81 @@ def test_example_fleet_file_is_valid() -> None:
     ("text", "fragments"),
     [
         ("", ["[contexts]", "missing"]),
-        ('monitr = {user = "m"}\n[contexts.lab]\nagents = ["a"]\ntopology = "full"\n', ["monitr", "did you mean 'monitor'"]),
+        (
+            'monitr = {user = "m"}\n[contexts.lab]\nagents = ["a"]\ntopology = "full"\n',
+            ["monitr", "did you mean 'monitor'"],
+        ),
         ('[contexts.lab]\ntopology = "ring"\n', ["contexts.lab.agents", "missing"]),
         ('[contexts.lab]\nagents = ["a", "b"]\n', ["contexts.lab", "either topology"]),
-        ('[contexts.lab]\nagents = ["a", "b"]\ntopology = "ring"\n[contexts.lab.neighbours]\na = ["b"]\nb = ["a"]\n', ["contexts.lab", "not both"]),
-        ('[contexts.lab]\nagents = ["a", "b"]\ntopolgy = "ring"\n', ["contexts.lab.topolgy", "did you mean 'topology'"]),
-        ('[contexts.lab]\nagents = ["a", "b"]\ntopology = "star"\n', ["contexts.lab.topology", "full, ring or random:K"]),
-        ('[contexts.lab]\nagents = ["a", "b", "c"]\ntopology = "random:3"\n', ["contexts.lab.topology", "impossible"]),
-        ('[contexts.lab]\nagents = ["a", "b c"]\ntopology = "ring"\n', ["contexts.lab.agents", "'b c'"]),
-        ('[contexts.lab]\nagents = ["a", "x/y"]\ntopology = "ring"\n', ["contexts.lab.agents", "'x/y'"]),
-        ('[contexts.lab]\nagents = ["a", "a"]\ntopology = "ring"\n', ["contexts.lab.agents", "twice"]),
-        ('[contexts.lab]\nagents = "a"\ntopology = "ring"\n', ["contexts.lab.agents", "list of strings"]),
+        (
+            '[contexts.lab]\nagents = ["a", "b"]\ntopology = "ring"\n[contexts.lab.neighbours]\na = ["b"]\nb = ["a"]\n',
+            ["contexts.lab", "not both"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a", "b"]\ntopolgy = "ring"\n',
+            ["contexts.lab.topolgy", "did you mean 'topology'"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a", "b"]\ntopology = "star"\n',
+            ["contexts.lab.topology", "full, ring or random:K"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a", "b", "c"]\ntopology = "random:3"\n',
+            ["contexts.lab.topology", "impossible"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a", "b c"]\ntopology = "ring"\n',
+            ["contexts.lab.agents", "'b c'"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a", "x/y"]\ntopology = "ring"\n',
+            ["contexts.lab.agents", "'x/y'"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a", "a"]\ntopology = "ring"\n',
+            ["contexts.lab.agents", "twice"],
+        ),
+        (
+            '[contexts.lab]\nagents = "a"\ntopology = "ring"\n',
+            ["contexts.lab.agents", "list of strings"],
+        ),
         ('[contexts."l+b"]\nagents = ["a"]\ntopology = "ring"\n', ["contexts", "'l+b'"]),
-        ('[contexts.lab]\nagents = ["a", "b"]\nseed = 1\n[contexts.lab.neighbours]\na = ["b"]\nb = ["a"]\n', ["contexts.lab.seed"]),
-        ('[contexts.lab]\nagents = ["a", "b", "c"]\n[contexts.lab.neighbours]\na = ["b"]\nb = ["c"]\nc = ["b"]\n', ["contexts.lab.neighbours.a", "does not list 'a'", "symmetric"]),
-        ('[contexts.lab]\nagents = ["a", "b"]\n[contexts.lab.neighbours]\na = ["b", "z"]\nb = ["a"]\n', ["contexts.lab.neighbours.a", "'z'"]),
-        ('[contexts.lab]\nagents = ["a", "b"]\n[contexts.lab.neighbours]\na = ["b"]\n', ["contexts.lab.neighbours", "no entry for agent 'b'"]),
-        ('[contexts.lab]\nagents = ["a", "b"]\n[contexts.lab.neighbours]\na = ["a"]\nb = []\n', ["contexts.lab.neighbours.a", "itself"]),
-        ('[contexts.lab]\nagents = ["a"]\ntopology = "full"\n[monitor]\ncontexts = ["lab"]\n', ["monitor.user", "missing"]),
-        ('[contexts.lab]\nagents = ["a"]\ntopology = "full"\n[monitor]\nuser = "lab.a"\n', ["monitor.user", "'lab.a'"]),
-        ('[contexts.lab]\nagents = ["a"]\ntopology = "full"\n[monitor]\nuser = "m"\ncontexts = ["farm"]\n', ["monitor.contexts", "'farm'"]),
-        ('[contexts."a.b"]\nagents = ["c"]\ntopology = "full"\n[contexts.a]\nagents = ["b.c"]\ntopology = "full"\n', ["broker user 'a.b.c'", "rename"]),
+        (
+            '[contexts.lab]\nagents = ["a", "b"]\nseed = 1\n[contexts.lab.neighbours]\na = ["b"]\nb = ["a"]\n',
+            ["contexts.lab.seed"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a", "b", "c"]\n[contexts.lab.neighbours]\na = ["b"]\nb = ["c"]\nc = ["b"]\n',
+            ["contexts.lab.neighbours.a", "does not list 'a'", "symmetric"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a", "b"]\n[contexts.lab.neighbours]\na = ["b", "z"]\nb = ["a"]\n',
+            ["contexts.lab.neighbours.a", "'z'"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a", "b"]\n[contexts.lab.neighbours]\na = ["b"]\n',
+            ["contexts.lab.neighbours", "no entry for agent 'b'"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a", "b"]\n[contexts.lab.neighbours]\na = ["a"]\nb = []\n',
+            ["contexts.lab.neighbours.a", "itself"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a"]\ntopology = "full"\n[monitor]\ncontexts = ["lab"]\n',
+            ["monitor.user", "missing"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a"]\ntopology = "full"\n[monitor]\nuser = "lab.a"\n',
+            ["monitor.user", "'lab.a'"],
+        ),
+        (
+            '[contexts.lab]\nagents = ["a"]\ntopology = "full"\n[monitor]\nuser = "m"\ncontexts = ["farm"]\n',
+            ["monitor.contexts", "'farm'"],
+        ),
+        (
+            '[contexts."a.b"]\nagents = ["c"]\ntopology = "full"\n[contexts.a]\nagents = ["b.c"]\ntopology = "full"\n',
+            ["broker user 'a.b.c'", "rename"],
+        ),
     ],
 )
 def test_bad_fleet_files_name_the_key(tmp_path: Path, text: str, fragments: list[str]) -> None:
@@ -218,7 +275,9 @@ def test_acl_grants_nothing_broad() -> None:
 
     rules = [line for line in acl.splitlines() if line and not line.startswith("#")]
     assert not [r for r in rules if r.startswith("pattern") or "readwrite" in r]
-    assert not [r for r in rules if r.startswith("topic write") and "+" in r or r.endswith(" osml/#")]
+    assert not [
+        r for r in rules if r.startswith("topic write") and "+" in r or r.endswith(" osml/#")
+    ]
     # every agent's writes to inboxes carry its own id as the source level
     user = ""
     for rule in rules:
@@ -292,7 +351,9 @@ def _write_fleet(directory: Path, text: str = RING3) -> Path:
 def test_init_writes_hashed_passwd_acl_credentials_and_conf(tmp_path: Path) -> None:
     out = tmp_path / "broker"
 
-    result = invoke("init", "--fleet", str(_write_fleet(tmp_path)), "--out", str(out), "--run-as", "root")
+    result = invoke(
+        "init", "--fleet", str(_write_fleet(tmp_path)), "--out", str(out), "--run-as", "root"
+    )
 
     assert result.exit_code == 0, result.output + result.stderr
     creds = out / "credentials"
@@ -316,8 +377,15 @@ def test_init_writes_hashed_passwd_acl_credentials_and_conf(tmp_path: Path) -> N
     assert len(load_key(key)) == 32
     key_before = load_key(key)
 
-    again = invoke("init", "--fleet", str(_write_fleet(tmp_path, RING3.replace(', "c"', ""))),
-                   "--out", str(out), "--run-as", "root")
+    again = invoke(
+        "init",
+        "--fleet",
+        str(_write_fleet(tmp_path, RING3.replace(', "c"', ""))),
+        "--out",
+        str(out),
+        "--run-as",
+        "root",
+    )
 
     assert again.exit_code == 0, again.stderr
     assert (creds / "lab.a.pass").read_text().strip() == plain["lab.a"]
@@ -336,7 +404,9 @@ def test_init_reports_a_bad_fleet_in_one_line(tmp_path: Path) -> None:
 
 
 def test_start_without_init_is_one_line(tmp_path: Path) -> None:
-    assert_one_line_error(invoke("start", "--dir", str(tmp_path)), "mosquitto.conf not found", "osml broker init")
+    assert_one_line_error(
+        invoke("start", "--dir", str(tmp_path)), "mosquitto.conf not found", "osml broker init"
+    )
 
 
 # ----------------------------------------------------------------------- osml broker certs
@@ -351,12 +421,17 @@ def _openssl(*args: str) -> str:
 def test_certs_make_a_ca_and_a_server_cert_that_verifies(tmp_path: Path) -> None:
     out = tmp_path / "certs"
 
-    result = invoke("certs", "--out", str(out), "--host", "broker.lan", "--ip", "127.0.0.1",
-                    "--client", "lab.a")
+    result = invoke(
+        "certs", "--out", str(out), "--host", "broker.lan", "--ip", "127.0.0.1", "--client", "lab.a"
+    )
 
     assert result.exit_code == 0, result.stderr
     for name in ("ca.crt", "server.crt", "clients/lab.a.crt"):
-        assert _openssl("verify", "-CAfile", str(out / "ca.crt"), str(out / name)).strip().endswith("OK")
+        assert (
+            _openssl("verify", "-CAfile", str(out / "ca.crt"), str(out / name))
+            .strip()
+            .endswith("OK")
+        )
     for key in ("ca.key", "server.key", "clients/lab.a.key"):
         assert stat.S_IMODE((out / key).stat().st_mode) == 0o600
     text = _openssl("x509", "-in", str(out / "server.crt"), "-noout", "-text")
@@ -371,7 +446,11 @@ def test_certs_make_a_ca_and_a_server_cert_that_verifies(tmp_path: Path) -> None
     assert more.exit_code == 0, more.stderr
     assert (out / "ca.crt").read_bytes() == ca_before  # the CA is kept, so old certs stay valid
     assert "(kept)" in more.output
-    assert _openssl("verify", "-CAfile", str(out / "ca.crt"), str(out / "clients/lab.b.crt")).strip().endswith("OK")
+    assert (
+        _openssl("verify", "-CAfile", str(out / "ca.crt"), str(out / "clients/lab.b.crt"))
+        .strip()
+        .endswith("OK")
+    )
 
 
 @needs_openssl
@@ -401,10 +480,15 @@ class AclBroker:
     credentials: dict[str, str]
     log: Path
 
-    def settings(self, user: str, *, password: str | None = None, protocol: str = "5") -> BrokerSettings:
-        return BrokerSettings(url=self.url, username=user,
-                              password=self.credentials[user] if password is None else password,
-                              protocol=protocol)
+    def settings(
+        self, user: str, *, password: str | None = None, protocol: str = "5"
+    ) -> BrokerSettings:
+        return BrokerSettings(
+            url=self.url,
+            username=user,
+            password=self.credentials[user] if password is None else password,
+            protocol=protocol,
+        )
 
     def user(self, agent: str) -> str:
         return f"{self.context}.{agent}"
@@ -418,18 +502,24 @@ def _port_pair() -> tuple[int, int]:
     return first, second
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[str], log: Path, timeout: float = 10.0) -> None:
+def _wait_for_port(
+    port: int, proc: subprocess.Popen[str], log: Path, timeout: float = 10.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"osml broker start exited early:\n{proc.stdout.read() if proc.stdout else ''}\n"
-                               f"{log.read_text() if log.exists() else ''}")
+            raise RuntimeError(
+                f"osml broker start exited early:\n{proc.stdout.read() if proc.stdout else ''}\n"
+                f"{log.read_text() if log.exists() else ''}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"broker did not open port {port}: {log.read_text() if log.exists() else ''}")
+    raise RuntimeError(
+        f"broker did not open port {port}: {log.read_text() if log.exists() else ''}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -440,13 +530,25 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclBroker]:
     tmp = tmp_path_factory.mktemp("aclbroker")
     context = f"acl-{uuid.uuid4().hex[:8]}"
     agents = ", ".join(f'"{a}"' for a in AGENTS)
-    fleet = _write_fleet(tmp, f'[contexts.{context}]\nagents = [{agents}]\ntopology = "ring"\n\n'
-                              f'[monitor]\nuser = "watcher"\n')
+    fleet = _write_fleet(
+        tmp,
+        f'[contexts.{context}]\nagents = [{agents}]\ntopology = "ring"\n\n'
+        f'[monitor]\nuser = "watcher"\n',
+    )
     port, tls_port = _port_pair()
     out = tmp / "broker"
-    args = ["init", "--fleet", str(fleet), "--out", str(out), "--port", str(port),
-            # pytest's tmp directories are 0700: the `mosquitto` user could not read them.
-            "--run-as", "root"]
+    args = [
+        "init",
+        "--fleet",
+        str(fleet),
+        "--out",
+        str(out),
+        "--port",
+        str(port),
+        # pytest's tmp directories are 0700: the `mosquitto` user could not read them.
+        "--run-as",
+        "root",
+    ]
     ca_file: Path | None = None
     if shutil.which("openssl") is not None:
         certs = tmp / "certs"
@@ -459,13 +561,28 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclBroker]:
     credentials = {p.stem: p.read_text().strip() for p in (out / "credentials").glob("*.pass")}
     log = out / "mosquitto.log"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from osml.broker_cli import broker; broker()", "start", "--dir", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from osml.ops.broker_setup import broker; broker()",
+            "start",
+            "--dir",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         _wait_for_port(port, proc, log)
-        yield AclBroker(context, f"mqtt://127.0.0.1:{port}",
-                        f"mqtts://127.0.0.1:{tls_port}" if ca_file else None, ca_file, credentials, log)
+        yield AclBroker(
+            context,
+            f"mqtt://127.0.0.1:{port}",
+            f"mqtts://127.0.0.1:{tls_port}" if ca_file else None,
+            ca_file,
+            credentials,
+            log,
+        )
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does; `start` then stops mosquitto
         try:
@@ -481,12 +598,17 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclBroker]:
                 pass
 
 
-def _agent(broker: AclBroker, agent: str, *, subscribe: tuple[str, ...] | None = None,
-           protocol: str = "5") -> Transport:
+def _agent(
+    broker: AclBroker, agent: str, *, subscribe: tuple[str, ...] | None = None, protocol: str = "5"
+) -> Transport:
     subs = subscribe if subscribe is not None else (topics.inbox_filter(broker.context, agent),)
     # Not persistent: every test starts from a clean session for the same user (= client id).
-    t = Transport(broker.settings(broker.user(agent), protocol=protocol), f"test-{agent}",
-                  subscriptions=subs, persistent=False)
+    t = Transport(
+        broker.settings(broker.user(agent), protocol=protocol),
+        f"test-{agent}",
+        subscriptions=subs,
+        persistent=False,
+    )
     t.connect(timeout=5)
     return t
 
@@ -501,7 +623,9 @@ def _v5_publish_reason(broker: AclBroker, user: str, topic: str, payload: bytes)
     """Publish once with a bare MQTT 5 client and return the PUBACK reason code (osml's Transport
     does not wait for PUBACKs, so it cannot report them)."""
     acks: dict[int, int] = {}
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{user}", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"probe-{user}", protocol=mqtt.MQTTv5
+    )
     client.username_pw_set(user, broker.credentials[user])
     client.on_publish = lambda c, ud, mid, rc, props: acks.__setitem__(mid, rc.value)
     client.connect("127.0.0.1", int(broker.url.rsplit(":", 1)[1]))
@@ -520,7 +644,9 @@ def _v5_publish_reason(broker: AclBroker, user: str, topic: str, payload: bytes)
 
 @needs_mosquitto
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_agent_reaches_its_neighbour_but_not_a_stranger(acl_broker: AclBroker, protocol: str) -> None:
+def test_agent_reaches_its_neighbour_but_not_a_stranger(
+    acl_broker: AclBroker, protocol: str
+) -> None:
     ctx = acl_broker.context
     b, c = _agent(acl_broker, "b"), _agent(acl_broker, "c")
     a = _agent(acl_broker, "a", subscribe=(), protocol=protocol)
@@ -545,9 +671,15 @@ def test_agent_reaches_its_neighbour_but_not_a_stranger(acl_broker: AclBroker, p
 def test_denied_publish_gets_reason_135_on_mqtt5(acl_broker: AclBroker) -> None:
     ctx = acl_broker.context
 
-    stranger = _v5_publish_reason(acl_broker, acl_broker.user("a"), topics.inbox(ctx, "c", "a"), b"x")
-    spoofed = _v5_publish_reason(acl_broker, acl_broker.user("a"), topics.inbox(ctx, "b", "d"), b"x")
-    allowed = _v5_publish_reason(acl_broker, acl_broker.user("a"), topics.inbox(ctx, "b", "a"), b"x")
+    stranger = _v5_publish_reason(
+        acl_broker, acl_broker.user("a"), topics.inbox(ctx, "c", "a"), b"x"
+    )
+    spoofed = _v5_publish_reason(
+        acl_broker, acl_broker.user("a"), topics.inbox(ctx, "b", "d"), b"x"
+    )
+    allowed = _v5_publish_reason(
+        acl_broker, acl_broker.user("a"), topics.inbox(ctx, "b", "a"), b"x"
+    )
     monitor = _v5_publish_reason(acl_broker, "watcher", topics.status(ctx, "a"), b"forged")
 
     assert (stranger, spoofed, monitor) == (135, 135, 135)
@@ -574,7 +706,9 @@ def test_agent_cannot_pose_as_another_sender(acl_broker: AclBroker) -> None:
 def test_agent_cannot_read_another_agents_inbox(acl_broker: AclBroker) -> None:
     ctx = acl_broker.context
     # The broker grants the subscription (SUBACK ok) but delivers nothing on it.
-    snoop = _agent(acl_broker, "a", subscribe=(topics.inbox_filter(ctx, "b"), topics.inbox_filter(ctx, "a")))
+    snoop = _agent(
+        acl_broker, "a", subscribe=(topics.inbox_filter(ctx, "b"), topics.inbox_filter(ctx, "a"))
+    )
     b = _agent(acl_broker, "b")
     c = _agent(acl_broker, "c", subscribe=())
     try:
@@ -592,8 +726,12 @@ def test_agent_cannot_read_another_agents_inbox(acl_broker: AclBroker) -> None:
 @needs_mosquitto
 def test_monitor_reads_status_and_metrics_but_not_frames(acl_broker: AclBroker) -> None:
     ctx = acl_broker.context
-    monitor = Transport(acl_broker.settings("watcher"), "test-watcher",
-                        subscriptions=[f"{topics.ROOT}/{ctx}/#"], persistent=False)
+    monitor = Transport(
+        acl_broker.settings("watcher"),
+        "test-watcher",
+        subscriptions=[f"{topics.ROOT}/{ctx}/#"],
+        persistent=False,
+    )
     monitor.connect(timeout=5)
     b = _agent(acl_broker, "b")
     a = _agent(acl_broker, "a", subscribe=())
@@ -626,7 +764,9 @@ def test_bad_credentials_are_refused(acl_broker: AclBroker, case: str) -> None:
 @needs_mosquitto
 def test_anonymous_clients_are_refused(acl_broker: AclBroker) -> None:
     with pytest.raises(TransportError, match="refused"):
-        Transport(BrokerSettings(url=acl_broker.url), "test-anon", persistent=False).connect(timeout=5)
+        Transport(BrokerSettings(url=acl_broker.url), "test-anon", persistent=False).connect(
+            timeout=5
+        )
 
 
 @needs_mosquitto
@@ -634,10 +774,15 @@ def test_agent_connects_over_tls_with_the_generated_ca(acl_broker: AclBroker) ->
     if acl_broker.tls_url is None or acl_broker.ca_file is None:
         pytest.skip("openssl not installed: no TLS listener")
     ctx = acl_broker.context
-    settings = BrokerSettings(url=acl_broker.tls_url, username=acl_broker.user("b"),
-                              password=acl_broker.credentials[acl_broker.user("b")],
-                              ca_file=str(acl_broker.ca_file))
-    b = Transport(settings, "test-b-tls", subscriptions=[topics.inbox_filter(ctx, "b")], persistent=False)
+    settings = BrokerSettings(
+        url=acl_broker.tls_url,
+        username=acl_broker.user("b"),
+        password=acl_broker.credentials[acl_broker.user("b")],
+        ca_file=str(acl_broker.ca_file),
+    )
+    b = Transport(
+        settings, "test-b-tls", subscriptions=[topics.inbox_filter(ctx, "b")], persistent=False
+    )
     b.connect(timeout=5)
     a = _agent(acl_broker, "a", subscribe=())
     try:
@@ -648,10 +793,11 @@ def test_agent_connects_over_tls_with_the_generated_ca(acl_broker: AclBroker) ->
         b.close()
 
 
-
 def _connect_and_vanish(broker: AclBroker, user: str, will_topic: str, payload: bytes) -> None:
     """Connect as ``user`` with a last will, then drop the TCP connection without DISCONNECT."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"vanish-{user}", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"vanish-{user}", protocol=mqtt.MQTTv5
+    )
     client.username_pw_set(user, broker.credentials[user])
     client.will_set(will_topic, payload, qos=1, retain=False)
     connected: list[bool] = []
@@ -671,8 +817,12 @@ def test_last_will_only_on_the_agents_own_status(acl_broker: AclBroker) -> None:
     # Mosquitto 2.0 accepts a CONNECT whose will topic the user may not write, but checks the ACL
     # when it publishes the will: a forged "offline" for another agent never goes out.
     ctx = acl_broker.context
-    monitor = Transport(acl_broker.settings("watcher"), "test-watcher-will",
-                        subscriptions=[f"{topics.ROOT}/{ctx}/+/status"], persistent=False)
+    monitor = Transport(
+        acl_broker.settings("watcher"),
+        "test-watcher-will",
+        subscriptions=[f"{topics.ROOT}/{ctx}/+/status"],
+        persistent=False,
+    )
     monitor.connect(timeout=5)
     try:
         while monitor.get(timeout=0.2) is not None:  # retained statuses of earlier tests

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import Result
-from clihelp import run_command
 
+from clihelp import run_command
 from osml import __version__
-from osml.cli import main, parse_agents, parse_architectures, progress_line
+from osml.cli.main import main, parse_agents, parse_architectures, progress_line
 from osml.errors import ConfigError
 
 

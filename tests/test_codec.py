@@ -1,4 +1,4 @@
-"""Tests for osml.codec: int8 quantization, frame round trips and hostile frames."""
+"""Tests for osml.wire.codec: int8 quantization, frame round trips and hostile frames."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import zstandard
 
-from osml.codec import (
+from osml.errors import FrameError, OsmlError
+from osml.wire.codec import (
     FORMAT_VERSION,
     Frame,
     decode_frame,
@@ -18,7 +19,6 @@ from osml.codec import (
     encode_frame,
     quantize_int8,
 )
-from osml.errors import FrameError, OsmlError
 
 
 def make_frame(n: int = 50, d: int = 5, seed: int = 0, **overrides: Any) -> Frame:

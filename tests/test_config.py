@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
+
 from clihelp import run_command
-from osml.cli import main
-from osml.config import AgentConfig, load_config
+from osml.agent.config import AgentConfig, load_config
+from osml.cli.main import main
 from osml.errors import ConfigError
 
 MINIMAL = """\
@@ -63,7 +64,9 @@ def test_relative_paths_are_resolved_against_the_config_directory(tmp_path: Path
     conf_dir = tmp_path / "etc" / "osml"
     conf_dir.mkdir(parents=True)
     (conf_dir / "agent.pass").write_text("s3cret\n")
-    path = write(conf_dir, """\
+    path = write(
+        conf_dir,
+        """\
         [agent]
         id = "0"
         context = "lab"
@@ -100,7 +103,8 @@ def test_relative_paths_are_resolved_against_the_config_directory(tmp_path: Path
 
         [testing]
         drop_rate = 0.25
-        """)
+        """,
+    )
     # Loading from another working directory must not change where the paths point.
     here = os.getcwd()
     os.chdir(tmp_path)
@@ -131,14 +135,20 @@ def test_absolute_paths_are_kept(tmp_path: Path) -> None:
     secret = tmp_path / "elsewhere" / "pw"
     secret.parent.mkdir()
     secret.write_text("abc")
-    cfg = load(tmp_path, MINIMAL.replace("[neighbours]", f"""\
+    cfg = load(
+        tmp_path,
+        MINIMAL.replace(
+            "[neighbours]",
+            f"""\
 state_dir = "/var/lib/osml/0"
 
 [broker]
 username = "u"
 password_file = "{secret}"
 
-[neighbours]""").replace('"generated:simple"', '"paper:/data/simple-context"\nagent = "0"'))
+[neighbours]""",
+        ).replace('"generated:simple"', '"paper:/data/simple-context"\nagent = "0"'),
+    )
 
     assert cfg.state_dir == Path("/var/lib/osml/0")
     assert cfg.broker.password == "abc"
@@ -159,7 +169,9 @@ def test_neighbours_from_explicit_ids(tmp_path: Path) -> None:
         ("2", "ring", ("1", "3")),
     ],
 )
-def test_neighbours_from_topology_and_all(tmp_path: Path, me: str, topology: str, expected: tuple[str, ...]) -> None:
+def test_neighbours_from_topology_and_all(
+    tmp_path: Path, me: str, topology: str, expected: tuple[str, ...]
+) -> None:
     text = MINIMAL.replace('id = "0"', f'id = "{me}"').replace(
         'ids = ["1"]', f'topology = "{topology}"\nall = ["0", "1", "2", "3"]'
     )
@@ -233,9 +245,13 @@ BAD_CASES = [
         id="int-for-bool",
     ),
     pytest.param(MINIMAL.replace("[agent]", "[agnt]"), ["[agnt]"], id="misspelt-agent-section"),
-    pytest.param(MINIMAL[MINIMAL.index("[neighbours]"):], ["[agent]", "missing"], id="missing-agent"),
+    pytest.param(
+        MINIMAL[MINIMAL.index("[neighbours]") :], ["[agent]", "missing"], id="missing-agent"
+    ),
     pytest.param(MINIMAL.replace('id = "0"\n', ""), ["[agent]", "id"], id="missing-agent-id"),
-    pytest.param(MINIMAL.replace('id = "0"', 'id = "a/b"'), ["agent.id"], id="id-not-a-topic-level"),
+    pytest.param(
+        MINIMAL.replace('id = "0"', 'id = "a/b"'), ["agent.id"], id="id-not-a-topic-level"
+    ),
     pytest.param(MINIMAL.split("[data]")[0], ["[data]", "missing"], id="missing-data"),
     pytest.param(
         MINIMAL.replace("generated:simple", "ftp://host/data.csv"),
@@ -247,16 +263,34 @@ BAD_CASES = [
         ["data.source", "medium"],
         id="bad-generator",
     ),
-    pytest.param(MINIMAL.replace("generated:simple", "csv:"), ["data.source"], id="empty-data-path"),
+    pytest.param(
+        MINIMAL.replace("generated:simple", "csv:"), ["data.source"], id="empty-data-path"
+    ),
     pytest.param(
         MINIMAL.replace('ids = ["1"]', 'ids = ["1", "0"]'),
         ["neighbours.ids", "itself", "'0'"],
         id="neighbours-list-self",
     ),
-    pytest.param(MINIMAL.replace('ids = ["1"]', 'ids = ["1", "1"]'), ["neighbours.ids", "duplicates"], id="duplicate-neighbours"),
-    pytest.param(MINIMAL.replace('ids = ["1"]', "ids = [1]"), ["neighbours.ids", "strings"], id="int-neighbour"),
-    pytest.param(MINIMAL.replace('ids = ["1"]', 'ids = ["1"]\nidz = ["2"]'), ["neighbours.idz"], id="neighbours-unknown-key"),
-    pytest.param(MINIMAL.replace('[neighbours]\nids = ["1"]\n', ""), ["[neighbours]", "missing"], id="missing-neighbours"),
+    pytest.param(
+        MINIMAL.replace('ids = ["1"]', 'ids = ["1", "1"]'),
+        ["neighbours.ids", "duplicates"],
+        id="duplicate-neighbours",
+    ),
+    pytest.param(
+        MINIMAL.replace('ids = ["1"]', "ids = [1]"),
+        ["neighbours.ids", "strings"],
+        id="int-neighbour",
+    ),
+    pytest.param(
+        MINIMAL.replace('ids = ["1"]', 'ids = ["1"]\nidz = ["2"]'),
+        ["neighbours.idz"],
+        id="neighbours-unknown-key",
+    ),
+    pytest.param(
+        MINIMAL.replace('[neighbours]\nids = ["1"]\n', ""),
+        ["[neighbours]", "missing"],
+        id="missing-neighbours",
+    ),
     pytest.param(
         MINIMAL.replace('ids = ["1"]', 'topology = "ring"\nall = ["1", "2"]'),
         ["neighbours.all", "'0'"],
@@ -272,29 +306,73 @@ BAD_CASES = [
         ["neighbours.seed", "integer"],
         id="topology-seed-not-int",
     ),
-    pytest.param(MINIMAL + "\n[testing]\ndrop_rate = 1.5\n", ["testing.drop_rate", "1.5"], id="drop-rate-above-one"),
-    pytest.param(MINIMAL + "\n[testing]\ndrop_rate = 1\n", ["testing.drop_rate"], id="drop-rate-one"),
-    pytest.param(MINIMAL + "\n[testing]\ndrop_rate = -0.1\n", ["testing.drop_rate"], id="drop-rate-negative"),
-    pytest.param(MINIMAL + '\n[testing]\ndrop_rate = "half"\n', ["testing.drop_rate"], id="drop-rate-string"),
-    pytest.param(MINIMAL + "\n[testing]\ndrop_rte = 0.5\n", ["testing.drop_rte", "did you mean 'drop_rate'"], id="testing-unknown-key"),
-    pytest.param("broker = 'mqtt://x:1'\n" + MINIMAL, ["[broker]", "table"], id="broker-not-a-table"),
+    pytest.param(
+        MINIMAL + "\n[testing]\ndrop_rate = 1.5\n",
+        ["testing.drop_rate", "1.5"],
+        id="drop-rate-above-one",
+    ),
+    pytest.param(
+        MINIMAL + "\n[testing]\ndrop_rate = 1\n", ["testing.drop_rate"], id="drop-rate-one"
+    ),
+    pytest.param(
+        MINIMAL + "\n[testing]\ndrop_rate = -0.1\n", ["testing.drop_rate"], id="drop-rate-negative"
+    ),
+    pytest.param(
+        MINIMAL + '\n[testing]\ndrop_rate = "half"\n', ["testing.drop_rate"], id="drop-rate-string"
+    ),
+    pytest.param(
+        MINIMAL + "\n[testing]\ndrop_rte = 0.5\n",
+        ["testing.drop_rte", "did you mean 'drop_rate'"],
+        id="testing-unknown-key",
+    ),
+    pytest.param(
+        "broker = 'mqtt://x:1'\n" + MINIMAL, ["[broker]", "table"], id="broker-not-a-table"
+    ),
     pytest.param("trainer = 5\n" + MINIMAL, ["[trainer]", "table"], id="trainer-not-a-table"),
     pytest.param("testing = 3\n" + MINIMAL, ["[testing]", "table"], id="testing-not-a-table"),
-    pytest.param(MINIMAL + "\n[trainer]\nsettings = 3\n", ["trainer.settings", "table"], id="settings-not-a-table"),
-    pytest.param(MINIMAL + "\n[model]\narchitecture = \"lstm\"\n", ["model.architecture", "lstm"], id="bad-architecture"),
+    pytest.param(
+        MINIMAL + "\n[trainer]\nsettings = 3\n",
+        ["trainer.settings", "table"],
+        id="settings-not-a-table",
+    ),
+    pytest.param(
+        MINIMAL + '\n[model]\narchitecture = "lstm"\n',
+        ["model.architecture", "lstm"],
+        id="bad-architecture",
+    ),
     pytest.param(MINIMAL + "\n[rounds]\ndeadline = 0\n", ["rounds.deadline"], id="zero-deadline"),
     pytest.param(MINIMAL + "\n[rounds]\ncount = -1\n", ["rounds.count"], id="negative-count"),
-    pytest.param(MINIMAL + "\n[rounds]\nmax_frame_bytes = 10\n", ["rounds.max_frame_bytes"], id="tiny-frames"),
-    pytest.param(MINIMAL + '\n[broker]\nurl = "http://127.0.0.1:1883"\n', ["broker url", "mqtt://"], id="bad-broker-url"),
-    pytest.param(MINIMAL + '\n[broker]\npassword_file = "no-such.pass"\nusername = "u"\n', ["broker.password_file", "no-such.pass"], id="missing-password-file"),
-    pytest.param(MINIMAL + "\n[broker]\npassword_file = 5\n", ["broker.password_file", "string"], id="password-file-not-a-string"),
+    pytest.param(
+        MINIMAL + "\n[rounds]\nmax_frame_bytes = 10\n", ["rounds.max_frame_bytes"], id="tiny-frames"
+    ),
+    pytest.param(
+        MINIMAL + '\n[broker]\nurl = "http://127.0.0.1:1883"\n',
+        ["broker url", "mqtt://"],
+        id="bad-broker-url",
+    ),
+    pytest.param(
+        MINIMAL + '\n[broker]\npassword_file = "no-such.pass"\nusername = "u"\n',
+        ["broker.password_file", "no-such.pass"],
+        id="missing-password-file",
+    ),
+    pytest.param(
+        MINIMAL + "\n[broker]\npassword_file = 5\n",
+        ["broker.password_file", "string"],
+        id="password-file-not-a-string",
+    ),
     pytest.param(MINIMAL + "\n[agent\n", ["not valid TOML"], id="broken-toml"),
-    pytest.param(MINIMAL.replace('"generated:simple"', '"generated:simple'), ["not valid TOML"], id="unterminated-string"),
+    pytest.param(
+        MINIMAL.replace('"generated:simple"', '"generated:simple'),
+        ["not valid TOML"],
+        id="unterminated-string",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("text", "fragments"), BAD_CASES)
-def test_bad_config_is_one_config_error_naming_the_key(tmp_path: Path, text: str, fragments: list[str]) -> None:
+def test_bad_config_is_one_config_error_naming_the_key(
+    tmp_path: Path, text: str, fragments: list[str]
+) -> None:
     with pytest.raises(ConfigError) as info:
         load(tmp_path, text)
     message = str(info.value)
@@ -341,7 +419,9 @@ def test_broken_toml_names_the_file_and_line(tmp_path: Path) -> None:
         (MINIMAL.replace('ids = ["1"]', 'ids = ["0"]'), "neighbours.ids"),
     ],
 )
-def test_osml_agent_with_a_bad_config_prints_one_error_line(tmp_path: Path, text: str, fragment: str) -> None:
+def test_osml_agent_with_a_bad_config_prints_one_error_line(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
     path = write(tmp_path, text, "bad.toml")
 
     result = invoke("agent", "--config", str(path))
@@ -377,9 +457,16 @@ def test_signing_is_off_by_default_and_reads_relative_key_files(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     ("key_text", "problem"),
-    [(None, "cannot read"), ("zz" * 32, "not hex"), ("ab" * 8, "has 8 bytes"), ("\u00e9", "must be hex")],
+    [
+        (None, "cannot read"),
+        ("zz" * 32, "not hex"),
+        ("ab" * 8, "has 8 bytes"),
+        ("\u00e9", "must be hex"),
+    ],
 )
-def test_a_bad_signing_key_is_one_line_naming_the_file(tmp_path: Path, key_text: str | None, problem: str) -> None:
+def test_a_bad_signing_key_is_one_line_naming_the_file(
+    tmp_path: Path, key_text: str | None, problem: str
+) -> None:
     if key_text is not None:
         (tmp_path / "lab.key").write_text(key_text)
     with pytest.raises(ConfigError, match=problem) as err:

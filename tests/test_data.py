@@ -1,4 +1,4 @@
-"""Tests of osml.data: CSV parsing and validation, Dataset, windows."""
+"""Tests of osml.agent.data: CSV parsing and validation, Dataset, windows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from osml.data import (
+from osml.agent.data import (
     AgentData,
     Dataset,
     check_min_rows,

@@ -17,10 +17,10 @@ import stat
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "flash-agent.sh"
@@ -167,8 +167,18 @@ def test_dry_run_prints_every_step_and_runs_nothing(tmp_path: Path) -> None:
     assert f"journalctl -u osml-agent@{AGENT_ID}.service -f" in out
     assert "osml monitor --broker mqtts://broker.lan:8883 --context lab --once" in out
     # the steps come in order
-    positions = [out.index(s) for s in ("pip wheel", "tar -C", "useradd", "-m venv", "daemon-reload",
-                                        "enable --now", "systemctl status")]
+    positions = [
+        out.index(s)
+        for s in (
+            "pip wheel",
+            "tar -C",
+            "useradd",
+            "-m venv",
+            "daemon-reload",
+            "enable --now",
+            "systemctl status",
+        )
+    ]
     assert positions == sorted(positions)
 
 
@@ -194,7 +204,9 @@ def test_dry_run_with_trainer_installs_the_extra_and_the_trainer_unit(tmp_path: 
 
 
 def test_help() -> None:
-    result = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0
     assert "Usage: scripts/flash-agent.sh [options] HOST CONFIG" in result.stdout
     for option in ("--dry-run", "--ssh-opts", "--python", "--arch-check", "--with-trainer"):
@@ -209,13 +221,17 @@ def test_help() -> None:
         ('[broker]\nurl = "mqtt://127.0.0.1:1883"\n', "no [agent] table"),
         ('[agent\nid = "1"\n', "not valid TOML"),
         ('[agent]\nid = "a b"\ncontext = "lab"\n', "--name"),
-        ('[agent]\nid = "1"\ncontext = "lab"\n[broker]\nurl = "mqtts://b:8883"\nca_file = "nope.crt"\n',
-         "broker.ca_file"),
+        (
+            '[agent]\nid = "1"\ncontext = "lab"\n[broker]\nurl = "mqtts://b:8883"\nca_file = "nope.crt"\n',
+            "broker.ca_file",
+        ),
         ('[agent]\nid = "1"\ncontext = "lab"\n[data]\nsource = "csv:data.csv"\n', "absolute path"),
     ],
     ids=["missing", "no-id", "no-agent", "bad-toml", "bad-id", "missing-ca", "relative-data"],
 )
-def test_bad_config_is_one_clear_error(tmp_path: Path, config_text: str | None, message: str) -> None:
+def test_bad_config_is_one_clear_error(
+    tmp_path: Path, config_text: str | None, message: str
+) -> None:
     config = tmp_path / "agent.toml"
     if config_text is not None:
         config.write_text(config_text)
@@ -238,10 +254,18 @@ def test_bad_arguments(tmp_path: Path, args: list[str]) -> None:
 
 def test_arch_check_refuses_32_bit_pi_os(tmp_path: Path) -> None:
     config = _write_config(tmp_path / "cfg")
-    result = _flash(tmp_path, "--arch-check", HOST, str(config), ssh_script=FAKE_SSH,
-                    env={"FAKE_ARCH": "armv7l"})
+    result = _flash(
+        tmp_path,
+        "--arch-check",
+        HOST,
+        str(config),
+        ssh_script=FAKE_SSH,
+        env={"FAKE_ARCH": "armv7l"},
+    )
     assert result.returncode == 2
-    assert "armv7l" in result.stderr and "32-bit" in result.stderr and "onnxruntime" in result.stderr
+    assert (
+        "armv7l" in result.stderr and "32-bit" in result.stderr and "onnxruntime" in result.stderr
+    )
     assert "pip wheel" not in result.stdout  # refused before building anything
     assert not (tmp_path / "device" / "installed").exists()
 
@@ -250,12 +274,16 @@ def test_arch_check_refuses_32_bit_pi_os(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+def deployed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
     """Run flash-agent.sh for real (wheel build included) against the fake ssh."""
     tmp = tmp_path_factory.mktemp("deploy")
     config = _write_config(tmp / "cfg")
     started = time.monotonic()
-    result = _flash(tmp, "--arch-check", "--ssh-opts", "-p 2222", HOST, str(config), ssh_script=FAKE_SSH)
+    result = _flash(
+        tmp, "--arch-check", "--ssh-opts", "-p 2222", HOST, str(config), ssh_script=FAKE_SSH
+    )
     print(f"flash-agent.sh with a fake ssh: {time.monotonic() - started:.1f}s")
     return tmp, config, result
 
@@ -268,10 +296,17 @@ def test_deploy_stages_everything_for_the_device(
     assert "aarch64: supported" in result.stdout and "fake install done" in result.stdout
     installed = tmp / "device" / "installed"
     assert sorted(p.name for p in installed.iterdir()) == [
-        "config.toml", "files", "install.sh", "osml-0.1.0-py3-none-any.whl", "osml-agent.service"
+        "config.toml",
+        "files",
+        "install.sh",
+        "osml-0.1.0-py3-none-any.whl",
+        "osml-agent.service",
     ]
     assert sorted(p.name for p in (installed / "files").iterdir()) == [
-        "ca.crt", "encoder.card.json", "encoder.onnx", "password"
+        "ca.crt",
+        "encoder.card.json",
+        "encoder.onnx",
+        "password",
     ]
     assert (installed / "files" / "password").read_text() == PASSWORD + "\n"
     assert (installed / "osml-agent.service").read_bytes() == AGENT_UNIT.read_bytes()
@@ -315,30 +350,54 @@ def test_installed_wheel_runs_the_agent_without_torch(
     python, osml = venv / "bin" / "python", venv / "bin" / "osml"
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", str(wheel)],
-        capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
     )
     assert install.returncode == 0, install.stdout + install.stderr
     print(f"venv + pip install of the wheel: {time.monotonic() - started:.1f}s")
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True,
-                              env=env, timeout=60)
+    no_torch = subprocess.run(
+        [str(python), "-c", "import torch"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
 
-    version = subprocess.run([str(osml), "--version"], capture_output=True, text=True, env=env, timeout=60)
+    version = subprocess.run(
+        [str(osml), "--version"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert version.returncode == 0 and "0.1.0" in version.stdout
-    agent_help = subprocess.run([str(osml), "agent", "--help"], capture_output=True, text=True,
-                                env=env, timeout=60)
+    agent_help = subprocess.run(
+        [str(osml), "agent", "--help"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert agent_help.returncode == 0 and "--config" in agent_help.stdout
     # everything the agent process imports loads without torch
     imports = subprocess.run(
-        [str(python), "-c", "import osml.config, osml.runtime, osml.inference, osml.trainer_client"],
-        capture_output=True, text=True, env=env, timeout=60,
+        [
+            str(python),
+            "-c",
+            "import osml.agent.config, osml.agent.runtime, osml.agent.inference, osml.agent.trainer_client",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert imports.returncode == 0, imports.stderr
     trainer = subprocess.run(
-        [str(osml), "trainer", "--socket", str(tmp_path / "t.sock"), "--state-dir", str(tmp_path / "t")],
-        capture_output=True, text=True, env=env, timeout=60,
+        [
+            str(osml),
+            "trainer",
+            "--socket",
+            str(tmp_path / "t.sock"),
+            "--state-dir",
+            str(tmp_path / "t"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert trainer.returncode == 2 and "osml[trainer]" in trainer.stderr
 
@@ -360,14 +419,27 @@ def test_agent_unit_settings() -> None:
     s = _unit_settings(AGENT_UNIT)
     assert s["ExecStart"] == ["/opt/osml/venv/bin/osml agent --config /etc/osml/%i.toml"]
     for key, value in {
-        "Type": "simple", "User": "osml", "Group": "osml", "Restart": "on-failure", "RestartSec": "5",
-        "StateDirectory": "osml/%i", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
-        "ProtectHome": "yes", "PrivateTmp": "yes", "KillSignal": "SIGTERM", "TimeoutStopSec": "20",
+        "Type": "simple",
+        "User": "osml",
+        "Group": "osml",
+        "Restart": "on-failure",
+        "RestartSec": "5",
+        "StateDirectory": "osml/%i",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "KillSignal": "SIGTERM",
+        "TimeoutStopSec": "20",
         "WantedBy": "multi-user.target",
     }.items():
         assert s[key] == [value], key
-    assert "network-online.target" in " ".join(s["After"]) and s["Wants"] == ["network-online.target"]
-    assert "RuntimeDirectory" not in s  # /run/osml belongs to the trainer: stopping an agent keeps it
+    assert "network-online.target" in " ".join(s["After"]) and s["Wants"] == [
+        "network-online.target"
+    ]
+    assert (
+        "RuntimeDirectory" not in s
+    )  # /run/osml belongs to the trainer: stopping an agent keeps it
 
 
 def test_trainer_unit_settings() -> None:
@@ -388,14 +460,24 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     stand_in = tmp_path / "osml"
     stand_in.write_text("#!/bin/sh\nexit 0\n")
     stand_in.chmod(0o755)
-    for source, name in ((AGENT_UNIT, "osml-agent@.service"), (TRAINER_UNIT, "osml-trainer.service")):
+    for source, name in (
+        (AGENT_UNIT, "osml-agent@.service"),
+        (TRAINER_UNIT, "osml-trainer.service"),
+    ):
         text = source.read_text()
         assert "/opt/osml/venv/bin/osml " in text
         (tmp_path / name).write_text(text.replace("/opt/osml/venv/bin/osml ", f"{stand_in} "))
     result = subprocess.run(
-        [analyze, "verify", "--man=no", str(tmp_path / "osml-agent@test.service"),
-         str(tmp_path / "osml-trainer.service")],
-        capture_output=True, text=True, timeout=120,
+        [
+            analyze,
+            "verify",
+            "--man=no",
+            str(tmp_path / "osml-agent@test.service"),
+            str(tmp_path / "osml-trainer.service"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

@@ -18,11 +18,11 @@ pytest.importorskip(
     "amqtt", reason="amqtt not installed: pip install 'osml[embedded-broker]' to test the fallback"
 )
 
-from osml import embedded_broker as eb
-from osml.broker import bindable
-from osml.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.errors import TransportError
-from osml.transport import BrokerSettings, Message, Transport
+from osml.net import embedded_broker as eb
+from osml.net.broker import bindable
+from osml.net.embedded_broker import EmbeddedBroker, amqtt_available
+from osml.net.transport import BrokerSettings, Message, Transport
 
 CTX = "ctx"
 
@@ -42,7 +42,9 @@ def connect(broker: EmbeddedBroker) -> Iterator[Callable[..., Transport]]:
     """``connect(client_id, subscriptions=..., **kwargs)`` -> a connected 3.1.1 Transport."""
     with ExitStack() as stack:
 
-        def make(client_id: str, subscriptions: tuple[str, ...] = (), **kwargs: object) -> Transport:
+        def make(
+            client_id: str, subscriptions: tuple[str, ...] = (), **kwargs: object
+        ) -> Transport:
             settings = BrokerSettings(broker.url, protocol=EmbeddedBroker.protocol)
             t = Transport(settings, client_id, subscriptions=subscriptions, **kwargs)  # type: ignore[arg-type]
             stack.callback(t.close)
@@ -63,7 +65,9 @@ def _mqtt_str(value: str | bytes) -> bytes:
     return struct.pack("!H", len(data)) + data
 
 
-def _connect_with_will(host: str, port: int, client_id: str, topic: str, payload: bytes) -> socket.socket:
+def _connect_with_will(
+    host: str, port: int, client_id: str, topic: str, payload: bytes
+) -> socket.socket:
     """A raw MQTT 3.1.1 client with a retained QoS 1 will, so the test can vanish without DISCONNECT."""
     flags = 0x02 | 0x04 | 0x08 | 0x20  # clean session, will, will QoS 1, will retain
     body = _mqtt_str("MQTT") + bytes([4, flags]) + struct.pack("!H", 30)

@@ -1,10 +1,11 @@
-"""Tests for osml.equilibrium: relative change and the smoothed, hysteretic detector."""
+"""Tests for osml.core.equilibrium: relative change and the smoothed, hysteretic detector."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from osml.equilibrium import EquilibriumDetector, relative_change
+
+from osml.core.equilibrium import EquilibriumDetector, relative_change
 
 
 def test_relative_change_by_hand() -> None:
@@ -150,8 +151,16 @@ def test_none_change_after_start_resets() -> None:
     assert det.update(None, ["a"]) is False
 
 
-@pytest.mark.parametrize("kwargs", [{"tolerance": 0.0}, {"tolerance": -1.0}, {"patience": 0}, {"window": 0},
-                                    {"leave_factor": 0.5}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"tolerance": 0.0},
+        {"tolerance": -1.0},
+        {"patience": 0},
+        {"window": 0},
+        {"leave_factor": 0.5},
+    ],
+)
 def test_detector_rejects_bad_settings(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         EquilibriumDetector(**kwargs)  # type: ignore[arg-type]
@@ -163,4 +172,9 @@ def test_to_dict() -> None:
     det.update(None, ["z", "a"])
     det.update(0.0, ["a", "z"])
 
-    assert det.to_dict() == {"streak": 1, "last_subcontext": ["a", "z"], "settled": False, "recent": [0.0]}
+    assert det.to_dict() == {
+        "streak": 1,
+        "last_subcontext": ["a", "z"],
+        "settled": False,
+        "recent": [0.0],
+    }

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from osml.anchor import context_anchor
+from osml.core.anchor import context_anchor
 from osml.errors import ExportError
 from osml.trainer.encoders import ARCHITECTURES, Encoder, build_encoder
 from osml.trainer.export import build_onnx, check_parity, export_onnx
@@ -68,7 +68,9 @@ def test_encoder_output_shape(arch: str, n_features: int) -> None:
 def test_build_encoder_is_reproducible_and_seed_dependent() -> None:
     a, b, c = (build_encoder("gru", WINDOW, 2, EMB, seed=s) for s in (3, 3, 4))
 
-    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, pa), pb, pc in zip(
+        a.state_dict().items(), b.state_dict().values(), c.state_dict().values()
+    ):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.head.weight, c.head.weight)
 
@@ -163,7 +165,9 @@ def test_exported_model_is_one_self_contained_file(arch: str) -> None:
 def test_export_card_fields(arch: str, n_features: int) -> None:
     enc = make_encoder(arch, n_features)
 
-    model, card, _ = export_onnx(enc, make_windows(4, n_features), version=7, agent="dev-1", context="kitchen")
+    model, card, _ = export_onnx(
+        enc, make_windows(4, n_features), version=7, agent="dev-1", context="kitchen"
+    )
 
     assert card.version == 7
     assert card.architecture == arch
@@ -241,17 +245,26 @@ def test_dynamo_and_builder_exporters_agree_on_mlp() -> None:
 
 # --- fit ------------------------------------------------------------------------------------
 
-def series_and_windows(n: int = 300, n_features: int = 2, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+
+def series_and_windows(
+    n: int = 300, n_features: int = 2, seed: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     t = np.arange(n)[:, None]
-    series = 5.0 + np.sin(t / 7.0 + np.arange(n_features)) + 0.3 * rng.standard_normal((n, n_features))
+    series = (
+        5.0 + np.sin(t / 7.0 + np.arange(n_features)) + 0.3 * rng.standard_normal((n, n_features))
+    )
     windows = np.stack([series[i : i + WINDOW] for i in range(n - WINDOW + 1)]).astype(np.float32)
     return series, windows
 
 
-def make_trainer(objective: str, arch: str = "mlp", **kw: object) -> tuple[EncoderTrainer, np.ndarray]:
+def make_trainer(
+    objective: str, arch: str = "mlp", **kw: object
+) -> tuple[EncoderTrainer, np.ndarray]:
     series, windows = series_and_windows()
-    settings = TrainerSettings(architecture=arch, objective=objective, steps_per_round=10, batch_size=64, **kw)  # type: ignore[arg-type]
+    settings = TrainerSettings(
+        architecture=arch, objective=objective, steps_per_round=10, batch_size=64, **kw
+    )  # type: ignore[arg-type]
     trainer = EncoderTrainer(settings, WINDOW, 2, EMB, seed=3, train_data=series)
     return trainer, windows
 
@@ -310,7 +323,15 @@ def test_trainer_applies_offset_and_normalisation() -> None:
     series, _ = series_and_windows()
     offset = context_anchor("kitchen", EMB, 2.0)
 
-    trainer = EncoderTrainer(TrainerSettings(architecture="mlp"), WINDOW, 2, EMB, seed=0, train_data=series, offset=offset)
+    trainer = EncoderTrainer(
+        TrainerSettings(architecture="mlp"),
+        WINDOW,
+        2,
+        EMB,
+        seed=0,
+        train_data=series,
+        offset=offset,
+    )
 
     np.testing.assert_allclose(trainer.encoder.offset.numpy(), offset, rtol=1e-6)
     np.testing.assert_allclose(trainer.encoder.in_mean.numpy(), series.mean(axis=0), rtol=1e-5)
@@ -328,4 +349,6 @@ def test_trainer_export_bumps_version_and_passes_parity() -> None:
     assert card1.agent == "a" and card1.context == "c"
     assert diff1 <= 1e-5
     assert model1 != model2  # the weights moved between the two exports
-    np.testing.assert_allclose(ort_embed(model2, windows[:9]), torch_embed(trainer.encoder, windows[:9]), atol=1e-5)
+    np.testing.assert_allclose(
+        ort_embed(model2, windows[:9]), torch_embed(trainer.encoder, windows[:9]), atol=1e-5
+    )

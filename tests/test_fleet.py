@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import Result
+
 from clihelp import run_command
-from osml.cli import main
-from osml.state import read_rounds
+from osml.agent.state import read_rounds
+from osml.cli.main import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("needs_broker_and_torch")]
-
-
 
 
 def invoke(*args: str) -> Result:
@@ -27,7 +26,18 @@ def invoke(*args: str) -> Result:
 
 
 def run_fleet(out: Path, *extra: str) -> dict[str, Any]:
-    result = invoke("run", "--data", "generated:simple", "--agents", "0,1", "--rounds", "2", "--out", str(out), *extra)
+    result = invoke(
+        "run",
+        "--data",
+        "generated:simple",
+        "--agents",
+        "0,1",
+        "--rounds",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    )
     assert result.exit_code == 0, result.output + result.stderr
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report
@@ -48,14 +58,19 @@ def test_osml_run_writes_a_full_run_directory(tmp_path: Path) -> None:
         for key in ("strict_alignment", "centered_alignment", "probe_r2", "spread", "subcontexts"):
             assert set(entry[key]) == {"0", "1"}, key
         assert -1.0 <= entry["strict_alignment"]["0"]["1"] <= 1.0
-    for entry in report["rounds"][:2]:  # rounds the agents exchanged in (round 2 is the last evaluation)
+    for entry in report["rounds"][
+        :2
+    ]:  # rounds the agents exchanged in (round 2 is the last evaluation)
         assert set(entry["model_versions"]) == {"0", "1"}
         assert entry["missing_frames"] == {"0": [], "1": []}
         assert all(v > 0 for v in entry["bytes_sent"].values())
     assert set(report["rounds"][-1]["paper_similarity"]) == {"0,1"}  # per shared sub-context
     final = report["final"]
     assert final["round"] == 2
-    assert {a: sorted(s) for a, s in final["subcontexts"].items()} == {"0": ["0", "1"], "1": ["0", "1"]}
+    assert {a: sorted(s) for a, s in final["subcontexts"].items()} == {
+        "0": ["0", "1"],
+        "1": ["0", "1"],
+    }
     assert set(final["strict_alignment"]) == {"0", "1"}
     for agent in ("0", "1"):
         emb = np.load(out / "embeddings" / f"{agent}.npy", allow_pickle=False)

@@ -1,6 +1,6 @@
 """Frames from the network are hostile until checked: the inbox and the decoder under attack.
 
-Property-based (hypothesis) and hand-made hostile inputs go through :class:`osml.inbox.Inbox`,
+Property-based (hypothesis) and hand-made hostile inputs go through :class:`osml.wire.inbox.Inbox`,
 the object the agent feeds every received message to. The properties: ``offer`` never raises,
 every message is either kept or counted under exactly one known reason, nothing hostile is ever
 returned by ``complete`` (so it cannot reach the osmosis targets), and memory stays bounded.
@@ -16,11 +16,12 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from osml import topics
-from osml.codec import Frame, decode_frame, encode_frame, signed_bytes
+
 from osml.errors import FrameError
-from osml.inbox import REASONS, Inbox
-from osml.signing import sign
+from osml.wire import topics
+from osml.wire.codec import Frame, decode_frame, encode_frame, signed_bytes
+from osml.wire.inbox import REASONS, Inbox
+from osml.wire.signing import sign
 
 CTX, ME, NB = "lab", "0", "1"
 KEY = bytes(range(32))
@@ -33,9 +34,13 @@ def make_inbox(**kw: object) -> Inbox:
     return Inbox(context=CTX, me=ME, neighbours=[NB, "2"], dim=5, **kw)  # type: ignore[arg-type]
 
 
-def frame(rnd: int = 3, src: str = NB, ctx: str = CTX, n: int = 8, d: int = 5, s0: int = 9, **kw: object) -> Frame:
+def frame(
+    rnd: int = 3, src: str = NB, ctx: str = CTX, n: int = 8, d: int = 5, s0: int = 9, **kw: object
+) -> Frame:
     emb = np.random.default_rng(rnd).normal(size=(n, d)).astype(np.float32)
-    return Frame(context=ctx, source=src, round=rnd, step_start=s0, model_version=1, embeddings=emb, **kw)  # type: ignore[arg-type]
+    return Frame(
+        context=ctx, source=src, round=rnd, step_start=s0, model_version=1, embeddings=emb, **kw
+    )  # type: ignore[arg-type]
 
 
 def doc_of(data: bytes) -> dict[str, object]:
@@ -82,10 +87,12 @@ def hostile_cases() -> dict[str, tuple[str, bytes]]:
 
 
 @pytest.mark.parametrize("reason", sorted(hostile_cases()))
-def test_each_hostile_frame_is_rejected_with_its_reason(reason: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_each_hostile_frame_is_rejected_with_its_reason(
+    reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
     box = make_inbox()
     topic, data = hostile_cases()[reason]
-    with caplog.at_level(logging.WARNING, logger="osml.inbox"):
+    with caplog.at_level(logging.WARNING, logger="osml.wire.inbox"):
         assert box.offer(topic, data, current_round=3) == reason
     assert box.rejected == {reason: 1}
     assert box.complete(3, NB) is None and box.pending_bytes == 0
@@ -117,7 +124,9 @@ def test_chunks_must_agree_and_tile_one_range() -> None:
     box = make_inbox()
     a = frame(rnd=3, n=4, s0=0, chunk=0, n_chunks=2)
     assert box.offer(TOPIC, encode_frame(a), 3) is None
-    assert box.offer(TOPIC, encode_frame(frame(rnd=3, n=4, s0=4, chunk=1, n_chunks=3)), 3) == "chunk"
+    assert (
+        box.offer(TOPIC, encode_frame(frame(rnd=3, n=4, s0=4, chunk=1, n_chunks=3)), 3) == "chunk"
+    )
     gap = frame(rnd=3, n=4, s0=6, chunk=1, n_chunks=2)  # starts at 6, chunk 0 stops at 4
     assert box.offer(TOPIC, encode_frame(gap), 3) is None
     assert box.complete(3, NB) is None
@@ -174,7 +183,15 @@ def test_previous_key_is_accepted_during_rotation() -> None:
 
 def test_signature_covers_every_field() -> None:
     doc = doc_of(encode_frame(frame(), key=KEY))
-    for key, value in [("ctx", "x"), ("s0", 0), ("mv", 9), ("ck", 0), ("nck", 2), ("z", True), ("p", b"x")]:
+    for key, value in [
+        ("ctx", "x"),
+        ("s0", 0),
+        ("mv", 9),
+        ("ck", 0),
+        ("nck", 2),
+        ("z", True),
+        ("p", b"x"),
+    ]:
         if doc[key] == value:
             continue
         tampered = dict(doc, **{key: value})
@@ -195,17 +212,29 @@ def test_random_bytes_never_raise_and_never_reach_the_osmosis(data: bytes, rnd: 
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=64),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
 @FUZZ
-@given(key=st.sampled_from(["v", "ctx", "src", "rnd", "s0", "n", "d", "mv", "ck", "nck", "z", "p", "sig", "extra"]),
-       value=msgpack_values)
-def test_valid_msgpack_with_any_field_replaced_is_rejected_or_consistent(key: str, value: object) -> None:
+@given(
+    key=st.sampled_from(
+        ["v", "ctx", "src", "rnd", "s0", "n", "d", "mv", "ck", "nck", "z", "p", "sig", "extra"]
+    ),
+    value=msgpack_values,
+)
+def test_valid_msgpack_with_any_field_replaced_is_rejected_or_consistent(
+    key: str, value: object
+) -> None:
     """Replace one field of a good frame by anything msgpack can carry: either the result is a
     consistent frame (then what is kept equals what the fields say) or it is rejected."""
     box = make_inbox()
@@ -227,7 +256,9 @@ def test_valid_msgpack_with_any_field_replaced_is_rejected_or_consistent(key: st
 
 @FUZZ
 @given(cut=st.integers(0, 10_000), flips=st.lists(st.integers(0, 10_000), max_size=6))
-def test_truncated_or_bit_flipped_signed_frames_are_all_rejected(cut: int, flips: list[int]) -> None:
+def test_truncated_or_bit_flipped_signed_frames_are_all_rejected(
+    cut: int, flips: list[int]
+) -> None:
     data = bytearray(encode_frame(frame(rnd=3, n=64), key=KEY))
     for pos in flips:
         data[pos % len(data)] ^= 1 << (pos % 8)
@@ -256,8 +287,18 @@ def test_declared_sizes_are_bounded_before_any_allocation(n: int, d: int, declar
 
 
 @FUZZ
-@given(ops=st.lists(st.tuples(st.integers(0, 40), st.sampled_from([NB, "2"]), st.integers(0, 3),
-                              st.integers(1, 4), st.integers(0, 20)), max_size=60))
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.integers(0, 40),
+            st.sampled_from([NB, "2"]),
+            st.integers(0, 3),
+            st.integers(1, 4),
+            st.integers(0, 20),
+        ),
+        max_size=60,
+    )
+)
 def test_memory_stays_bounded_whatever_arrives(ops: list[tuple[int, str, int, int, int]]) -> None:
     cap = 8 * 5 * 4 * 4
     box = make_inbox(max_pending_bytes=cap, max_ahead=3)
@@ -291,7 +332,9 @@ def test_one_stray_frame_far_ahead_moves_nobody() -> None:
     box = make_inbox()
     assert box.offer(TOPIC, encode_frame(frame(rnd=10**6)), 0) == "future"
     assert box.catch_up(0) is None
-    assert box.offer(TOPIC, encode_frame(frame(rnd=40)), 0) == "future"  # far from 10**6: not a live run
+    assert (
+        box.offer(TOPIC, encode_frame(frame(rnd=40)), 0) == "future"
+    )  # far from 10**6: not a live run
     assert box.catch_up(0) is None
     assert box.offer(TOPIC, encode_frame(frame(rnd=41)), 0) == "future"
     assert box.catch_up(0) == 42
@@ -301,7 +344,9 @@ def test_catch_up_ignores_what_failed_other_checks_and_absurd_rounds() -> None:
     box = make_inbox(keys=[KEY], require_signature=True)
     for r in (50, 51):
         box.offer(TOPIC, encode_frame(frame(rnd=r)), 0)  # unsigned
-        box.offer(topics.inbox(CTX, ME, "9"), encode_frame(frame(rnd=r, src="9"), key=KEY), 0)  # stranger
+        box.offer(
+            topics.inbox(CTX, ME, "9"), encode_frame(frame(rnd=r, src="9"), key=KEY), 0
+        )  # stranger
     for r in (2**63 - 3, 2**63 - 2):
         box.offer(TOPIC, encode_frame(frame(rnd=r), key=KEY), 0)  # would overflow later
     assert box.catch_up(0) is None

@@ -1,4 +1,4 @@
-"""Tests for osml.modelcard and osml.inference: cards, atomic writes, verified ONNX loading."""
+"""Tests for osml.agent.modelcard and osml.agent.inference: cards, atomic writes, verified ONNX loading."""
 
 from __future__ import annotations
 
@@ -10,9 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from osml.agent.inference import OnnxEncoder
+from osml.agent.modelcard import (
+    ModelCard,
+    card_path,
+    read_card,
+    sha256_hex,
+    write_atomic,
+    write_model,
+)
 from osml.errors import ModelError, OsmlError
-from osml.inference import OnnxEncoder
-from osml.modelcard import ModelCard, card_path, read_card, sha256_hex, write_atomic, write_model
 
 WINDOW, N_FEATURES, EMB = 8, 2, 5
 
@@ -41,7 +48,9 @@ def exported() -> tuple[bytes, ModelCard, np.ndarray, np.ndarray]:
     enc.set_normalisation(np.array([10.0, -1.0]), np.array([2.0, 0.5]))
     enc.set_offset(np.arange(EMB, dtype=np.float32))
     rng = np.random.default_rng(0)
-    windows = (np.array([10.0, -1.0]) + rng.standard_normal((20, WINDOW, N_FEATURES))).astype(np.float32)
+    windows = (np.array([10.0, -1.0]) + rng.standard_normal((20, WINDOW, N_FEATURES))).astype(
+        np.float32
+    )
     model, card, _ = export_onnx(enc.eval(), windows, version=4, agent="dev-a", context="ctx")
     with torch.no_grad():
         want = enc(torch.from_numpy(windows)).numpy()
@@ -142,7 +151,9 @@ def test_write_model_refuses_mismatched_card(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_write_model_writes_pair_and_no_temp_files(tmp_path: Path, exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray]) -> None:
+def test_write_model_writes_pair_and_no_temp_files(
+    tmp_path: Path, exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray]
+) -> None:
     model, card, _, _ = exported
     path = tmp_path / "encoder.onnx"
 
@@ -157,7 +168,9 @@ def test_write_model_writes_pair_and_no_temp_files(tmp_path: Path, exported: tup
 # --- OnnxEncoder ----------------------------------------------------------------------------
 
 
-def test_load_roundtrip_reproduces_torch(tmp_path: Path, exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray]) -> None:
+def test_load_roundtrip_reproduces_torch(
+    tmp_path: Path, exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray]
+) -> None:
     model, card, windows, want = exported
     path = tmp_path / "encoder.onnx"
     write_model(path, model, card)
@@ -171,7 +184,9 @@ def test_load_roundtrip_reproduces_torch(tmp_path: Path, exported: tuple[bytes, 
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_encode_in_small_batches_matches_one_batch(exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray]) -> None:
+def test_encode_in_small_batches_matches_one_batch(
+    exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray],
+) -> None:
     model, card, windows, _ = exported
     enc = OnnxEncoder.from_bytes(model, card)
 
@@ -187,7 +202,9 @@ def test_encode_zero_windows(exported: tuple[bytes, ModelCard, np.ndarray, np.nd
     assert out.shape == (0, EMB) and out.dtype == np.float32
 
 
-def test_tampered_model_is_refused(tmp_path: Path, exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray]) -> None:
+def test_tampered_model_is_refused(
+    tmp_path: Path, exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray]
+) -> None:
     model, card, _, _ = exported
     path = tmp_path / "encoder.onnx"
     write_model(path, model, card)
@@ -199,7 +216,9 @@ def test_tampered_model_is_refused(tmp_path: Path, exported: tuple[bytes, ModelC
         OnnxEncoder.load(path)
 
 
-def test_missing_card_is_refused(tmp_path: Path, exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray]) -> None:
+def test_missing_card_is_refused(
+    tmp_path: Path, exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray]
+) -> None:
     model, _, _, _ = exported
     path = tmp_path / "encoder.onnx"
     path.write_bytes(model)
@@ -208,7 +227,9 @@ def test_missing_card_is_refused(tmp_path: Path, exported: tuple[bytes, ModelCar
         OnnxEncoder.load(path)
 
 
-def test_missing_model_is_refused(tmp_path: Path, exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray]) -> None:
+def test_missing_model_is_refused(
+    tmp_path: Path, exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray]
+) -> None:
     _, card, _, _ = exported
     path = tmp_path / "encoder.onnx"
     card_path(path).write_text(card.to_json())
@@ -224,8 +245,18 @@ def test_garbage_with_matching_card_is_refused() -> None:
         OnnxEncoder.from_bytes(junk, make_card(sha256=sha256_hex(junk)))
 
 
-@pytest.mark.parametrize("shape", [(3, WINDOW + 1, N_FEATURES), (3, WINDOW, N_FEATURES + 1), (3, WINDOW * N_FEATURES), (WINDOW, N_FEATURES)])
-def test_wrong_window_shape_is_refused(exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray], shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (3, WINDOW + 1, N_FEATURES),
+        (3, WINDOW, N_FEATURES + 1),
+        (3, WINDOW * N_FEATURES),
+        (WINDOW, N_FEATURES),
+    ],
+)
+def test_wrong_window_shape_is_refused(
+    exported: tuple[bytes, ModelCard, np.ndarray, np.ndarray], shape: tuple[int, ...]
+) -> None:
     model, card, _, _ = exported
     enc = OnnxEncoder.from_bytes(model, card)
 

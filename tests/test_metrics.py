@@ -1,11 +1,11 @@
-"""Tests for osml.metrics: alignment figures, spread, CKA and the ridge probe."""
+"""Tests for osml.core.metrics: alignment figures, spread, CKA and the ridge probe."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from osml.metrics import (
+from osml.core.metrics import (
     centered_alignment,
     linear_cka,
     pairwise,
@@ -47,7 +47,10 @@ def test_centered_alignment_ignores_shared_offset() -> None:
     offset = 50.0 * rng.standard_normal(8)
 
     strict_before, centred_before = strict_alignment(a, b), centered_alignment(a, b)
-    strict_after, centred_after = strict_alignment(a + offset, b + offset), centered_alignment(a + offset, b + offset)
+    strict_after, centred_after = (
+        strict_alignment(a + offset, b + offset),
+        centered_alignment(a + offset, b + offset),
+    )
 
     assert abs(strict_before) < 0.2
     assert strict_after > 0.9

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+
 from clihelp import run_command
-from osml import topics
-from osml.broker import MosquittoProcess, free_port
-from osml.monitor import DEFAULT_STALL_AFTER, FleetView, monitor, monitor_command, render_table
-from osml.transport import BrokerSettings, Message, Transport
+from osml.net.broker import MosquittoProcess, free_port
+from osml.net.transport import BrokerSettings, Message, Transport
+from osml.ops.monitor import DEFAULT_STALL_AFTER, FleetView, monitor, monitor_command, render_table
+from osml.wire import topics
 
 CTX = "lab"
 NOW = 1_000_000.0

@@ -1,4 +1,4 @@
-"""Tests for osml.osmosis: per-step osmosis weights and targets, checked against hand-computed values."""
+"""Tests for osml.core.osmosis: per-step osmosis weights and targets, checked against hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from osml.osmosis import osmosis_target, osmosis_weights, same_step_cosine
+from osml.core.osmosis import osmosis_target, osmosis_weights, same_step_cosine
 
 E = math.e
 
@@ -42,7 +42,9 @@ def test_same_step_cosine_of_zero_row_is_zero_not_nan() -> None:
 
 
 @pytest.mark.parametrize("shapes", [((3, 2), (3, 3)), ((3, 2), (2, 2)), ((3,), (3,))])
-def test_same_step_cosine_rejects_bad_shapes(shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+def test_same_step_cosine_rejects_bad_shapes(
+    shapes: tuple[tuple[int, ...], tuple[int, ...]],
+) -> None:
     with pytest.raises(ValueError):
         same_step_cosine(np.ones(shapes[0]), np.ones(shapes[1]))
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from osml import modelcard
-from osml.errors import ConfigError, ModelError
-from osml.inference import OnnxEncoder
-from osml.modelcard import (
+
+from osml.agent import modelcard
+from osml.agent.inference import OnnxEncoder
+from osml.agent.modelcard import (
     ModelCard,
     card_path,
     read_card,
@@ -31,7 +31,8 @@ from osml.modelcard import (
     write_atomic,
     write_model,
 )
-from osml.state import AgentState, append_round, load_state, read_rounds, save_state
+from osml.agent.state import AgentState, append_round, load_state, read_rounds, save_state
+from osml.errors import ConfigError, ModelError
 
 WINDOW, N_FEATURES, EMB = 8, 3, 16
 
@@ -41,11 +42,20 @@ def tiny_model(seed: int) -> bytes:
     pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = np.random.default_rng(seed).standard_normal((WINDOW * N_FEATURES, EMB)).astype(np.float32)
+    weights = (
+        np.random.default_rng(seed).standard_normal((WINDOW * N_FEATURES, EMB)).astype(np.float32)
+    )
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["windows"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["embeddings"])],
+        [
+            helper.make_node("Flatten", ["windows"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "w"], ["embeddings"]),
+        ],
         "tiny",
-        [helper.make_tensor_value_info("windows", TensorProto.FLOAT, ["batch", WINDOW, N_FEATURES])],
+        [
+            helper.make_tensor_value_info(
+                "windows", TensorProto.FLOAT, ["batch", WINDOW, N_FEATURES]
+            )
+        ],
         [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", EMB])],
         [numpy_helper.from_array(weights, "w")],
     )
@@ -55,8 +65,14 @@ def tiny_model(seed: int) -> bytes:
 
 
 def card_for(model: bytes, version: int) -> ModelCard:
-    return ModelCard(version=version, architecture="tiny", window=WINDOW, n_features=N_FEATURES,
-                     embedding_dim=EMB, sha256=sha256_hex(model))
+    return ModelCard(
+        version=version,
+        architecture="tiny",
+        window=WINDOW,
+        n_features=N_FEATURES,
+        embedding_dim=EMB,
+        sha256=sha256_hex(model),
+    )
 
 
 def extra_files(directory: Path, *expected: str) -> list[str]:
@@ -75,7 +91,9 @@ class Crash(Exception):
 # --- write_atomic -------------------------------------------------------------------------------
 
 
-def test_write_atomic_fsyncs_the_file_and_then_its_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_atomic_fsyncs_the_file_and_then_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -91,7 +109,9 @@ def test_write_atomic_fsyncs_the_file_and_then_its_directory(tmp_path: Path, mon
     assert (tmp_path / "blob.bin").read_bytes() == b"data"
 
 
-def test_write_atomic_killed_before_the_rename_keeps_the_old_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_atomic_killed_before_the_rename_keeps_the_old_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "blob.bin"
     write_atomic(target, b"old")
 
@@ -118,7 +138,9 @@ def test_write_model_leaves_just_the_pair(tmp_path: Path, models: list[bytes]) -
     assert OnnxEncoder.load(path).version == 3
 
 
-def test_killed_before_the_commit_loads_the_previous_model(tmp_path: Path, models: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_before_the_commit_loads_the_previous_model(
+    tmp_path: Path, models: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "model.onnx"
     write_model(path, models[0], card_for(models[0], 1))
     real_write = modelcard.write_atomic
@@ -139,7 +161,9 @@ def test_killed_before_the_commit_loads_the_previous_model(tmp_path: Path, model
 
 
 def test_killed_after_the_commit_loads_the_new_model_from_the_staged_file(
-    tmp_path: Path, models: list[bytes], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    models: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = tmp_path / "model.onnx"
     write_model(path, models[0], card_for(models[0], 1))
@@ -161,11 +185,17 @@ def test_killed_after_the_commit_loads_the_new_model_from_the_staged_file(
 
 
 def test_first_install_killed_after_the_commit_has_no_model_file_yet(
-    tmp_path: Path, models: list[bytes], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    models: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = tmp_path / "model.onnx"
     real_replace = os.replace
-    monkeypatch.setattr(os, "replace", lambda s, d: (_ for _ in ()).throw(Crash) if Path(d) == path else real_replace(s, d))
+    monkeypatch.setattr(
+        os,
+        "replace",
+        lambda s, d: (_ for _ in ()).throw(Crash) if Path(d) == path else real_replace(s, d),
+    )
     with pytest.raises(Crash):
         write_model(path, models[0], card_for(models[0], 1))
     monkeypatch.undo()
@@ -174,11 +204,17 @@ def test_first_install_killed_after_the_commit_has_no_model_file_yet(
     assert OnnxEncoder.load(path).version == 1
 
 
-def test_next_write_removes_what_interrupted_writes_left(tmp_path: Path, models: list[bytes]) -> None:
+def test_next_write_removes_what_interrupted_writes_left(
+    tmp_path: Path, models: list[bytes]
+) -> None:
     path = tmp_path / "model.onnx"
     write_model(path, models[0], card_for(models[0], 1))
-    leftovers = [staged_path(path, sha256_hex(models[1])).name, ".model.onnx.abc123.tmp", ".model.card.json.x_y.tmp",
-                 f".{staged_path(path, sha256_hex(models[2])).name}.q1w2e3.tmp"]
+    leftovers = [
+        staged_path(path, sha256_hex(models[1])).name,
+        ".model.onnx.abc123.tmp",
+        ".model.card.json.x_y.tmp",
+        f".{staged_path(path, sha256_hex(models[2])).name}.q1w2e3.tmp",
+    ]
     unrelated = ["state.json", ".state.json.k9.tmp", "other.onnx", "model.notes.onnx"]
     for name in leftovers + unrelated:
         (tmp_path / name).write_bytes(b"partial")
@@ -270,8 +306,8 @@ def test_append_to_a_file_that_is_only_a_torn_line(tmp_path: Path) -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from osml.modelcard import ModelCard, sha256_hex, write_model
-from osml.state import append_round, load_state, save_state
+from osml.agent.modelcard import ModelCard, sha256_hex, write_model
+from osml.agent.state import append_round, load_state, save_state
 
 state_dir, models_dir = Path(sys.argv[1]), Path(sys.argv[2])
 window, n_features, embedding_dim = map(int, sys.argv[3:6])
@@ -293,7 +329,9 @@ while True:
 KILLS = 50
 
 
-def test_writer_killed_at_random_moments_always_leaves_a_valid_model_and_state(tmp_path: Path, models: list[bytes]) -> None:
+def test_writer_killed_at_random_moments_always_leaves_a_valid_model_and_state(
+    tmp_path: Path, models: list[bytes]
+) -> None:
     models_dir, state_dir = tmp_path / "models", tmp_path / "state"
     models_dir.mkdir()
     state_dir.mkdir()
@@ -303,10 +341,24 @@ def test_writer_killed_at_random_moments_always_leaves_a_valid_model_and_state(t
     last_round, versions = 0, []
 
     for kill in range(KILLS):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(state_dir), str(models_dir), str(WINDOW), str(N_FEATURES), str(EMB)],
-                                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                str(state_dir),
+                str(models_dir),
+                str(WINDOW),
+                str(N_FEATURES),
+                str(EMB),
+            ],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
         try:
-            assert child.stdout is not None and child.stdout.readline() == b"ready\n", f"kill {kill}: child did not start"
+            assert child.stdout is not None and child.stdout.readline() == b"ready\n", (
+                f"kill {kill}: child did not start"
+            )
             time.sleep(rng.uniform(0.0, 0.08))
         finally:
             child.send_signal(signal.SIGKILL)
@@ -315,7 +367,9 @@ def test_writer_killed_at_random_moments_always_leaves_a_valid_model_and_state(t
                 child.stdout.close()
 
         state = load_state(state_dir, "victim", "kill-loop")
-        assert state.next_round >= last_round, f"kill {kill}: next_round went back to {state.next_round}"
+        assert state.next_round >= last_round, (
+            f"kill {kill}: next_round went back to {state.next_round}"
+        )
         last_round = state.next_round
         if card_path(state_dir / "model.onnx").exists():
             enc = OnnxEncoder.load(state_dir / "model.onnx")
@@ -323,18 +377,30 @@ def test_writer_killed_at_random_moments_always_leaves_a_valid_model_and_state(t
             assert enc.version in (state.model_version, state.model_version + 1), f"kill {kill}"
             versions.append(enc.version)
         else:
-            assert state.model_version == 0, f"kill {kill}: state says v{state.model_version} but there is no model"
+            assert state.model_version == 0, (
+                f"kill {kill}: state says v{state.model_version} but there is no model"
+            )
         rounds = [r["round"] for r in read_rounds(state_dir)]
-        assert rounds == sorted(set(rounds)) and all(r < state.next_round for r in rounds), f"kill {kill}"
+        assert rounds == sorted(set(rounds)) and all(r < state.next_round for r in rounds), (
+            f"kill {kill}"
+        )
         # Leftovers of a killed write are removed by the next one: they never pile up.
-        assert len(extra_files(state_dir, "state.json", "rounds.jsonl", "model.onnx", "model.card.json")) <= 3
+        assert (
+            len(
+                extra_files(
+                    state_dir, "state.json", "rounds.jsonl", "model.onnx", "model.card.json"
+                )
+            )
+            <= 3
+        )
 
     assert versions == sorted(versions) and versions[-1] > 0
 
 
 def test_state_written_before_the_equilibrium_memory_still_loads(tmp_path: Path) -> None:
     """Older state files kept only the equilibrium streak; it becomes the detector's state."""
-    (tmp_path / "state.json").write_text(json.dumps(
-        {"agent_id": "a", "context": "c", "next_round": 7, "equilibrium_streak": 4}))
+    (tmp_path / "state.json").write_text(
+        json.dumps({"agent_id": "a", "context": "c", "next_round": 7, "equilibrium_streak": 4})
+    )
     state = load_state(tmp_path, "a", "c")
     assert state.next_round == 7 and state.equilibrium == {"streak": 4}

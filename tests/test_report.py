@@ -1,4 +1,4 @@
-"""Tests of osml.report: run directories written and read back, the summary table. No torch."""
+"""Tests of osml.ops.report: run directories written and read back, the summary table. No torch."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from osml import report
 from osml.errors import DataError
+from osml.ops import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def fake_result(rows: int = 12, dim: int = 5) -> dict[str, object]:
-    """A small dict shaped like the one osml.simulate.simulate returns, with numpy values in it."""
+    """A small dict shaped like the one osml.ops.simulate.simulate returns, with numpy values in it."""
     rng = np.random.default_rng(0)
     agents = ["0", "1", "M0"]
     subcontexts = {"0": ["0", "1"], "1": ["0", "1"], "M0": ["M0"]}

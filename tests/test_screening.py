@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from osml.adversary import constant, parse_adversary, replay, scaled
-from osml.anchor import context_anchor
-from osml.learner import OsmoticLearner
-from osml.screening import CopyDetector, median_norm, relative_spread, screen
+
+from osml.core.anchor import context_anchor
+from osml.core.learner import OsmoticLearner
+from osml.core.screening import CopyDetector, median_norm, relative_spread, screen
+from osml_testing.adversary import constant, parse_adversary, replay, scaled
 
 RNG = np.random.default_rng(7)
 ANCHOR = context_anchor("sim", 5, 3.8)
@@ -31,7 +32,9 @@ def test_relative_spread_and_median_norm() -> None:
 
 def test_screen_leaves_out_constant_and_scaled_and_rescales_the_rest() -> None:
     a, b = honest_pair()
-    kept, out = screen(a, {"b": 2 * b, "c": np.tile(ANCHOR, (len(a), 1)), "s": 1e6 * b, "t": 1e-6 * b})
+    kept, out = screen(
+        a, {"b": 2 * b, "c": np.tile(ANCHOR, (len(a), 1)), "s": 1e6 * b, "t": 1e-6 * b}
+    )
     assert out == {"c": "constant", "s": "scale", "t": "scale"}
     assert median_norm(kept["b"]) == pytest.approx(median_norm(a), rel=1e-5)  # 2x brought back
 
@@ -50,7 +53,9 @@ def test_copy_detector_names_replays_and_echoes_but_not_repeats() -> None:
 def test_learner_gives_an_adversary_no_weight(attack: str) -> None:
     """Pure numpy: honest a and b, adversary x; x never pulls on a, a's target stays a's size."""
     learner = OsmoticLearner("a", ["b", "x"])
-    behave = {"constant": constant(ANCHOR), "scaled": scaled("b", 1e6), "replay": replay("b", 2)}[attack]
+    behave = {"constant": constant(ANCHOR), "scaled": scaled("b", 1e6), "replay": replay("b", 2)}[
+        attack
+    ]
     history: list[dict[str, np.ndarray]] = []
     for _ in range(8):
         a, b = honest_pair()
@@ -78,18 +83,22 @@ def test_parse_adversary_errors_name_the_forms() -> None:
 def test_honest_agents_keep_their_subcontext_next_to_an_adversary(attack: str) -> None:
     """Generated simple context, agents 0 and 1 (correlated), adversary x linked to both."""
     pytest.importorskip("torch")
-    from osml.data import load_dataset
-    from osml.simulate import SimulationSettings, simulate
+    from osml.agent.data import load_dataset
+    from osml.ops.simulate import SimulationSettings, simulate
     from osml.trainer import TrainerSettings
 
     ds = load_dataset("generated:simple", seed=3)
     settings = SimulationSettings(rounds=6, seed=3, trainer=TrainerSettings(steps_per_round=80))
-    rep = simulate(ds, settings, ["0", "1"], adversaries={"x": parse_adversary(attack, ANCHOR, ["0", "1"])})
+    rep = simulate(
+        ds, settings, ["0", "1"], adversaries={"x": parse_adversary(attack, ANCHOR, ["0", "1"])}
+    )
     final = rep["final"]
     assert final["subcontexts"] == {"0": ["0", "1"], "1": ["0", "1"]}
     assert all(w.get("x", 0.0) == 0.0 for w in final["osmosis_weights"].values())
     assert final["centered_alignment"]["0"]["1"] >= 0.95
     norms = [median_norm(e) for e in rep["embeddings"].values()]
     assert max(norms) < 3 * np.linalg.norm(ANCHOR)  # no inflation through the blend
-    screened = {r for rnd in rep["rounds"] for per in rnd.get("screened", {}).values() for r in per.values()}
+    screened = {
+        r for rnd in rep["rounds"] for per in rnd.get("screened", {}).values() for r in per.values()
+    }
     assert screened  # the adversary was noticed, not merely outvoted

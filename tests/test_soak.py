@@ -19,11 +19,17 @@ import soak
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("needs_broker_and_torch")]
 
 
-
-
 def test_small_soak_passes_every_check(tmp_path: Path) -> None:
-    cfg = soak.SoakConfig(out=tmp_path / "soak", agents=4, rounds=6, drop_rate=0.1, restarts=1, trainers=1,
-                          sample_every=1.0, timeout=300.0)
+    cfg = soak.SoakConfig(
+        out=tmp_path / "soak",
+        agents=4,
+        rounds=6,
+        drop_rate=0.1,
+        restarts=1,
+        trainers=1,
+        sample_every=1.0,
+        timeout=300.0,
+    )
     lines: list[str] = []
 
     result = soak.run_soak(cfg, lines.append)
@@ -31,7 +37,11 @@ def test_small_soak_passes_every_check(tmp_path: Path) -> None:
     assert result["checks"] and all(result["checks"].values()), soak.summary_text(result)
     assert result["agents"] == 4 and result["rounds_completed"]["min"] >= 6
     assert len(result["restarts"]) == 1 and result["reconnects"]["min"] >= 1
-    assert result["online_at_end"] == 4 and not result["leftover_processes"] and not result["leftover_sockets"]
+    assert (
+        result["online_at_end"] == 4
+        and not result["leftover_processes"]
+        and not result["leftover_sockets"]
+    )
     assert result["start"]["rss_mb"]["agents"]["sum"] > 0 and result["end"]["fds"]["agents_max"] > 0
     assert "late_frames" in result["rejected"] and "invalid_frames" in result["rejected"]
     assert json.loads((cfg.out / "soak.json").read_text())["passed"] is True
@@ -41,7 +51,9 @@ def test_small_soak_passes_every_check(tmp_path: Path) -> None:
 def test_restart_rounds_are_spread_inside_the_run() -> None:
     import random
 
-    plan = soak.restart_rounds(soak.SoakConfig(out=Path(), rounds=100, restarts=6), random.Random(0))
+    plan = soak.restart_rounds(
+        soak.SoakConfig(out=Path(), rounds=100, restarts=6), random.Random(0)
+    )
 
     assert len(plan) == 6 and plan == sorted(plan) and len(set(plan)) == 6
     assert all(2 <= r < 97 for r in plan)
@@ -54,15 +66,31 @@ def test_growth_helpers() -> None:
 
 
 def test_fleet_config_with_signing_key_and_soak_settings_loads(tmp_path: Path) -> None:
-    from osml.config import load_config
-    from osml.fleet import FleetOptions, agent_toml, write_signing_key
-    from osml.simulate import SimulationSettings
+    from osml.agent.config import load_config
+    from osml.ops.fleet import FleetOptions, agent_toml, write_signing_key
+    from osml.ops.simulate import SimulationSettings
 
     key = write_signing_key(tmp_path / "signing.key")
-    options = FleetOptions(count=0, trainer_settings={"steps_per_round": 20, "learning_rate": 0.001}, trainers=2,
-                           sign=True)
-    text = agent_toml("0", 0, "generated:complex", 3, ["1"], SimulationSettings(context="soak-00"),
-                      "mqtt://127.0.0.1:1883", tmp_path / "state", None, tmp_path / "t.sock", options, key)
+    options = FleetOptions(
+        count=0,
+        trainer_settings={"steps_per_round": 20, "learning_rate": 0.001},
+        trainers=2,
+        sign=True,
+    )
+    text = agent_toml(
+        "0",
+        0,
+        "generated:complex",
+        3,
+        ["1"],
+        SimulationSettings(context="soak-00"),
+        "mqtt://127.0.0.1:1883",
+        tmp_path / "state",
+        None,
+        tmp_path / "t.sock",
+        options,
+        key,
+    )
     (tmp_path / "agent.toml").write_text(text)
 
     cfg = load_config(tmp_path / "agent.toml")
@@ -71,5 +99,9 @@ def test_fleet_config_with_signing_key_and_soak_settings_loads(tmp_path: Path) -
     assert len(key.read_text().strip()) == 64 and int(key.read_text(), 16) >= 0
     assert cfg.signing.key_file == str(key) and cfg.signing.require and len(cfg.signing.keys()) == 1
     assert cfg.rounds.count == 0 and cfg.rounds.eval_dir == ""
-    assert cfg.trainer.settings == {"objective": "vc", "steps_per_round": 20, "learning_rate": 0.001}
+    assert cfg.trainer.settings == {
+        "objective": "vc",
+        "steps_per_round": 20,
+        "learning_rate": 0.001,
+    }
     assert cfg.data.seed == 3

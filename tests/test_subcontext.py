@@ -1,4 +1,4 @@
-"""Tests for osml.subcontext (affinity memory, hysteresis) and osml.learner (one agent's round)."""
+"""Tests for osml.core.subcontext (affinity memory, hysteresis) and osml.core.learner (one agent's round)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from osml.learner import LearnerSettings, OsmoticLearner
-from osml.subcontext import SubcontextMemory, SubcontextPolicy, decide_member, update_memory
+from osml.core.learner import LearnerSettings, OsmoticLearner
+from osml.core.subcontext import SubcontextMemory, SubcontextPolicy, decide_member, update_memory
 
 
 def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
@@ -38,7 +38,13 @@ def test_policy_rejects_bad_values(kwargs: dict[str, float]) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"memory": 1.0}, {"enter": 0.5, "leave": 0.5}, {"warmup_rounds": 0}, {"enter": 1.0, "leave": 0.0}]
+    "kwargs",
+    [
+        {"memory": 1.0},
+        {"enter": 0.5, "leave": 0.5},
+        {"warmup_rounds": 0},
+        {"enter": 1.0, "leave": 0.0},
+    ],
 )
 def test_policy_accepts_boundary_values(kwargs: dict[str, float]) -> None:
     SubcontextPolicy(**kwargs)
@@ -103,8 +109,18 @@ def test_memory_warmup_keeps_unrelated_neighbour() -> None:
 
 def test_memory_hysteresis_sequence() -> None:
     # memory = 1 makes the memory equal the newest affinity, so the hysteresis is visible directly.
-    mem = SubcontextMemory(policy=SubcontextPolicy(memory=1.0, enter=0.6, leave=0.45, warmup_rounds=0))
-    sequence = [(0.5, True), (0.44, False), (0.5, False), (0.59, False), (0.6, True), (0.45, True), (0.2, False)]
+    mem = SubcontextMemory(
+        policy=SubcontextPolicy(memory=1.0, enter=0.6, leave=0.45, warmup_rounds=0)
+    )
+    sequence = [
+        (0.5, True),
+        (0.44, False),
+        (0.5, False),
+        (0.59, False),
+        (0.6, True),
+        (0.45, True),
+        (0.2, False),
+    ]
 
     got = [(value, mem.observe({"nb": value})["nb"]) for value, _ in sequence]
 
@@ -162,7 +178,9 @@ def test_memory_from_empty_dict() -> None:
 # --- OsmoticLearner -------------------------------------------------------------------------
 
 
-def learner_round(rng: np.random.Generator, q: np.ndarray, n: int = 200, d: int = 8) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def learner_round(
+    rng: np.random.Generator, q: np.ndarray, n: int = 200, d: int = 8
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     own = rng.standard_normal((n, d)).astype(np.float32)
     related = (1.5 * own @ q + 0.1 * rng.standard_normal((n, d))).astype(np.float32)
     noise = rng.standard_normal((n, d)).astype(np.float32)
@@ -172,7 +190,9 @@ def learner_round(rng: np.random.Generator, q: np.ndarray, n: int = 200, d: int 
 def test_learner_excludes_noise_neighbour_after_warmup() -> None:
     rng = np.random.default_rng(20)
     q = random_rotation(8, rng)
-    learner = OsmoticLearner("me", ["related", "noise"], LearnerSettings(policy=SubcontextPolicy(warmup_rounds=2)))
+    learner = OsmoticLearner(
+        "me", ["related", "noise"], LearnerSettings(policy=SubcontextPolicy(warmup_rounds=2))
+    )
 
     outcomes = [learner.step(*learner_round(rng, q)) for _ in range(5)]
 
@@ -194,7 +214,9 @@ def test_learner_excludes_noise_neighbour_after_warmup() -> None:
 def test_learner_target_ignores_excluded_neighbour() -> None:
     rng = np.random.default_rng(21)
     q = random_rotation(8, rng)
-    learner = OsmoticLearner("me", ["related", "noise"], LearnerSettings(policy=SubcontextPolicy(warmup_rounds=0)))
+    learner = OsmoticLearner(
+        "me", ["related", "noise"], LearnerSettings(policy=SubcontextPolicy(warmup_rounds=0))
+    )
     learner.step(*learner_round(rng, q))  # warm-up 0: noise is out after this round
     twin = copy.deepcopy(learner)
     own, received = learner_round(rng, q)
@@ -229,7 +251,9 @@ def test_learner_ignores_senders_that_are_not_neighbours() -> None:
     own = rng.standard_normal((20, 3)).astype(np.float32)
 
     near = (own + 0.01 * rng.standard_normal((20, 3))).astype(np.float32)  # not an exact echo
-    out = learner.step(own, {"a": near, "stranger": rng.standard_normal((20, 3)).astype(np.float32)})
+    out = learner.step(
+        own, {"a": near, "stranger": rng.standard_normal((20, 3)).astype(np.float32)}
+    )
 
     assert set(out.weights) == {"me", "a"}
     assert out.weights["me"] == pytest.approx(0.5, abs=0.01)

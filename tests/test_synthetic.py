@@ -1,13 +1,13 @@
-"""Tests of osml.synthetic: determinism, shapes, held-out test rows, correlation structure."""
+"""Tests of osml.agent.synthetic: determinism, shapes, held-out test rows, correlation structure."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from osml.data import Dataset
+from osml.agent.data import Dataset
+from osml.agent.synthetic import generate
 from osml.errors import ConfigError
-from osml.synthetic import generate
 
 
 def columns(ds: Dataset, split: str = "train") -> np.ndarray:

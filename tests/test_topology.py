@@ -1,13 +1,13 @@
-"""Tests for osml.topology (neighbour lists) and osml.anchor (context anchors)."""
+"""Tests for osml.core.topology (neighbour lists) and osml.core.anchor (context anchors)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from osml.anchor import context_anchor
+from osml.core.anchor import context_anchor
+from osml.core.topology import neighbours, parse_topology
 from osml.errors import ConfigError
-from osml.topology import neighbours, parse_topology
 
 IDS = [f"agent-{i}" for i in range(10)]
 
@@ -24,14 +24,33 @@ def assert_symmetric_simple(graph: dict[str, list[str]]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "expected"), [("full", ("full", 0)), ("ring", ("ring", 0)), ("random:1", ("random", 1)), ("random:12", ("random", 12))]
+    ("spec", "expected"),
+    [
+        ("full", ("full", 0)),
+        ("ring", ("ring", 0)),
+        ("random:1", ("random", 1)),
+        ("random:12", ("random", 12)),
+    ],
 )
 def test_parse_topology(spec: str, expected: tuple[str, int]) -> None:
     assert parse_topology(spec) == expected
 
 
 @pytest.mark.parametrize(
-    "spec", ["", "star", "random", "random:", "random:0", "random:-1", "random:x", "random:2.5", "full:2", "ring:1", "Full"]
+    "spec",
+    [
+        "",
+        "star",
+        "random",
+        "random:",
+        "random:0",
+        "random:-1",
+        "random:x",
+        "random:2.5",
+        "full:2",
+        "ring:1",
+        "Full",
+    ],
 )
 def test_parse_topology_rejects_malformed(spec: str) -> None:
     with pytest.raises(ConfigError, match="topology"):
@@ -78,7 +97,11 @@ def test_ring_of_two_lists_the_other_once() -> None:
 
 
 def test_ring_of_three_is_a_triangle() -> None:
-    assert neighbours(["x", "y", "z"], "ring") == {"x": ["y", "z"], "y": ["x", "z"], "z": ["x", "y"]}
+    assert neighbours(["x", "y", "z"], "ring") == {
+        "x": ["y", "z"],
+        "y": ["x", "z"],
+        "z": ["x", "y"],
+    }
 
 
 @pytest.mark.parametrize("spec", ["full", "ring", "random:3"])
@@ -111,7 +134,10 @@ def test_random_is_deterministic_per_seed() -> None:
 
 
 def test_random_differs_across_seeds() -> None:
-    graphs = {tuple(sorted((a, tuple(sorted(b))) for a, b in neighbours(IDS, "random:3", seed=s).items())) for s in range(6)}
+    graphs = {
+        tuple(sorted((a, tuple(sorted(b))) for a, b in neighbours(IDS, "random:3", seed=s).items()))
+        for s in range(6)
+    }
 
     assert len(graphs) > 1
 

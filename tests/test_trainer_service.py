@@ -18,12 +18,13 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-from osml.anchor import context_anchor
+
+from osml.agent.inference import OnnxEncoder
+from osml.agent.modelcard import ModelCard
+from osml.agent.trainer_client import TrainerClient
+from osml.core.anchor import context_anchor
 from osml.errors import ModelError, TrainerError
-from osml.inference import OnnxEncoder
-from osml.ipc import pack_array, recv_msg, send_msg, unpack_array
-from osml.modelcard import ModelCard
-from osml.trainer_client import TrainerClient
+from osml.wire.ipc import pack_array, recv_msg, send_msg, unpack_array
 
 torch = pytest.importorskip("torch")
 
@@ -43,20 +44,31 @@ def series(seed: int, n: int = 240) -> np.ndarray:
 
 
 def windows_of(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(x, WINDOW, axis=0).transpose(0, 2, 1))
+    return np.ascontiguousarray(
+        np.lib.stride_tricks.sliding_window_view(x, WINDOW, axis=0).transpose(0, 2, 1)
+    )
 
 
 DATA = series(0)
 WINDOWS = windows_of(DATA)
 ANCHOR = context_anchor(CONTEXT, EMB, 3.0)
-TARGETS = (ANCHOR + np.random.default_rng(5).standard_normal((len(WINDOWS), EMB))).astype(np.float32)
+TARGETS = (ANCHOR + np.random.default_rng(5).standard_normal((len(WINDOWS), EMB))).astype(
+    np.float32
+)
 
 
 def init(client: TrainerClient, agent_id: str = "a1", **overrides: Any) -> int:
     kwargs: dict[str, Any] = {
-        "agent_id": agent_id, "context": CONTEXT, "architecture": "mlp", "window": WINDOW,
-        "n_features": N_FEATURES, "embedding_dim": EMB, "seed": 7, "train_data": DATA,
-        "anchor": ANCHOR, "settings": dict(FAST),
+        "agent_id": agent_id,
+        "context": CONTEXT,
+        "architecture": "mlp",
+        "window": WINDOW,
+        "n_features": N_FEATURES,
+        "embedding_dim": EMB,
+        "seed": 7,
+        "train_data": DATA,
+        "anchor": ANCHOR,
+        "settings": dict(FAST),
     }
     kwargs.update(overrides)
     return client.init_agent(**kwargs)
@@ -128,7 +140,9 @@ def test_pack_unpack_roundtrip() -> None:
     a = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
     d = pack_array(a)
     assert d["dtype"] == "float32" and d["shape"] == [2, 3, 4]
-    back = unpack_array(msgpack.unpackb(msgpack.packb(d, use_bin_type=True), raw=False), expect_ndim=3)
+    back = unpack_array(
+        msgpack.unpackb(msgpack.packb(d, use_bin_type=True), raw=False), expect_ndim=3
+    )
     assert back.dtype == np.float32 and back.flags.writeable
     np.testing.assert_array_equal(back, a.astype(np.float32))
 
@@ -216,10 +230,14 @@ def test_send_msg_rejects_unpackable() -> None:
 
 @pytest.mark.parametrize(("arch", "objective"), [("mlp", "vc"), ("gru", "masked"), ("conv", "vc")])
 def test_state_arrays_restore_an_identical_trainer(arch: str, objective: str) -> None:
-    settings = TrainerSettings(architecture=arch, objective=objective, steps_per_round=5, batch_size=32)
+    settings = TrainerSettings(
+        architecture=arch, objective=objective, steps_per_round=5, batch_size=32
+    )
 
     def fresh(seed: int) -> EncoderTrainer:
-        return EncoderTrainer(settings, WINDOW, N_FEATURES, EMB, seed=seed, train_data=DATA, offset=ANCHOR)
+        return EncoderTrainer(
+            settings, WINDOW, N_FEATURES, EMB, seed=seed, train_data=DATA, offset=ANCHOR
+        )
 
     original = fresh(1)
     original.fit(WINDOWS, TARGETS)
@@ -323,7 +341,13 @@ def test_restart_reloads_agent_and_continues(tmp_short: Path) -> None:
     # Reference: the same agent trained for two rounds in one process, never restarted. Matching
     # it means the restarted trainer resumed weights, AdamW moments and the batch sampler.
     ref = EncoderTrainer(
-        TrainerSettings(architecture="mlp", **settings), WINDOW, N_FEATURES, EMB, seed=7, train_data=DATA, offset=ANCHOR
+        TrainerSettings(architecture="mlp", **settings),
+        WINDOW,
+        N_FEATURES,
+        EMB,
+        seed=7,
+        train_data=DATA,
+        offset=ANCHOR,
     )
     ref.fit(WINDOWS, TARGETS)
     ref.fit(WINDOWS, TARGETS)
@@ -423,13 +447,27 @@ def test_garbage_gets_error_and_server_keeps_serving(client: TrainerClient, payl
         ({"op": "ping"}, "protocol version"),
         ({"v": 1, "op": "explode"}, "unknown op"),
         ({"v": 1, "op": "init", "agent_id": 5}, "agent_id must be a string"),
-        ({"v": 1, "op": "init", "agent_id": "a", "context": "c", "architecture": "lstm"}, "architecture"),
-        ({"v": 1, "op": "train", "agent_id": "a", "context": "c", "round": 0, "version": 1}, "not registered"),
-        ({"v": 1, "op": "train", "agent_id": "a", "context": "c", "round": -1, "version": 1}, "round"),
-        ({"v": 1, "op": "initial_model", "agent_id": "a\x00", "context": "c", "version": 1}, "control"),
+        (
+            {"v": 1, "op": "init", "agent_id": "a", "context": "c", "architecture": "lstm"},
+            "architecture",
+        ),
+        (
+            {"v": 1, "op": "train", "agent_id": "a", "context": "c", "round": 0, "version": 1},
+            "not registered",
+        ),
+        (
+            {"v": 1, "op": "train", "agent_id": "a", "context": "c", "round": -1, "version": 1},
+            "round",
+        ),
+        (
+            {"v": 1, "op": "initial_model", "agent_id": "a\x00", "context": "c", "version": 1},
+            "control",
+        ),
     ],
 )
-def test_bad_requests_get_error_replies(service: Running, request_: dict[str, Any], match: str) -> None:
+def test_bad_requests_get_error_replies(
+    service: Running, request_: dict[str, Any], match: str
+) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(10)
         s.connect(str(service.socket_path))
@@ -462,7 +500,9 @@ def test_bad_shapes_get_error_replies(client: TrainerClient) -> None:
         ({"architecture": "gru"}, "contradicts"),
     ],
 )
-def test_bad_settings_raise_with_message(client: TrainerClient, settings: dict[str, object], match: str) -> None:
+def test_bad_settings_raise_with_message(
+    client: TrainerClient, settings: dict[str, object], match: str
+) -> None:
     with pytest.raises(TrainerError, match=match):
         init(client, settings=settings)
     assert init(client, "ok", settings={"learning_rate": 1}) == 0  # an int is a fine float
@@ -481,7 +521,9 @@ def test_trainer_killed_mid_job_raises(tmp_short: Path) -> None:
     sock = tmp_short / "k.sock"
     code = "import sys; from osml.trainer.service import serve; serve(sys.argv[1], sys.argv[2])"
     with open(tmp_short / "stderr.log", "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-c", code, str(sock), str(tmp_short / "state")], stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(sock), str(tmp_short / "state")], stderr=err
+        )
     try:
         client = TrainerClient(sock, timeout=30)
         deadline = time.monotonic() + 60
@@ -529,21 +571,26 @@ def fake_trainer(path: Path, replies: list[dict[str, Any]]) -> threading.Thread:
     return thread
 
 
-def test_client_verifies_returned_model(tmp_short: Path, tiny_model: tuple[bytes, ModelCard]) -> None:
+def test_client_verifies_returned_model(
+    tmp_short: Path, tiny_model: tuple[bytes, ModelCard]
+) -> None:
     model, card = tiny_model
     ok_card = card.to_json()
     wrong_dim = ModelCard(**{**card.__dict__, "embedding_dim": EMB + 1}).to_json()
     path = tmp_short / "f.sock"
-    thread = fake_trainer(path, [
-        {"ok": True, "version": 0},
-        {"ok": True, "model": model, "card": ok_card},
-        {"ok": True, "model": model + b"x", "card": ok_card},
-        {"ok": True, "model": model, "card": wrong_dim},
-        {"ok": True, "model": model, "card": "{not json"},
-        {"ok": True, "model": model, "card": ok_card, "losses": {"align": "low"}},
-        {"ok": "yes"},
-        {"ok": False, "error": "out of memory"},
-    ])
+    thread = fake_trainer(
+        path,
+        [
+            {"ok": True, "version": 0},
+            {"ok": True, "model": model, "card": ok_card},
+            {"ok": True, "model": model + b"x", "card": ok_card},
+            {"ok": True, "model": model, "card": wrong_dim},
+            {"ok": True, "model": model, "card": "{not json"},
+            {"ok": True, "model": model, "card": ok_card, "losses": {"align": "low"}},
+            {"ok": "yes"},
+            {"ok": False, "error": "out of memory"},
+        ],
+    )
     client = TrainerClient(path, timeout=5)
     assert init(client) == 0
     assert client.initial_model("a1", WINDOWS, 1)[1].version == 1

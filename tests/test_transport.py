@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from osml import topics
-from osml.broker import MosquittoProcess, find_mosquitto, free_port
+
 from osml.errors import ConfigError, TransportError
-from osml.transport import BrokerSettings, Message, Transport
+from osml.net.broker import MosquittoProcess, find_mosquitto, free_port
+from osml.net.transport import BrokerSettings, Message, Transport
+from osml.wire import topics
 
 PROTOCOLS = ["5", "3.1.1"]
 WAIT = 10.0  # upper bound for anything that should happen within milliseconds
@@ -268,7 +269,7 @@ def test_non_persistent_session_does_not_queue(
 
 _CHILD = """
 import sys
-from osml.transport import BrokerSettings, Transport
+from osml.net.transport import BrokerSettings, Transport
 url, cid, topic = sys.argv[1:4]
 t = Transport(BrokerSettings(url), cid, will=(topic, b'{"state": "offline"}'))
 t.connect(10)

@@ -43,7 +43,7 @@ class FrameError(OsmlError):
     """A frame received from the network is malformed, oversized, forged or inconsistent.
 
     ``reason`` is a short stable code (``malformed``, ``oversize``, ``bad_signature`` ...; see
-    :mod:`osml.inbox` for the list) that agents count rejections by.
+    :mod:`osml.wire.inbox` for the list) that agents count rejections by.
     """
 
     def __init__(self, message: str, reason: str = "malformed") -> None:

@@ -2,7 +2,7 @@
 
 Every encoder standardises its input with the agent's own training statistics (fixed buffers, so
 the ONNX file takes raw windows) and adds a fixed ``offset`` to its output (the context anchor, see
-:func:`osml.anchor.context_anchor`). Agents may use different architectures; only the embedding
+:func:`osml.core.anchor.context_anchor`). Agents may use different architectures; only the embedding
 size is shared.
 
 * ``gru``  - the paper's choice: a GRU over the window, its last hidden state through a linear head.
@@ -76,7 +76,9 @@ class MLPEncoder(Encoder):
 class ConvEncoder(Encoder):
     architecture = "conv"
 
-    def __init__(self, window: int, n_features: int, embedding_dim: int, channels: int = 24) -> None:
+    def __init__(
+        self, window: int, n_features: int, embedding_dim: int, channels: int = 24
+    ) -> None:
         super().__init__(window, n_features, embedding_dim)
         self.conv1 = nn.Conv1d(n_features, channels, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(channels, channels, kernel_size=3, padding=1)
@@ -89,7 +91,11 @@ class ConvEncoder(Encoder):
         return self.head(torch.cat([h.mean(dim=2), h[:, :, -1]], dim=1))
 
 
-ARCHITECTURES: dict[str, type[Encoder]] = {"gru": GRUEncoder, "mlp": MLPEncoder, "conv": ConvEncoder}
+ARCHITECTURES: dict[str, type[Encoder]] = {
+    "gru": GRUEncoder,
+    "mlp": MLPEncoder,
+    "conv": ConvEncoder,
+}
 
 
 def build_encoder(
@@ -99,10 +105,16 @@ def build_encoder(
     try:
         cls = ARCHITECTURES[architecture]
     except KeyError:
-        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}") from None
+        raise ValueError(
+            f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}"
+        ) from None
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return cls(window, n_features, embedding_dim, width) if width > 0 else cls(window, n_features, embedding_dim)
+        return (
+            cls(window, n_features, embedding_dim, width)
+            if width > 0
+            else cls(window, n_features, embedding_dim)
+        )
     finally:
         torch.random.set_rng_state(gen_state)

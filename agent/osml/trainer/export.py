@@ -23,8 +23,8 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from osml.agent.modelcard import ModelCard, sha256_hex
 from osml.errors import ExportError
-from osml.modelcard import ModelCard, sha256_hex
 from osml.trainer.encoders import ConvEncoder, Encoder, GRUEncoder, MLPEncoder
 
 __all__ = ["IR_VERSION", "OPSET", "build_onnx", "check_parity", "export_onnx"]
@@ -64,7 +64,9 @@ def _head(g: _Graph, enc: Encoder, x: str, head: torch.nn.Linear) -> str:
     # The context offset is folded into the head's bias: one Gemm, same arithmetic as torch's
     # Linear followed by the addition up to float rounding (checked by the parity test).
     bias = _np(head.bias) + _np(enc.offset)
-    return g.op("Gemm", [x, g.const("head_w", _np(head.weight)), g.const("head_b", bias)], OUTPUT, transB=1)
+    return g.op(
+        "Gemm", [x, g.const("head_w", _np(head.weight)), g.const("head_b", bias)], OUTPUT, transB=1
+    )
 
 
 def _gru_graph(g: _Graph, enc: GRUEncoder) -> None:
@@ -86,23 +88,42 @@ def _gru_graph(g: _Graph, enc: GRUEncoder) -> None:
             linear_before_reset=1,  # torch applies the reset gate after the recurrent matmul
         )
     )
-    last = g.op("Squeeze", ["gru_last", g.const("axis0", np.array([0], dtype=np.int64))], "last_hidden")
+    last = g.op(
+        "Squeeze", ["gru_last", g.const("axis0", np.array([0], dtype=np.int64))], "last_hidden"
+    )
     _head(g, enc, last, enc.head)
 
 
 def _mlp_graph(g: _Graph, enc: MLPEncoder) -> None:
     flat = g.op("Flatten", [_normalise(g, enc)], "flat", axis=1)
-    pre = g.op("Gemm", [flat, g.const("hidden_w", _np(enc.hidden.weight)), g.const("hidden_b", _np(enc.hidden.bias))], "pre", transB=1)
+    pre = g.op(
+        "Gemm",
+        [
+            flat,
+            g.const("hidden_w", _np(enc.hidden.weight)),
+            g.const("hidden_b", _np(enc.hidden.bias)),
+        ],
+        "pre",
+        transB=1,
+    )
     _head(g, enc, g.op("Tanh", [pre], "act"), enc.head)
 
 
 def _conv_graph(g: _Graph, enc: ConvEncoder) -> None:
     x = g.op("Transpose", [_normalise(g, enc)], "channels_first", perm=[0, 2, 1])
     for i, conv in enumerate((enc.conv1, enc.conv2), start=1):
-        x = g.op("Conv", [x, g.const(f"conv{i}_w", _np(conv.weight)), g.const(f"conv{i}_b", _np(conv.bias))], f"conv{i}", kernel_shape=[3], pads=[1, 1])
+        x = g.op(
+            "Conv",
+            [x, g.const(f"conv{i}_w", _np(conv.weight)), g.const(f"conv{i}_b", _np(conv.bias))],
+            f"conv{i}",
+            kernel_shape=[3],
+            pads=[1, 1],
+        )
         x = g.op("Relu", [x], f"relu{i}")
     mean = g.op("ReduceMean", [x], "time_mean", axes=[2], keepdims=0)
-    last = g.op("Gather", [x, g.const("last_idx", np.array(-1, dtype=np.int64))], "time_last", axis=2)
+    last = g.op(
+        "Gather", [x, g.const("last_idx", np.array(-1, dtype=np.int64))], "time_last", axis=2
+    )
     _head(g, enc, g.op("Concat", [mean, last], "summary", axis=1), enc.head)
 
 
@@ -120,11 +141,17 @@ def build_onnx(enc: Encoder) -> bytes:
     graph = helper.make_graph(
         g.nodes,
         f"osml_{enc.architecture}",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", enc.window, enc.n_features])],
+        [
+            helper.make_tensor_value_info(
+                INPUT, TensorProto.FLOAT, ["batch", enc.window, enc.n_features]
+            )
+        ],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", enc.embedding_dim])],
         initializer=g.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="osml")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="osml"
+    )
     model.ir_version = IR_VERSION
     return model.SerializeToString()
 
@@ -157,7 +184,9 @@ def check_parity(enc: Encoder, model: bytes, windows: np.ndarray, tolerance: flo
         sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         got = sess.run([OUTPUT], {INPUT: x})[0]
     except Exception as exc:
-        raise ExportError(f"onnxruntime cannot run the exported {enc.architecture} model: {exc}") from exc
+        raise ExportError(
+            f"onnxruntime cannot run the exported {enc.architecture} model: {exc}"
+        ) from exc
     with torch.no_grad():
         want = enc.eval()(torch.from_numpy(x)).numpy()
     diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
@@ -181,7 +210,7 @@ def export_onnx(
     """Export ``enc`` and check parity on ``windows`` (real inputs, >= 2 of them).
 
     Returns the model bytes, its card and the measured max abs difference. Writing is the
-    caller's job (:func:`osml.modelcard.write_model` does it atomically).
+    caller's job (:func:`osml.agent.modelcard.write_model` does it atomically).
     """
     if len(windows) < 2:
         raise ExportError("parity check needs at least 2 real windows")

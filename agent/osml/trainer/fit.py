@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from osml.modelcard import ModelCard
+from osml.agent.modelcard import ModelCard
 from osml.trainer.encoders import ARCHITECTURES, build_encoder
 from osml.trainer.export import export_onnx
 from osml.trainer.objectives import (
@@ -42,11 +42,15 @@ class TrainerSettings:
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {self.architecture!r}")
+            raise ValueError(
+                f"architecture must be one of {sorted(ARCHITECTURES)}, got {self.architecture!r}"
+            )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.steps_per_round < 1 or self.batch_size < 2 or self.learning_rate <= 0:
-            raise ValueError("steps_per_round >= 1, batch_size >= 2 and learning_rate > 0 are required")
+            raise ValueError(
+                "steps_per_round >= 1, batch_size >= 2 and learning_rate > 0 are required"
+            )
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError("mask_ratio must be in (0, 1)")
 
@@ -67,7 +71,9 @@ class EncoderTrainer:
     ) -> None:
         self.settings = settings
         torch.set_num_threads(settings.threads)
-        self.encoder = build_encoder(settings.architecture, window, n_features, embedding_dim, seed, settings.hidden)
+        self.encoder = build_encoder(
+            settings.architecture, window, n_features, embedding_dim, seed, settings.hidden
+        )
         data = np.asarray(train_data, dtype=np.float64).reshape(-1, n_features)
         self.encoder.set_normalisation(data.mean(axis=0), data.std(axis=0))
         if offset is not None:
@@ -77,9 +83,13 @@ class EncoderTrainer:
         self.decoder: nn.Module | None = None
         if settings.objective == "masked":
             torch.manual_seed(seed + 104729)
-            self.decoder = nn.Sequential(nn.Linear(embedding_dim, 64), nn.Tanh(), nn.Linear(64, window * n_features))
+            self.decoder = nn.Sequential(
+                nn.Linear(embedding_dim, 64), nn.Tanh(), nn.Linear(64, window * n_features)
+            )
             params += list(self.decoder.parameters())
-        self.optim = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        self.optim = torch.optim.AdamW(
+            params, lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
         self.version = 0
         self._scale_head(data, window)
 
@@ -90,7 +100,11 @@ class EncoderTrainer:
         # vary by a few hundredths and the first rounds are spent just growing them.
         if len(data) < window + 1:
             return
-        x = torch.from_numpy(np.lib.stride_tricks.sliding_window_view(data.astype(np.float32), window, axis=0).transpose(0, 2, 1).copy())
+        x = torch.from_numpy(
+            np.lib.stride_tricks.sliding_window_view(data.astype(np.float32), window, axis=0)
+            .transpose(0, 2, 1)
+            .copy()
+        )
         emb = self.encoder.eval()(x) - self.encoder.offset
         std = emb.std(dim=0).clamp(min=1e-3)
         head = self.encoder.head
@@ -102,7 +116,9 @@ class EncoderTrainer:
     def _ssl(self, xb: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.settings
         if s.objective == "vc":
-            return variance_covariance_loss(emb - self.encoder.offset, s.var_target, s.cov_weight, s.per_dim_variance), emb
+            return variance_covariance_loss(
+                emb - self.encoder.offset, s.var_target, s.cov_weight, s.per_dim_variance
+            ), emb
         assert self.decoder is not None
         mask = torch.rand(xb.shape[:2], generator=self.gen) < s.mask_ratio
         hidden_in = torch.where(mask.unsqueeze(-1), self.encoder.in_mean.expand_as(xb), xb)
@@ -121,7 +137,9 @@ class EncoderTrainer:
             idx = torch.randint(len(x), (min(s.batch_size, len(x)),), generator=self.gen)
             xb, yb = x[idx], y[idx]
             if s.input_noise > 0:
-                xb = xb + s.input_noise * self.encoder.in_std * torch.randn(xb.shape, generator=self.gen)
+                xb = xb + s.input_noise * self.encoder.in_std * torch.randn(
+                    xb.shape, generator=self.gen
+                )
             emb = self.encoder(xb)
             ssl, _ = self._ssl(xb, emb)
             align = alignment_loss(emb, yb)
@@ -134,7 +152,9 @@ class EncoderTrainer:
         self.encoder.eval()
         return {k: v / s.steps_per_round for k, v in totals.items()}
 
-    def export(self, windows: np.ndarray, *, agent: str = "", context: str = "") -> tuple[bytes, ModelCard, float]:
+    def export(
+        self, windows: np.ndarray, *, agent: str = "", context: str = ""
+    ) -> tuple[bytes, ModelCard, float]:
         """Next model version as ONNX, parity-checked on up to 256 of ``windows``."""
         self.version += 1
         sample = windows[:: max(1, len(windows) // 256)][:256]

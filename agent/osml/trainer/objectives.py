@@ -25,7 +25,9 @@ def alignment_loss(emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((emb - target) ** 2).sum(dim=1).mean()
 
 
-def variance_covariance_loss(emb: torch.Tensor, var_target: float, cov_weight: float = 0.1, per_dim: bool = True) -> torch.Tensor:
+def variance_covariance_loss(
+    emb: torch.Tensor, var_target: float, cov_weight: float = 0.1, per_dim: bool = True
+) -> torch.Tensor:
     z = emb - emb.mean(dim=0)
     if per_dim:
         std = torch.sqrt(z.var(dim=0) + 1e-4)
@@ -38,7 +40,9 @@ def variance_covariance_loss(emb: torch.Tensor, var_target: float, cov_weight: f
     return var_term + cov_weight * cov_term
 
 
-def reconstruction_loss(recon: torch.Tensor, window: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def reconstruction_loss(
+    recon: torch.Tensor, window: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """MSE on the hidden steps, plus a tenth of it on the visible ones."""
     err = (recon - window) ** 2
     m = mask.unsqueeze(-1).expand_as(err).float()

@@ -1,7 +1,7 @@
 """The trainer process: serves the agents of one host over a Unix-domain socket.
 
-Agents never import torch; they send training jobs here (:class:`osml.trainer_client.TrainerClient`,
-framing in :mod:`osml.ipc`). One thread per connection, one request per connection. Each agent
+Agents never import torch; they send training jobs here (:class:`osml.agent.trainer_client.TrainerClient`,
+framing in :mod:`osml.wire.ipc`). One thread per connection, one request per connection. Each agent
 (key: context and agent id) owns an :class:`~osml.trainer.fit.EncoderTrainer` and a lock, so the
 jobs of one agent run one after the other while different agents train concurrently (torch runs
 single-threaded per job). Building an encoder touches torch's global RNG, so that part is
@@ -41,13 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from osml.agent.modelcard import ModelCard, sha256_hex, write_atomic
+from osml.agent.trainer_client import PROTOCOL_VERSION, check_socket_path
 from osml.errors import OsmlError, TrainerError
-from osml.ipc import MAX_MESSAGE_BYTES, recv_msg, send_msg, unpack_array
-from osml.modelcard import ModelCard, sha256_hex, write_atomic
 from osml.trainer.encoders import ARCHITECTURES
 from osml.trainer.export import export_onnx
 from osml.trainer.fit import EncoderTrainer, TrainerSettings
-from osml.trainer_client import PROTOCOL_VERSION, check_socket_path
+from osml.wire.ipc import MAX_MESSAGE_BYTES, recv_msg, send_msg, unpack_array
 
 __all__ = ["TrainerService", "parse_settings", "serve"]
 
@@ -95,7 +95,9 @@ def parse_settings(raw: object, architecture: str) -> TrainerSettings:
     fields = {f.name: f for f in dataclasses.fields(TrainerSettings)}
     unknown = sorted(str(k) for k in raw if k not in fields)
     if unknown:
-        raise TrainerError(f"bad trainer settings: unknown keys {unknown} (known: {sorted(fields)})")
+        raise TrainerError(
+            f"bad trainer settings: unknown keys {unknown} (known: {sorted(fields)})"
+        )
     values: dict[str, Any] = {}
     for key, value in raw.items():
         default = fields[key].default
@@ -104,12 +106,18 @@ def parse_settings(raw: object, architecture: str) -> TrainerSettings:
         elif isinstance(default, int):
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
             value = float(value) if ok else value
         else:
             ok = isinstance(value, str)
         if not ok:
-            raise TrainerError(f"bad trainer settings: {key} must be a {type(default).__name__}, got {value!r}")
+            raise TrainerError(
+                f"bad trainer settings: {key} must be a {type(default).__name__}, got {value!r}"
+            )
         values[key] = value
     if values.get("architecture", architecture) != architecture:
         raise TrainerError(
@@ -138,7 +146,9 @@ def state_arrays(tr: EncoderTrainer) -> dict[str, np.ndarray]:
         out.update({f"decoder/{k}": _np(v) for k, v in tr.decoder.state_dict().items()})
     for idx, entry in tr.optim.state_dict()["state"].items():
         for name, value in entry.items():
-            out[f"optim/{idx}/{name}"] = _np(value) if isinstance(value, torch.Tensor) else np.asarray(value)
+            out[f"optim/{idx}/{name}"] = (
+                _np(value) if isinstance(value, torch.Tensor) else np.asarray(value)
+            )
     out["generator"] = _np(tr.gen.get_state())
     return out
 
@@ -150,7 +160,9 @@ def _fits(module: torch.nn.Module, arrays: dict[str, np.ndarray]) -> bool:
     )
 
 
-def _optim_state(tr: EncoderTrainer, arrays: dict[str, np.ndarray]) -> dict[int, dict[str, torch.Tensor]] | None:
+def _optim_state(
+    tr: EncoderTrainer, arrays: dict[str, np.ndarray]
+) -> dict[int, dict[str, torch.Tensor]] | None:
     params = [p for group in tr.optim.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in arrays.items():
@@ -178,7 +190,11 @@ def load_state(tr: EncoderTrainer, arrays: dict[str, np.ndarray]) -> bool:
     if tr.decoder is not None and _fits(tr.decoder, dec):
         tr.decoder.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in dec.items()})
         dec_ok = True
-    optim = _optim_state(tr, {k: v for k, v in arrays.items() if k.startswith("optim/")}) if dec_ok else None
+    optim = (
+        _optim_state(tr, {k: v for k, v in arrays.items() if k.startswith("optim/")})
+        if dec_ok
+        else None
+    )
     groups = tr.optim.state_dict()["param_groups"]
     tr.optim.load_state_dict({"state": optim or {}, "param_groups": groups})
     gen = arrays.get("generator")
@@ -218,7 +234,9 @@ class TrainerService:
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         try:
             if req.get("v") != PROTOCOL_VERSION:
-                raise TrainerError(f"protocol version {req.get('v')!r} not supported (this trainer speaks {PROTOCOL_VERSION})")
+                raise TrainerError(
+                    f"protocol version {req.get('v')!r} not supported (this trainer speaks {PROTOCOL_VERSION})"
+                )
             op = req.get("op")
             handler = self._ops.get(op) if isinstance(op, str) else None
             if handler is None:
@@ -228,7 +246,10 @@ class TrainerService:
             return {"ok": False, "error": " ".join(str(exc).split())}
         except Exception as exc:  # a bug or torch refusing something: report it, keep serving
             log.exception("request failed")
-            return {"ok": False, "error": " ".join(f"internal error: {type(exc).__name__}: {exc}".split())}
+            return {
+                "ok": False,
+                "error": " ".join(f"internal error: {type(exc).__name__}: {exc}".split()),
+            }
 
     # --- ops ------------------------------------------------------------------------------
 
@@ -242,7 +263,9 @@ class TrainerService:
         agent_id, context = _name(req, "agent_id"), _name(req, "context")
         architecture = req.get("architecture")
         if architecture not in ARCHITECTURES:
-            raise TrainerError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}")
+            raise TrainerError(
+                f"architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}"
+            )
         window = _int(req, "window", 1, MAX_WINDOW)
         n_features = _int(req, "n_features", 1, MAX_FEATURES)
         dim = _int(req, "embedding_dim", 1, MAX_EMBEDDING_DIM)
@@ -250,7 +273,9 @@ class TrainerService:
         settings = parse_settings(req.get("settings", {}), architecture)
         train_data = unpack_array(req.get("train_data"), 2, "train_data")
         if train_data.shape[0] < 1 or train_data.shape[1] != n_features:
-            raise TrainerError(f"train_data must have shape (steps >= 1, {n_features}), got {train_data.shape}")
+            raise TrainerError(
+                f"train_data must have shape (steps >= 1, {n_features}), got {train_data.shape}"
+            )
         anchor = unpack_array(req.get("anchor"), 1, "anchor")
         if anchor.shape != (dim,):
             raise TrainerError(f"anchor must have shape ({dim},), got {anchor.shape}")
@@ -265,10 +290,17 @@ class TrainerService:
         slot = self._slot(key)
         with slot.lock:
             held = slot.trainer
-            if held is not None and slot.registration == registration and np.array_equal(_np(held.encoder.state_dict()["offset"]), anchor):
+            if (
+                held is not None
+                and slot.registration == registration
+                and np.array_equal(_np(held.encoder.state_dict()["offset"]), anchor)
+            ):
                 return {"version": held.version}
             if held is not None:
-                previous: tuple[dict[str, np.ndarray], int] | None = (state_arrays(held), held.version)
+                previous: tuple[dict[str, np.ndarray], int] | None = (
+                    state_arrays(held),
+                    held.version,
+                )
             else:
                 ck = self._read_checkpoint(key)
                 previous = (ck[1], ck[0]["version"]) if ck is not None else None
@@ -280,12 +312,21 @@ class TrainerService:
                     tr.version = previous[1]
                     resumed = True
                 else:
-                    log.warning("%s/%s: the saved encoder does not fit the new registration; starting afresh", context, agent_id)
+                    log.warning(
+                        "%s/%s: the saved encoder does not fit the new registration; starting afresh",
+                        context,
+                        agent_id,
+                    )
             slot.trainer, slot.registration, slot.seed = tr, registration, seed
             self._checkpoint(key, slot)
         log.info(
             "init %s/%s %s version=%d %s seconds=%.2f",
-            context, agent_id, architecture, tr.version, "resumed" if resumed else "new", time.perf_counter() - t0,
+            context,
+            agent_id,
+            architecture,
+            tr.version,
+            "resumed" if resumed else "new",
+            time.perf_counter() - t0,
         )
         return {"version": tr.version}
 
@@ -300,7 +341,13 @@ class TrainerService:
             model, card = self._export(tr, windows, version, key)
             tr.version = version
             self._checkpoint(key, slot)
-        log.info("initial_model %s/%s version=%d seconds=%.2f", key[0], key[1], version, time.perf_counter() - t0)
+        log.info(
+            "initial_model %s/%s version=%d seconds=%.2f",
+            key[0],
+            key[1],
+            version,
+            time.perf_counter() - t0,
+        )
         return {"model": model, "card": card.to_json()}
 
     def _train(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -314,12 +361,16 @@ class TrainerService:
             windows = self._windows(req, tr)
             targets = unpack_array(req.get("targets"), 2, "targets")
             if targets.shape != (len(windows), tr.encoder.embedding_dim):
-                raise TrainerError(f"targets must have shape ({len(windows)}, {tr.encoder.embedding_dim}), got {targets.shape}")
+                raise TrainerError(
+                    f"targets must have shape ({len(windows)}, {tr.encoder.embedding_dim}), got {targets.shape}"
+                )
             before = state_arrays(tr)
             try:
                 losses = tr.fit(windows, targets)
                 if not all(math.isfinite(v) for v in losses.values()):
-                    raise TrainerError(f"round {rnd} diverged (losses {losses}); the agent's trainer state was rolled back")
+                    raise TrainerError(
+                        f"round {rnd} diverged (losses {losses}); the agent's trainer state was rolled back"
+                    )
                 model, card = self._export(tr, windows, version, key)
             except BaseException:
                 load_state(tr, before)
@@ -328,7 +379,14 @@ class TrainerService:
             self._checkpoint(key, slot)
         log.info(
             "train %s/%s round=%d version=%d windows=%d align=%.4g ssl=%.4g seconds=%.2f",
-            key[0], key[1], rnd, version, len(windows), losses["align"], losses["ssl"], time.perf_counter() - t0,
+            key[0],
+            key[1],
+            rnd,
+            version,
+            len(windows),
+            losses["align"],
+            losses["ssl"],
+            time.perf_counter() - t0,
         )
         return {"model": model, "card": card.to_json(), "losses": losses}
 
@@ -339,14 +397,30 @@ class TrainerService:
             return self._slots.setdefault(key, _Slot())
 
     def _build(
-        self, settings: TrainerSettings, window: int, n_features: int, dim: int, seed: int,
-        train_data: np.ndarray, anchor: np.ndarray | None,
+        self,
+        settings: TrainerSettings,
+        window: int,
+        n_features: int,
+        dim: int,
+        seed: int,
+        train_data: np.ndarray,
+        anchor: np.ndarray | None,
     ) -> EncoderTrainer:
         with self._build_lock:
             try:
-                return EncoderTrainer(settings, window, n_features, dim, seed=seed, train_data=train_data, offset=anchor)
+                return EncoderTrainer(
+                    settings,
+                    window,
+                    n_features,
+                    dim,
+                    seed=seed,
+                    train_data=train_data,
+                    offset=anchor,
+                )
             finally:
-                torch.set_num_threads(self.threads)  # EncoderTrainer sets its own; the service decides
+                torch.set_num_threads(
+                    self.threads
+                )  # EncoderTrainer sets its own; the service decides
 
     def _loaded(self, key: AgentKey, slot: _Slot) -> EncoderTrainer:
         """The agent's trainer, reloaded from its checkpoint after a trainer restart."""
@@ -354,18 +428,29 @@ class TrainerService:
             return slot.trainer
         ck = self._read_checkpoint(key)
         if ck is None:
-            raise TrainerError(f"agent {key[1]!r} of context {key[0]!r} is not registered; send init first")
+            raise TrainerError(
+                f"agent {key[1]!r} of context {key[0]!r} is not registered; send init first"
+            )
         meta, arrays = ck
         settings = parse_settings(meta["settings"], meta["architecture"])
         tr = self._build(
-            settings, meta["window"], meta["n_features"], meta["embedding_dim"], meta["seed"],
-            np.zeros((1, meta["n_features"]), np.float32), None,
+            settings,
+            meta["window"],
+            meta["n_features"],
+            meta["embedding_dim"],
+            meta["seed"],
+            np.zeros((1, meta["n_features"]), np.float32),
+            None,
         )
         if not load_state(tr, arrays):
-            raise TrainerError(f"the checkpoint of {key[0]}/{key[1]} does not fit its own settings; send init")
+            raise TrainerError(
+                f"the checkpoint of {key[0]}/{key[1]} does not fit its own settings; send init"
+            )
         tr.version = meta["version"]
         slot.trainer = tr
-        slot.registration = {k: meta[k] for k in ("architecture", "window", "n_features", "embedding_dim")}
+        slot.registration = {
+            k: meta[k] for k in ("architecture", "window", "n_features", "embedding_dim")
+        }
         slot.registration["settings"] = dataclasses.asdict(settings)
         slot.seed = meta["seed"]
         log.info("reloaded %s/%s version=%d from its checkpoint", key[0], key[1], tr.version)
@@ -376,14 +461,20 @@ class TrainerService:
         windows = unpack_array(req.get("windows"), 3, "windows")
         enc = tr.encoder
         if len(windows) < 2 or windows.shape[1:] != (enc.window, enc.n_features):
-            raise TrainerError(f"windows must have shape (n >= 2, {enc.window}, {enc.n_features}), got {windows.shape}")
+            raise TrainerError(
+                f"windows must have shape (n >= 2, {enc.window}, {enc.n_features}), got {windows.shape}"
+            )
         return windows
 
     @staticmethod
-    def _export(tr: EncoderTrainer, windows: np.ndarray, version: int, key: AgentKey) -> tuple[bytes, ModelCard]:
+    def _export(
+        tr: EncoderTrainer, windows: np.ndarray, version: int, key: AgentKey
+    ) -> tuple[bytes, ModelCard]:
         # EncoderTrainer.export numbers versions itself; the agent owns the numbering here.
         sample = windows[:: max(1, len(windows) // PARITY_WINDOWS)][:PARITY_WINDOWS]
-        model, card, _ = export_onnx(tr.encoder.eval(), sample, version, agent=key[1], context=key[0])
+        model, card, _ = export_onnx(
+            tr.encoder.eval(), sample, version, agent=key[1], context=key[0]
+        )
         return model, card
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -417,7 +508,9 @@ class TrainerService:
         folder = self._agent_dir(key)
         try:
             write_atomic(folder / name, data)
-            write_atomic(folder / "state.json", (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+            write_atomic(
+                folder / "state.json", (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode()
+            )
             for old in folder.glob("weights-*.npz"):
                 if old.name != name:
                     old.unlink(missing_ok=True)
@@ -427,7 +520,9 @@ class TrainerService:
             return False
         return True
 
-    def _read_checkpoint(self, key: AgentKey) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    def _read_checkpoint(
+        self, key: AgentKey
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
         folder = self._agent_dir(key)
         path = folder / "state.json"
         if not path.exists():
@@ -435,13 +530,17 @@ class TrainerService:
         try:
             meta = json.loads(path.read_text())
             if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"format {meta.get('format') if isinstance(meta, dict) else None!r} not supported")
+                raise ValueError(
+                    f"format {meta.get('format') if isinstance(meta, dict) else None!r} not supported"
+                )
             if (meta.get("context"), meta.get("agent_id")) != key:
                 raise ValueError("it belongs to another agent")
             for k in ("version", "window", "n_features", "embedding_dim", "seed"):
                 if not isinstance(meta.get(k), int) or isinstance(meta.get(k), bool) or meta[k] < 0:
                     raise ValueError(f"{k} is not a non-negative integer")
-            if meta.get("architecture") not in ARCHITECTURES or not isinstance(meta.get("settings"), dict):
+            if meta.get("architecture") not in ARCHITECTURES or not isinstance(
+                meta.get("settings"), dict
+            ):
                 raise ValueError("architecture or settings missing")
             name = meta.get("weights")
             if not isinstance(name, str) or not _WEIGHTS_NAME.fullmatch(name):
@@ -453,7 +552,10 @@ class TrainerService:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
             shapes = meta.get("shapes")
-            if not isinstance(shapes, dict) or {k: list(v.shape) for k, v in arrays.items()} != shapes:
+            if (
+                not isinstance(shapes, dict)
+                or {k: list(v.shape) for k, v in arrays.items()} != shapes
+            ):
                 raise ValueError("array shapes differ from state.json")
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.warning("ignoring the checkpoint of %s/%s in %s: %s", key[0], key[1], folder, exc)
@@ -530,7 +632,9 @@ def _default_logging() -> None:
     # One line per job on stderr, unless the application configured logging itself.
     if not logging.getLogger("osml").hasHandlers():
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s osml-trainer %(levelname)s %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s osml-trainer %(levelname)s %(message)s")
+        )
         logger = logging.getLogger("osml.trainer")
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -570,7 +674,12 @@ def serve(
                 ready.set()
             server.serve_forever(poll_interval=0.5)
         else:
-            accept = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="osml-trainer-accept", daemon=True)
+            accept = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name="osml-trainer-accept",
+                daemon=True,
+            )
             accept.start()
             if ready is not None:
                 ready.set()

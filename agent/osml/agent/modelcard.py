@@ -1,0 +1,216 @@
+"""Model cards: the small JSON file that travels with every encoder's ONNX file.
+
+A card says what the model is (architecture, input shape, embedding size, version) and pins the
+exact bytes with a sha256, so an agent can refuse a model that was truncated, swapped or built for
+another window. Torch-free: the agent reads cards, the trainer writes them.
+
+On disk a model is the pair ``encoder.onnx`` + ``encoder.card.json``. :func:`write_model` makes the
+card's rename the single commit point, so a SIGKILL (or power cut) at any moment leaves a pair
+that verifies - the old one or the new one:
+
+1. the new bytes go to a staged file named after their hash, ``encoder.<sha256[:16]>.onnx``;
+2. the new card replaces the old one (commit: from here on the card names the staged bytes);
+3. the staged file is renamed over ``encoder.onnx``, and stale staged or temp files are removed.
+
+Until step 3 the old ``encoder.onnx`` stays where it was. :func:`read_model` takes the bytes that
+match the card: ``encoder.onnx``, or the staged file when a writer was stopped between 2 and 3.
+Every file goes through :func:`write_atomic` (temp file, fsync, rename, fsync of the directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from osml.errors import ModelError
+
+__all__ = [
+    "ModelCard",
+    "card_path",
+    "read_card",
+    "read_model",
+    "sha256_hex",
+    "staged_path",
+    "write_atomic",
+    "write_model",
+]
+
+CARD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    version: int
+    architecture: str
+    window: int
+    n_features: int
+    embedding_dim: int
+    sha256: str
+    input_name: str = "windows"
+    output_name: str = "embeddings"
+    agent: str = ""
+    context: str = ""
+    created_by: str = "osml"
+    card_format: int = CARD_FORMAT
+
+    def __post_init__(self) -> None:
+        for key in ("version", "window", "n_features", "embedding_dim"):
+            value = getattr(self, key)
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < (0 if key == "version" else 1)
+            ):
+                raise ModelError(f"model card: {key} must be a positive integer, got {value!r}")
+        if len(self.sha256) != 64:
+            raise ModelError("model card: sha256 must be 64 hex digits")
+
+    @property
+    def input_shape(self) -> tuple[str, int, int]:
+        return ("batch", self.window, self.n_features)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "card") -> ModelCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{where}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ModelError(f"{where}: expected a JSON object")
+        data.pop("input_shape", None)
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ModelError(f"{where}: unknown keys {sorted(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ModelError(f"{where}: {exc}") from exc
+
+
+def card_path(model_path: str | os.PathLike[str]) -> Path:
+    """``encoder.onnx`` -> ``encoder.card.json``."""
+    p = Path(model_path)
+    return p.with_name(p.stem + ".card.json")
+
+
+def staged_path(model_path: str | os.PathLike[str], sha256: str) -> Path:
+    """``encoder.onnx`` + sha ``ab12...`` -> ``encoder.ab12....onnx`` (16 hex digits)."""
+    p = Path(model_path)
+    return p.with_name(f"{p.stem}.{sha256[:16]}{p.suffix}")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable. Best effort: some systems (Windows) cannot open a
+    directory and some file systems refuse fsync on one; the rename itself is atomic anyway."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, rename over ``path``, fsync the directory.
+
+    A reader (or a restart after SIGKILL or power loss) sees the old content or the new, never a mix.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _stale_files(model_path: Path) -> list[Path]:
+    """Staged models and temp files of earlier, interrupted :func:`write_model` calls on ``model_path``."""
+    staged = re.escape(model_path.stem) + r"\.[0-9a-f]{16}" + re.escape(model_path.suffix)
+    written = "|".join([staged, re.escape(model_path.name), re.escape(card_path(model_path).name)])
+    staged_re, temp_re = (
+        re.compile(staged),
+        re.compile(rf"\.(?:{written})\..+\.tmp"),
+    )  # write_atomic's temp names
+    return [
+        p
+        for p in model_path.parent.iterdir()
+        if staged_re.fullmatch(p.name) or temp_re.fullmatch(p.name)
+    ]
+
+
+def write_model(path: str | os.PathLike[str], model_bytes: bytes, card: ModelCard) -> None:
+    """Install ``model_bytes`` and ``card`` at ``path`` so that the pair on disk always verifies.
+
+    The card's rename is the commit point (see the module docstring): killed before it, a reader
+    finds the previous pair; killed after it, the new one.
+    """
+    if card.sha256 != sha256_hex(model_bytes):
+        raise ModelError("card sha256 does not match the model bytes")
+    target = Path(path)
+    staged = staged_path(target, card.sha256)
+    write_atomic(staged, model_bytes)
+    write_atomic(card_path(target), card.to_json().encode())  # commit
+    os.replace(staged, target)
+    _fsync_dir(target.parent)
+    for stale in _stale_files(target):
+        stale.unlink(missing_ok=True)
+
+
+def read_card(model_path: str | os.PathLike[str]) -> ModelCard:
+    cp = card_path(model_path)
+    try:
+        text = cp.read_text()
+    except OSError as exc:
+        raise ModelError(f"{cp}: cannot read model card ({exc.strerror})") from exc
+    return ModelCard.from_json(text, where=str(cp))
+
+
+def read_model(model_path: str | os.PathLike[str]) -> tuple[bytes, ModelCard]:
+    """The card at ``model_path`` and the model bytes it pins (sha256 checked).
+
+    Looks at ``model_path`` first, then at the staged file a :func:`write_model` stopped after its
+    commit leaves behind, then at ``model_path`` again (a writer may have finished in between).
+    """
+    path = Path(model_path)
+    card = read_card(path)
+    error: OSError | None = None
+    found = False
+    for candidate in (path, staged_path(path, card.sha256), path):
+        try:
+            data = candidate.read_bytes()
+        except OSError as exc:
+            error = error or exc
+            continue
+        found = True
+        if sha256_hex(data) == card.sha256:
+            return data, card
+    if not found:
+        assert error is not None
+        raise ModelError(f"{path}: cannot read model ({error.strerror})") from error
+    raise ModelError(f"model v{card.version}: sha256 of {path} does not match its card")

@@ -1,0 +1,134 @@
+"""What an agent keeps across restarts, in its state directory.
+
+    state_dir/state.json          round, model version, affinity memory, sub-context, equilibrium
+    state_dir/model.onnx (+ .card.json)   the model in use, verified against its card on load
+    state_dir/rounds.jsonl        one JSON line per finished round (what `osml run` reports)
+
+state.json and the model pair are written atomically (temp file, fsync, rename; the model's card
+is its commit point, see :mod:`osml.agent.modelcard`), so a SIGKILL or power cut at any moment leaves
+either the old or the new version, never half of one. rounds.jsonl is appended to and fsynced; a
+kill in the middle of an append can leave a torn last line, which :func:`read_rounds` skips and
+the next :func:`append_round` cuts off before it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from osml.agent.modelcard import write_atomic
+from osml.errors import ConfigError
+
+__all__ = ["ROUNDS_FILE", "AgentState", "append_round", "load_state", "read_rounds", "save_state"]
+
+STATE_FORMAT = 1
+ROUNDS_FILE = "rounds.jsonl"
+
+
+@dataclass
+class AgentState:
+    agent_id: str
+    context: str
+    next_round: int = 0
+    model_version: int = 0
+    memory: dict[str, Any] = field(default_factory=dict)  # SubcontextMemory.to_dict()
+    subcontext: list[str] = field(default_factory=list)
+    equilibrium: dict[str, Any] = field(default_factory=dict)  # EquilibriumDetector.to_dict()
+    learner_rounds: int = 0
+    format: int = STATE_FORMAT
+
+
+def load_state(state_dir: Path, agent_id: str, context: str) -> AgentState:
+    path = state_dir / "state.json"
+    if not path.exists():
+        return AgentState(agent_id, context)
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "equilibrium_streak" in data:  # state written before 0.1.1
+            streak = data.pop("equilibrium_streak")
+            data.setdefault("equilibrium", {"streak": streak})
+        state = AgentState(**data)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"{path}: unreadable agent state ({exc}); move it away to start afresh"
+        ) from exc
+    if (state.agent_id, state.context) != (agent_id, context):
+        raise ConfigError(
+            f"{path}: belongs to agent {state.agent_id!r} in context {state.context!r}, not "
+            f"{agent_id!r} in {context!r}; give each agent its own agent.state_dir"
+        )
+    return state
+
+
+def save_state(state_dir: Path, state: AgentState) -> None:
+    write_atomic(
+        state_dir / "state.json",
+        (json.dumps(asdict(state), indent=1, sort_keys=True) + "\n").encode(),
+    )
+    # The agent is the only writer: a temp file still there is from a save that was killed.
+    for stale in state_dir.glob(".state.json.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def append_round(state_dir: Path, record: dict[str, Any]) -> None:
+    """Append one round's record to rounds.jsonl and fsync it.
+
+    A previous append killed half-way leaves a last line without its newline: it is completed
+    when it parses, cut off otherwise, so the new record never lands glued to a torn one.
+    """
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    with open(state_dir / ROUNDS_FILE, "a+b") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end:
+            fh.seek(max(0, end - 1))
+            if fh.read(1) != b"\n":
+                fh.seek(0)
+                text = fh.read()
+                start = text.rfind(b"\n") + 1
+                if _parse_line(text[start:]) is None:
+                    fh.truncate(start)
+                else:
+                    line = b"\n" + line
+        fh.write(line)  # "a" mode: always at the end, whatever the position after the checks
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_rounds(state_dir: Path) -> list[dict[str, Any]]:
+    """The records in ``state_dir/rounds.jsonl``, oldest first ([] when there is none yet).
+
+    A torn last line (an agent killed in the middle of an append) is skipped; a bad line anywhere
+    else is real damage and raises :class:`~osml.errors.ConfigError`.
+    """
+    path = state_dir / ROUNDS_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    lines = data.split(b"\n")
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        record = _parse_line(line)
+        if record is None:
+            if number == len(lines):  # no newline after it: the append was cut short
+                break
+            raise ConfigError(
+                f"{path}: line {number} is not a JSON object; move the file away to start afresh"
+            )
+        records.append(record)
+    return records

@@ -1,0 +1,124 @@
+"""One agent's osmotic decision state, transport-free.
+
+:class:`OsmoticLearner` is what both ``osml simulate`` (in-memory exchange) and ``osml agent``
+(MQTT) run each round: given the agent's own embeddings for the round's steps and the
+embeddings its neighbours sent for the same steps, it
+
+0. screens what each neighbour sent (:mod:`osml.core.screening`): constant, wildly scaled or copied
+   embeddings are left out, the rest are rescaled to the agent's own median norm;
+1. measures each neighbour's affinity (linear CKA, :func:`osml.core.metrics.linear_cka`) and updates the
+   per-neighbour memory and sub-context (:mod:`osml.core.subcontext`);
+2. computes the osmosis weights and target (:mod:`osml.core.osmosis`);
+3. tracks its own equilibrium (:mod:`osml.core.equilibrium`).
+
+It sees only what this agent received: there is no global view anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from osml.core.equilibrium import EquilibriumDetector, relative_change
+from osml.core.metrics import linear_cka
+from osml.core.osmosis import osmosis_target, osmosis_weights, restore_spread
+from osml.core.screening import CopyDetector, ScreenSettings, screen
+from osml.core.subcontext import SubcontextMemory, SubcontextPolicy
+
+__all__ = ["LearnerSettings", "OsmoticLearner", "RoundOutcome"]
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    temperature: float = 1.0
+    # How much of its own step-to-step spread an agent keeps in its target (see restore_spread):
+    # "warmup" (default) keeps all of it while sub-contexts form, when embedding spaces are still
+    # unrelated and a blend loses variance for no reason, and uses the plain blend afterwards, when
+    # lost variance means real disagreement; "always" / "never" as named.
+    keep_spread: str = "warmup"
+    policy: SubcontextPolicy = field(default_factory=SubcontextPolicy)
+    equilibrium_tolerance: float = 0.02
+    equilibrium_patience: int = 3
+    screen: ScreenSettings = field(default_factory=ScreenSettings)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        if self.keep_spread not in ("warmup", "always", "never"):
+            raise ValueError("keep_spread must be warmup, always or never")
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    target: np.ndarray  # (n, d) osmosis target for the round's steps
+    weights: dict[str, float]  # mean osmosis weight per agent (self included) over the steps
+    affinity: dict[str, float]  # this round's affinity per neighbour heard from
+    memory: dict[str, float]  # affinity memory per neighbour
+    subcontext: list[str]  # self plus member neighbours
+    change: float | None  # relative change of own embeddings since the last round
+    equilibrium: bool
+    screened: dict[str, str] = field(default_factory=dict)  # neighbour -> why it was left out
+
+
+class OsmoticLearner:
+    def __init__(
+        self, agent_id: str, neighbours: list[str], settings: LearnerSettings | None = None
+    ) -> None:
+        self.agent_id = agent_id
+        self.neighbours = list(neighbours)
+        self.settings = settings or LearnerSettings()
+        self.memory = SubcontextMemory(policy=self.settings.policy)
+        self.equilibrium = EquilibriumDetector(
+            self.settings.equilibrium_tolerance, self.settings.equilibrium_patience
+        )
+        self._previous: np.ndarray | None = None
+        self._copies = CopyDetector(self.settings.screen.copy_memory)
+        self.rounds = 0
+
+    def step(self, own: np.ndarray, received: Mapping[str, np.ndarray]) -> RoundOutcome:
+        """One round. ``received`` maps neighbour id -> (n, d) embeddings of the same n steps as
+        ``own``; neighbours that did not deliver in time are simply absent."""
+        own = np.asarray(own, dtype=np.float32)
+        heard = [nb for nb in self.neighbours if nb in received]
+        for nb in heard:
+            if received[nb].shape != own.shape:
+                raise ValueError(f"{nb} sent {received[nb].shape}, own embeddings are {own.shape}")
+        mine = {nb: received[nb] for nb in heard}
+        kept, screened = screen(
+            own, mine, self.settings.screen, self._copies.copies(mine, self.agent_id, own)
+        )
+        # A screened neighbour told us nothing usable this round: affinity 0, so one that stays
+        # broken leaves the sub-context.
+        affinity = {nb: (linear_cka(own, kept[nb]) if nb in kept else 0.0) for nb in heard}
+        self.memory.observe(affinity, own_round=self.rounds + 1)
+        heard = [nb for nb in heard if nb in kept]
+        members = np.array([self.memory.is_member(nb) for nb in heard], dtype=bool)
+        stack = (
+            np.stack([kept[nb] for nb in heard]) if heard else np.zeros((0, *own.shape), np.float32)
+        )
+        w = osmosis_weights(own, stack, members, self.settings.temperature)
+        target = osmosis_target(own, stack, w)
+        self.rounds += 1
+        mode = self.settings.keep_spread
+        in_warmup = self.rounds <= self.settings.policy.warmup_rounds
+        if heard and (mode == "always" or (mode == "warmup" and in_warmup)):
+            target = restore_spread(target, own)
+        mean_w = w.mean(axis=1)
+        weights = {
+            self.agent_id: float(mean_w[0]),
+            **{nb: float(mean_w[1 + j]) for j, nb in enumerate(heard)},
+        }
+        change = None
+        if self._previous is not None and self._previous.shape == own.shape:
+            change = relative_change(self._previous, own)
+        self._previous = own
+        sub = self.memory.subcontext(self.agent_id)
+        eq = self.equilibrium.update(change, sub)
+        return RoundOutcome(
+            target, weights, affinity, dict(self.memory.affinity), sub, change, eq, screened
+        )
+
+    def subcontext(self) -> list[str]:
+        return self.memory.subcontext(self.agent_id)

@@ -1,0 +1,104 @@
+"""The osmosis operator: what each agent's encoder is pulled toward.
+
+Pure numpy. For one agent ``a`` with embeddings ``e_a(t)`` for the steps ``t`` of a round and the
+embeddings ``e_j(t)`` that its neighbours ``j`` sent for the *same* steps, the osmosis target is
+
+    target_a(t) = sum_j  w_aj(t) * e_j(t)           (j runs over a itself and its neighbours)
+
+    w_aj(t) = m_aj * exp(cos(e_a(t), e_j(t)) / T) / sum_k m_ak * exp(cos(e_a(t), e_k(t)) / T)
+
+where ``cos`` is the plain same-step cosine, ``T > 0`` the temperature and ``m_aj`` is 1 for the
+agent itself and for neighbours inside its sub-context, 0 for neighbours outside it (see
+:mod:`osml.core.subcontext`). So a neighbour that agrees at step t pulls more at that step; a neighbour
+outside the sub-context never pulls; an agent alone in its sub-context is pulled toward itself.
+
+A high temperature (the default 1.0) keeps weights near uniform inside the sub-context, which is
+what makes independently initialised encoders converge: at round 0 their embedding spaces are
+unrelated and same-step cosines say little, so a sharp softmax would let nobody pull anybody.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["osmosis_target", "osmosis_weights", "restore_spread", "same_step_cosine"]
+
+_EPS = 1e-12
+
+
+def _stack(neighbours: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(neighbours, dtype=np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, *shape)
+    if arr.shape == shape:  # one neighbour given without the leading axis
+        return arr[None]
+    if arr.ndim != 3 or arr.shape[1:] != shape:
+        raise ValueError(f"neighbours must be (k, {shape[0]}, {shape[1]}), got {arr.shape}")
+    return arr
+
+
+def same_step_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine between row t of ``a`` and row t of ``b`` for every t: (n, d), (n, d) -> (n,)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"need two (steps, dim) arrays of one shape, got {a.shape} and {b.shape}")
+    num = np.einsum("nd,nd->n", a, b)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return num / np.maximum(den, _EPS)
+
+
+def osmosis_weights(
+    own: np.ndarray,
+    neighbours: np.ndarray,
+    members: np.ndarray,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """Per-step blend weights, self first: returns (1 + k, n) columns that sum to 1.
+
+    ``own`` is (n, d); ``neighbours`` is (k, n, d) aligned on the same steps; ``members`` is a
+    boolean (k,) vector saying which neighbours are in the agent's sub-context.
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    own = np.asarray(own, dtype=np.float64)
+    neighbours = _stack(neighbours, own.shape)
+    members = np.asarray(members, dtype=bool).reshape(-1)
+    if members.shape[0] != neighbours.shape[0]:
+        raise ValueError(
+            f"{members.shape[0]} membership flags for {neighbours.shape[0]} neighbours"
+        )
+    cos = np.ones((1 + neighbours.shape[0], own.shape[0]))
+    for j, other in enumerate(neighbours):
+        cos[1 + j] = same_step_cosine(own, other)
+    # Subtracting the per-step maximum keeps exp() finite; cos <= 1 so this is cheap insurance.
+    logits = cos / temperature
+    logits -= logits.max(axis=0, keepdims=True)
+    raw = np.exp(logits)
+    raw[1:][~members] = 0.0
+    return raw / raw.sum(axis=0, keepdims=True)
+
+
+def osmosis_target(own: np.ndarray, neighbours: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Blend ``own`` (n, d) and ``neighbours`` (k, n, d) with ``weights`` (1 + k, n) -> (n, d)."""
+    own = np.asarray(own, dtype=np.float64)
+    stack = np.concatenate([own[None], _stack(neighbours, own.shape)])
+    if weights.shape != stack.shape[:2]:
+        raise ValueError(f"weights {weights.shape} do not match {stack.shape[:2]}")
+    return np.einsum("kn,knd->nd", weights, stack).astype(np.float32)
+
+
+def restore_spread(target: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Rescale the target's step-to-step variation, per dimension, to the agent's own.
+
+    Averaging k embeddings that agree only partly shrinks what varies (the disagreeing parts
+    cancel), so a plain blend also pulls every encoder toward its mean: a slow collapse that the
+    anti-collapse term then has to undo. Keeping the blend's mean and direction of variation but
+    the agent's own per-dimension spread makes osmosis move *where* embeddings point, not how much
+    they vary. (n, d), (n, d) -> (n, d).
+    """
+    t = np.asarray(target, dtype=np.float64)
+    o = np.asarray(own, dtype=np.float64)
+    mu = t.mean(axis=0)
+    scale = o.std(axis=0) / np.maximum(t.std(axis=0), 1e-12)
+    return (mu + (t - mu) * scale).astype(np.float32)

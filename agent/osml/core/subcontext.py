@@ -1,0 +1,115 @@
+"""Decentralized sub-contexts: which neighbours an agent lets pull on its encoder.
+
+Each agent decides alone, from the frames it receives, with no global view. Per neighbour it keeps
+an *affinity memory*: an exponential moving average, over rounds, of the linear CKA
+(:func:`osml.core.metrics.linear_cka`) between its own embeddings and the neighbour's for the same
+steps. CKA is blind to rotations and scale, so it measures whether the neighbour's data carries
+information about the agent's own before their embedding spaces are aligned, and it stays near 0
+for a neighbour whose data is unrelated noise however the encoders move.
+
+Decision, with hysteresis so that a neighbour near the line does not flap in and out:
+
+* during the agent's first ``warmup_rounds`` rounds every neighbour is a member (encoders are
+  still random; the first pulls are what makes related agents' affinity grow);
+* afterwards a non-member joins when its memory reaches ``enter`` and a member leaves when its
+  memory drops below ``leave`` (``leave < enter``).
+
+The pure functions hold the policy; :class:`SubcontextMemory` holds the per-neighbour state and
+serialises to plain JSON-able dicts for the agent's state directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["SubcontextMemory", "SubcontextPolicy", "decide_member", "update_memory"]
+
+
+@dataclass(frozen=True)
+class SubcontextPolicy:
+    """How an agent turns affinities into sub-context membership."""
+
+    memory: float = 0.5
+    enter: float = 0.6
+    leave: float = 0.45
+    warmup_rounds: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.memory <= 1.0:
+            raise ValueError("memory (weight of the newest affinity) must be in (0, 1]")
+        if not 0.0 <= self.leave <= self.enter <= 1.0:
+            raise ValueError("need 0 <= leave <= enter <= 1")
+        if self.warmup_rounds < 0:
+            raise ValueError("warmup_rounds must be >= 0")
+
+
+def update_memory(previous: float | None, observed: float, weight: float) -> float:
+    """Exponential moving average; the first observation initialises the memory."""
+    if previous is None:
+        return float(observed)
+    return float((1.0 - weight) * previous + weight * observed)
+
+
+def decide_member(
+    is_member: bool, memory: float, rounds_seen: int, policy: SubcontextPolicy
+) -> bool:
+    """Membership after this round, given the current one and the neighbour's memory."""
+    if rounds_seen <= policy.warmup_rounds:
+        return True
+    if is_member:
+        return memory >= policy.leave
+    return memory >= policy.enter
+
+
+@dataclass
+class SubcontextMemory:
+    """Per-neighbour affinity memory and membership of one agent."""
+
+    policy: SubcontextPolicy = field(default_factory=SubcontextPolicy)
+    affinity: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+    members: dict[str, bool] = field(default_factory=dict)
+
+    def is_member(self, neighbour: str) -> bool:
+        # A neighbour never heard from yet is given the benefit of the doubt (warm-up rule).
+        return self.members.get(neighbour, True)
+
+    def observe(
+        self, affinities: dict[str, float], own_round: int | None = None
+    ) -> dict[str, bool]:
+        """Fold in this round's affinities (only neighbours heard from) and decide membership.
+
+        ``own_round`` (1-based) is how many rounds this agent has run: the warm-up is counted in
+        the agent's own rounds, so a neighbour whose frames were lost early is judged as soon as
+        it is heard after the warm-up, instead of getting a warm-up of its own in which its pull
+        could drag the agent toward it. Without it, warm-up counts observations per neighbour.
+        """
+        for nb, value in affinities.items():
+            self.affinity[nb] = update_memory(self.affinity.get(nb), value, self.policy.memory)
+            self.seen[nb] = self.seen.get(nb, 0) + 1
+            rounds = own_round if own_round is not None else self.seen[nb]
+            self.members[nb] = decide_member(
+                self.is_member(nb), self.affinity[nb], rounds, self.policy
+            )
+        return dict(self.members)
+
+    def subcontext(self, self_id: str) -> list[str]:
+        """The agent's sub-context as it sees it: itself plus its member neighbours, sorted."""
+        return sorted({self_id, *(nb for nb, m in self.members.items() if m)})
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "affinity": dict(self.affinity),
+            "seen": dict(self.seen),
+            "members": dict(self.members),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, object], policy: SubcontextPolicy | None = None
+    ) -> SubcontextMemory:
+        mem = cls(policy=policy or SubcontextPolicy())
+        mem.affinity = {str(k): float(v) for k, v in dict(data.get("affinity", {})).items()}  # type: ignore[arg-type]
+        mem.seen = {str(k): int(v) for k, v in dict(data.get("seen", {})).items()}  # type: ignore[arg-type]
+        mem.members = {str(k): bool(v) for k, v in dict(data.get("members", {})).items()}  # type: ignore[arg-type]
+        return mem

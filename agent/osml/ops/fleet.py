@@ -1,0 +1,533 @@
+"""``osml run``: a whole fleet on one machine, every agent its own process, over a real broker.
+
+The orchestrator only *starts* things and *watches*: a private Mosquitto on a free loopback port
+(unless ``--broker`` names one), one trainer process (or ``FleetOptions.trainers`` of them, agent
+``i`` served by trainer ``i % trainers``), one ``osml agent`` process per agent with its own TOML
+config and state directory. The agents run their rounds on their own, talking only
+through the broker; the orchestrator follows their ``metrics`` topics to print a live line per
+round, waits for them to finish, stops everything by PID, and assembles the same run directory
+as ``osml simulate`` from what the agents left in their state directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from osml.agent.data import Dataset, windows
+from osml.agent.state import read_rounds
+from osml.agent.trainer_client import TrainerClient
+from osml.core.metrics import centered_alignment, strict_alignment
+from osml.core.topology import neighbours as topology_neighbours
+from osml.errors import OsmlError, TransportError
+from osml.net.broker import MosquittoProcess, find_mosquitto, tail_lines
+from osml.net.embedded_broker import EmbeddedBroker, amqtt_available
+from osml.net.transport import BrokerSettings, Transport
+from osml.ops.simulate import SimulationSettings, evaluate
+from osml.wire import topics
+
+__all__ = [
+    "SIGNING_KEY_FILE",
+    "FleetOptions",
+    "FleetProcess",
+    "agent_toml",
+    "run_fleet",
+    "spawn",
+    "start_trainers",
+    "stop_processes",
+    "write_signing_key",
+]
+
+SIGNING_KEY_FILE = "signing.key"  # in the fleet's work directory, when FleetOptions.sign is set
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    broker_url: str | None = None  # None: start a private Mosquitto
+    drop_rate: float = 0.0
+    deadline: float = 10.0
+    train_wait: float = 60.0
+    protocol: str = "5"
+    timeout: float = 3600.0  # give up on the whole run after this many seconds
+    env: dict[str, str] = field(default_factory=dict)
+    trainers: int = 1  # trainer processes; agent i is served by trainer i % trainers
+    steps: int = 0  # rounds.steps: windows per round, the latest ones (0: all)
+    interval: float = 0.0  # rounds.interval: minimum seconds per round
+    count: int | None = None  # rounds.count; None: settings.rounds (0: run until stopped)
+    trainer_settings: dict[str, object] = field(
+        default_factory=dict
+    )  # more [trainer.settings] keys
+    sign: bool = False  # sign frames with a fresh per-run key, and require signatures
+
+    def __post_init__(self) -> None:
+        if self.trainers < 1:
+            raise ValueError(f"trainers must be >= 1, got {self.trainers}")
+        if self.steps < 0 or self.interval < 0 or (self.count is not None and self.count < 0):
+            raise ValueError("steps, interval and count must be >= 0")
+
+
+def _q(value: str) -> str:
+    return json.dumps(value)  # a TOML basic string is a JSON string
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _q(value)
+    raise ValueError(f"cannot write {value!r} as a TOML value: use a string, number or boolean")
+
+
+def write_signing_key(path: Path) -> Path:
+    """A fresh random 32-byte HMAC key, as 64 hex digits, in a file only the owner can read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
+        os.write(fd, (secrets.token_hex(32) + "\n").encode("ascii"))
+    finally:
+        os.close(fd)
+    return path
+
+
+def agent_toml(
+    agent_id: str,
+    index: int,
+    data_source: str,
+    data_seed: int,
+    links: Sequence[str],
+    settings: SimulationSettings,
+    broker_url: str,
+    state_dir: Path,
+    eval_dir: Path | None,
+    socket: Path,
+    options: FleetOptions,
+    signing_key: Path | None = None,
+) -> str:
+    """The config file of one agent of the fleet (``eval_dir``: where it saves per-round
+    evaluations, None for none; ``signing_key``: the ``[signing]`` key file)."""
+    tset = settings.trainer
+    arch = settings.architectures.get(agent_id, getattr(tset, "architecture", "mlp"))
+    objective = getattr(tset, "objective", "vc")
+    count = settings.rounds if options.count is None else options.count
+    extra_rounds = ([f"steps = {options.steps}"] if options.steps else []) + (
+        [f"interval = {options.interval}"] if options.interval else []
+    )
+    trainer_extra = [
+        f"{k} = {_toml_value(v)}" for k, v in options.trainer_settings.items() if k != "objective"
+    ]
+    signing = (
+        ["", "[signing]", f"key_file = {_q(str(signing_key))}", "require = true"]
+        if signing_key
+        else []
+    )
+    return "\n".join(
+        [
+            "[agent]",
+            f"id = {_q(agent_id)}",
+            f"context = {_q(settings.context)}",
+            f"state_dir = {_q(str(state_dir))}",
+            "",
+            "[broker]",
+            f"url = {_q(broker_url)}",
+            f"protocol = {_q(options.protocol)}",
+            "",
+            "[neighbours]",
+            "ids = [" + ", ".join(_q(n) for n in links) + "]",
+            "",
+            "[data]",
+            f"source = {_q(data_source)}",
+            f"agent = {_q(agent_id)}",
+            f"seed = {data_seed}",
+            "",
+            "[model]",
+            f"architecture = {_q(arch)}",
+            f"window = {settings.window}",
+            f"embedding_dim = {settings.embedding_dim}",
+            f"seed = {settings.seed * 1000 + index}",
+            f"anchor_norm = {settings.anchor_norm}",
+            "",
+            "[rounds]",
+            f"count = {count}",
+            *extra_rounds,
+            f"deadline = {options.deadline}",
+            f"train_wait = {options.train_wait}",
+            *([f"eval_dir = {_q(str(eval_dir))}"] if eval_dir else []),
+            "",
+            "[trainer]",
+            f"socket = {_q(str(socket))}",
+            "",
+            "[trainer.settings]",
+            f"objective = {_q(objective)}",
+            *trainer_extra,
+            "",
+            "[testing]",
+            f"drop_rate = {options.drop_rate}",
+            *signing,
+            "",
+        ]
+    )
+
+
+@dataclass
+class FleetProcess:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+
+def spawn(name: str, args: list[str], log: Path, env: dict[str, str]) -> FleetProcess:
+    """Start ``args`` in a session of its own (Ctrl-C on the terminal reaches only us; we stop it
+    by PID), output appended to ``log``."""
+    with open(log, "ab") as fh:  # the child keeps its own copy of the descriptor
+        p = subprocess.Popen(
+            args,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+    return FleetProcess(name, p, log)
+
+
+def start_trainers(
+    workdir: Path, count: int, env: dict[str, str], started: list[FleetProcess]
+) -> list[Path]:
+    """Start ``count`` trainer processes (state and log in ``workdir/trainer[-k]``) and wait until
+    each answers; returns their sockets. Each process is appended to ``started`` as soon as it
+    exists, so the caller's cleanup stops it even when a later one fails to start."""
+    stamp = f"{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    pending: list[tuple[FleetProcess, Path]] = []
+    for k in range(count):
+        name = "trainer" if k == 0 else f"trainer-{k}"
+        # sun_path is short (108 bytes): the sockets live in /tmp, not in the work directory.
+        socket = Path(f"/tmp/osml-{stamp}{'' if k == 0 else f'-{k}'}.sock")
+        (workdir / name).mkdir(parents=True, exist_ok=True)
+        proc = spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "osml.cli",
+                "trainer",
+                "--socket",
+                str(socket),
+                "--state-dir",
+                str(workdir / name),
+            ],
+            workdir / name / "trainer.log",
+            env,
+        )
+        started.append(proc)
+        pending.append((proc, socket))
+    deadline = time.monotonic() + 60 + 10 * count
+    for proc, socket in pending:
+        client = TrainerClient(socket, timeout=5.0)
+        while not client.ping():
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise OsmlError(f"the {proc.name} did not start: {_tail(proc.log)}")
+            time.sleep(0.2)
+    return [socket for _, socket in pending]
+
+
+def stop_processes(procs: Sequence[FleetProcess], grace: float = 10.0) -> None:
+    """SIGTERM every process still running, SIGKILL those not gone after ``grace`` seconds."""
+    for p in procs:
+        if p.popen.poll() is None:
+            p.popen.send_signal(signal.SIGTERM)
+    end = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.popen.wait(timeout=max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+            p.popen.wait()
+
+
+def _tail(path: Path) -> str:
+    """A process log's last lines on one line, for error messages."""
+    return " | ".join(tail_lines(path, 5).strip().splitlines())
+
+
+def _data_source(data_spec: str) -> str:
+    return data_spec if data_spec.startswith("generated:") else f"paper:{Path(data_spec).resolve()}"
+
+
+def run_fleet(
+    data_spec: str,
+    dataset: Dataset,
+    agent_ids: Sequence[str],
+    settings: SimulationSettings,
+    workdir: Path,
+    options: FleetOptions = FleetOptions(),
+    progress: Callable[[dict[str, object]], None] | None = None,
+    notice: Callable[[str], None] = lambda s: None,
+) -> dict[str, object]:
+    """Run the fleet to completion; returns the same result dict as :func:`osml.ops.simulate.simulate`."""
+    ids = list(agent_ids)
+    links = topology_neighbours(ids, settings.topology, settings.seed)
+    workdir = workdir.resolve()
+    # A run starts afresh: agents resume from state they find, so clear what a previous run
+    # into the same directory left (only the sub-directories this function creates).
+    for sub in (
+        "agents",
+        "broker",
+        *(("trainer" if k == 0 else f"trainer-{k}") for k in range(options.trainers)),
+    ):
+        shutil.rmtree(workdir / sub, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    broker: MosquittoProcess | EmbeddedBroker | None = None
+    procs: list[FleetProcess] = []
+    monitor: Transport | None = None
+    env = {"PYTHONUNBUFFERED": "1", **options.env}
+    t0 = time.perf_counter()
+    wall0 = time.time()
+    try:
+        if options.broker_url:
+            url = options.broker_url
+        elif find_mosquitto() is not None:
+            broker = MosquittoProcess(workdir / "broker")
+            broker.start()
+            url = broker.url
+            notice(f"private Mosquitto on {url} (pid {broker.pid})")
+        elif amqtt_available():
+            broker = EmbeddedBroker(workdir / "broker")
+            broker.start()
+            url = broker.url
+            options = dataclasses.replace(options, protocol=EmbeddedBroker.protocol)
+            notice(
+                f"no mosquitto binary: using the embedded pure-Python broker on {url} (MQTT 3.1.1, slower; "
+                "apt-get install mosquitto for real runs)"
+            )
+        else:
+            raise TransportError(
+                "no mosquitto binary found: apt-get install mosquitto, pip install "
+                "'osml[embedded-broker]', or pass --broker mqtt://HOST:PORT"
+            )
+        sockets = start_trainers(workdir, options.trainers, env, procs)
+        key = write_signing_key(workdir / SIGNING_KEY_FILE) if options.sign else None
+        source = _data_source(data_spec)
+        for i, aid in enumerate(ids):
+            adir = workdir / "agents" / aid
+            adir.mkdir(parents=True, exist_ok=True)
+            cfg = adir / "agent.toml"
+            cfg.write_text(
+                agent_toml(
+                    aid,
+                    i,
+                    source,
+                    settings.seed,
+                    links[aid],
+                    settings,
+                    url,
+                    adir / "state",
+                    adir / "eval",
+                    sockets[i % len(sockets)],
+                    options,
+                    key,
+                )
+            )
+        monitor = Transport(
+            BrokerSettings(url=url, protocol=options.protocol),
+            f"osml-run-{os.getpid()}",
+            subscriptions=[f"{topics.ROOT}/{settings.context}/+/metrics"],
+            persistent=False,
+        )
+        monitor.connect()
+        for aid in ids:
+            adir = workdir / "agents" / aid
+            procs.append(
+                spawn(
+                    f"agent {aid}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "osml.cli",
+                        "agent",
+                        "--config",
+                        str(adir / "agent.toml"),
+                    ],
+                    adir / "agent.log",
+                    env,
+                )
+            )
+        seen: dict[int, dict[str, dict[str, object]]] = {}
+        shown = -1
+        sent_before = {a: 0 for a in ids}
+        agents = [p for p in procs if p.name.startswith("agent")]
+        while any(p.popen.poll() is None for p in agents):
+            if time.perf_counter() - t0 > options.timeout:
+                raise OsmlError(f"the run did not finish within {options.timeout:.0f} s")
+            for p in agents:
+                code = p.popen.poll()
+                if code not in (None, 0):
+                    raise OsmlError(f"{p.name} exited with code {code}: {_tail(p.log)}")
+            msg = monitor.get(timeout=0.5)
+            if msg is None:
+                continue
+            parsed = topics.parse_agent_topic(msg.topic)
+            if parsed is None:
+                continue
+            try:
+                rec = json.loads(msg.payload)
+            except ValueError:
+                continue
+            seen.setdefault(int(rec.get("round", -1)), {})[parsed[1]] = rec
+            while progress and len(seen.get(shown + 1, {})) == len(ids):
+                shown += 1
+                recs = seen[shown]
+                total = {a: int(r["bytes_out"]) for a, r in recs.items()}  # type: ignore[call-overload]
+                progress(
+                    {
+                        "round": shown,
+                        "elapsed_s": round(time.perf_counter() - t0, 1),
+                        "subcontexts": {a: r["subcontext"] for a, r in recs.items()},
+                        "equilibrium": {a: r["equilibrium"] for a, r in recs.items()},
+                        "bytes_sent": {a: total[a] - sent_before[a] for a in total},
+                        **_live_alignment(workdir, ids, shown),
+                        "live": True,
+                    }
+                )
+                sent_before = total
+        for p in agents:
+            if p.popen.returncode != 0:
+                raise OsmlError(f"{p.name} exited with code {p.popen.returncode}: {_tail(p.log)}")
+    finally:
+        if monitor is not None:
+            monitor.close()
+        stop_processes(procs)
+        if broker is not None:
+            broker.stop()
+    return assemble(workdir, dataset, ids, links, settings, time.perf_counter() - t0, wall0)
+
+
+def _live_alignment(workdir: Path, ids: Sequence[str], rnd: int) -> dict[str, object]:
+    """Strict and centred test alignment of round ``rnd`` from the agents' eval files, for the
+    live display (the orchestrator runs on the same machine; the agents never compute this)."""
+    try:
+        emb = {
+            a: np.load(workdir / "agents" / a / "eval" / f"test-{rnd:04d}.npy", allow_pickle=False)
+            for a in ids
+        }
+    except (OSError, ValueError):
+        return {}
+    return {
+        "strict_alignment": {
+            a: {b: strict_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
+        },
+        "centered_alignment": {
+            a: {b: centered_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
+        },
+    }
+
+
+def assemble(
+    workdir: Path,
+    dataset: Dataset,
+    ids: list[str],
+    links: dict[str, list[str]],
+    settings: SimulationSettings,
+    elapsed: float,
+    started: float | None = None,
+) -> dict[str, object]:
+    """Build the simulate-style result from the agents' state and eval directories."""
+    w = settings.window
+    train_last = {a: np.asarray(windows(dataset[a].train, w))[:, -1, :] for a in ids}
+    test_last = {a: np.asarray(windows(dataset[a].test, w))[:, -1, :] for a in ids}
+    records: dict[str, dict[int, dict[str, object]]] = {}
+    for a in ids:
+        records[a] = {}
+        for rec in read_rounds(workdir / "agents" / a / "state"):
+            records[a][int(rec["round"])] = rec  # a resumed agent may repeat a round: keep the last
+    rounds: list[dict[str, object]] = []
+    subcontexts = {a: sorted([a, *links[a]]) for a in ids}
+    prev_bytes = {a: 0 for a in ids}
+    for r in range(settings.rounds + 1):
+        ev = {a: workdir / "agents" / a / "eval" for a in ids}
+        if not all((ev[a] / f"test-{r:04d}.npy").exists() for a in ids):
+            break
+        train_emb = {a: np.load(ev[a] / f"train-{r:04d}.npy", allow_pickle=False) for a in ids}
+        test_emb = {a: np.load(ev[a] / f"test-{r:04d}.npy", allow_pickle=False) for a in ids}
+        entry: dict[str, object] = {
+            "round": r,
+            **evaluate(train_emb, test_emb, train_last, test_last, subcontexts),
+        }
+        if all(r in records[a] for a in ids):
+            recs = {a: records[a][r] for a in ids}
+            subcontexts = {a: list(rec["subcontext"]) for a, rec in recs.items()}  # type: ignore[call-overload]
+            entry.update(
+                {
+                    "subcontexts": subcontexts,
+                    "model_versions": {a: rec["model_version"] for a, rec in recs.items()},
+                    "osmosis_weights": {a: rec["osmosis_weights"] for a, rec in recs.items()},
+                    "affinity": {a: rec["affinity"] for a, rec in recs.items()},
+                    "affinity_memory": {a: rec["affinity_memory"] for a, rec in recs.items()},
+                    "equilibrium": {a: rec["equilibrium"] for a, rec in recs.items()},
+                    "embedding_change": {a: rec["embedding_change"] for a, rec in recs.items()},
+                    "bytes_sent": {
+                        a: int(rec["bytes_out"]) - prev_bytes[a] for a, rec in recs.items()
+                    },  # type: ignore[call-overload]
+                    "missing_frames": {a: rec["missing"] for a, rec in recs.items()},
+                    "late_frames": {a: rec["late_frames"] for a, rec in recs.items()},
+                    "trainer": {a: rec["trainer"] for a, rec in recs.items()},
+                    "round_s": {a: rec["round_s"] for a, rec in recs.items()},
+                }
+            )
+            if started is not None and all("time" in rec for rec in recs.values()):
+                entry["elapsed_s"] = round(
+                    max(float(rec["time"]) for rec in recs.values()) - started, 2
+                )  # type: ignore[arg-type]
+            prev_bytes = {a: int(rec["bytes_out"]) for a, rec in recs.items()}  # type: ignore[call-overload]
+        else:
+            entry["subcontexts"] = subcontexts
+        rounds.append(entry)
+    if not rounds:
+        raise OsmlError(f"no agent evaluation found under {workdir / 'agents'}")
+    last = rounds[-1]
+    final_test = {
+        a: np.load(
+            workdir / "agents" / a / "eval" / f"test-{last['round']:04d}.npy", allow_pickle=False
+        )
+        for a in ids
+    }
+    weights = next((e["osmosis_weights"] for e in reversed(rounds) if "osmosis_weights" in e), {})
+    return {
+        "dataset": dataset.name,
+        "agents": ids,
+        "topology": settings.topology,
+        "neighbours": links,
+        "rounds": rounds,
+        "elapsed_s": round(elapsed, 1),
+        "workdir": str(workdir),
+        "final": {
+            "round": last["round"],
+            "subcontexts": subcontexts,
+            "osmosis_weights": weights,
+            **{
+                k: last[k]
+                for k in (
+                    "strict_alignment",
+                    "centered_alignment",
+                    "paper_similarity",
+                    "probe_r2",
+                    "spread",
+                )
+            },
+        },
+        "embeddings": final_test,
+    }

@@ -1,0 +1,266 @@
+"""An agent's inbox: where untrusted frames from the network become frames the osmosis may use.
+
+Everything that arrives on an agent's inbox topics passes :meth:`Inbox.offer` before anything
+else looks at it. A message is either kept (a checked chunk of a neighbour's frame for the
+current round or one a little ahead) or rejected with one counted reason; nothing raises, nothing
+blocks, and memory stays bounded whatever a sender does. Transport-free and pure, so the same
+object is fuzzed in the tests and used by the agent.
+
+Reasons, besides the decoder's (:data:`osml.wire.codec.REASONS`):
+
+=================  ==========================================================================
+``topic``          not this agent's inbox, or the frame's ``src`` is not the topic's sender
+``context``        the topic or the frame names another context
+``not_neighbour``  the sender is not one of this agent's neighbours
+``late``           a round this agent has finished (a slow neighbour, or a replay)
+``future``         more than ``max_ahead`` rounds ahead of this agent (the round is remembered:
+                   see :meth:`Inbox.catch_up`)
+``duplicate``      a chunk already held (a QoS 1 redelivery, or a replay)
+``chunk``          chunks of one frame that disagree (count, dimension, model, step ranges)
+``dimension``      an embedding dimension other than this agent's
+``flood``          the sender already has ``max_pending_bytes`` waiting here
+``steps``          a complete frame for other steps than this agent's round (see the runtime)
+=================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from itertools import pairwise
+
+import numpy as np
+
+from osml.errors import FrameError
+from osml.wire import topics
+from osml.wire.codec import REASONS as DECODER_REASONS
+from osml.wire.codec import Frame, decode_frame
+
+__all__ = ["REASONS", "Inbox"]
+
+_MAX_CATCH_UP = 2**62  # never jump to a round whose successors could overflow the frame format
+
+REASONS = {
+    **DECODER_REASONS,
+    "topic": "not this agent's inbox, or the frame's src is not the topic's sender",
+    "context": "the topic or the frame names another context",
+    "not_neighbour": "the sender is not one of this agent's neighbours",
+    "late": "a round this agent has finished (a slow neighbour, or a replay)",
+    "future": "too many rounds ahead of this agent",
+    "duplicate": "a chunk already held (a QoS 1 redelivery, or a replay)",
+    "chunk": "chunks of one frame that disagree",
+    "dimension": "an embedding dimension other than this agent's",
+    "flood": "the sender has too many bytes waiting in this inbox",
+    "steps": "a complete frame for other steps than this agent's round",
+}
+"""Every reason an agent counts a rejected frame under -> description."""
+
+_log = logging.getLogger("osml.wire.inbox")
+
+
+class Inbox:
+    """Checked, reassembled frames per (round, source), and counters of what was rejected.
+
+    ``dim`` is the embedding dimension this agent's model produces (None: any). With ``keys`` a
+    frame's signature must verify; with ``require_signature`` unsigned frames are rejected too.
+    ``max_ahead`` bounds how many rounds ahead a frame may be; ``max_pending_bytes`` bounds what
+    one sender can have waiting, and ``max_chunks`` the chunks of one frame.
+    """
+
+    def __init__(
+        self,
+        *,
+        context: str,
+        me: str,
+        neighbours: Iterable[str],
+        dim: int | None = None,
+        keys: Sequence[bytes] = (),
+        require_signature: bool = False,
+        max_frame_bytes: int = 1 << 20,
+        max_ahead: int = 8,
+        max_chunks: int = 1024,
+        max_pending_bytes: int = 32 << 20,
+    ) -> None:
+        self.context = context
+        self.me = me
+        self.neighbours = frozenset(neighbours)
+        self.dim = dim
+        self.keys = tuple(keys)
+        self.require_signature = require_signature
+        self.max_frame_bytes = max_frame_bytes
+        self.max_ahead = max_ahead
+        self.max_chunks = max_chunks
+        self.max_pending_bytes = max_pending_bytes
+        self.rejected: Counter[str] = Counter()
+        self.frames_in = 0
+        self.bytes_in = 0
+        self._chunks: dict[tuple[int, str], dict[int, Frame]] = {}
+        self._pending: Counter[str] = Counter()  # embedding bytes held per sender
+        self._ahead: dict[str, set[int]] = {}  # sender -> rounds it sent beyond max_ahead (a few)
+
+    # -- counting ---------------------------------------------------------------------------
+
+    def reject(self, reason: str, detail: str = "") -> str:
+        """Count one rejection; log the first few of each reason, then every 10x more."""
+        self.rejected[reason] += 1
+        n = self.rejected[reason]
+        if n <= 3 or _is_power_of_ten(n):
+            _log.warning("agent %s: rejected frame (%s, %d so far): %s", self.me, reason, n, detail)
+        else:
+            _log.debug("agent %s: rejected frame (%s): %s", self.me, reason, detail)
+        return reason
+
+    @property
+    def late(self) -> int:
+        return self.rejected["late"]
+
+    @property
+    def invalid(self) -> int:
+        """Rejections for any reason but lateness."""
+        return sum(n for r, n in self.rejected.items() if r != "late")
+
+    # -- admission --------------------------------------------------------------------------
+
+    def offer(self, topic: str, payload: bytes, current_round: int) -> str | None:
+        """Check one received message; keep it and return None, or count and return a reason."""
+        self.frames_in += 1
+        self.bytes_in += len(payload) if isinstance(payload, (bytes, bytearray)) else 0
+        parsed = topics.parse_inbox(topic) if isinstance(topic, str) else None
+        if parsed is None or parsed[1] != self.me:
+            return self.reject("topic", f"{topic!r} is not this agent's inbox")
+        ctx, _, sender = parsed
+        if ctx != self.context:
+            return self.reject("context", f"topic {topic!r} is for context {ctx!r}")
+        if sender not in self.neighbours:
+            # Checked before decoding: a stranger's bytes cost us nothing more than this.
+            return self.reject("not_neighbour", f"{sender!r} on {topic!r} is not a neighbour")
+        try:
+            frame = decode_frame(
+                payload,
+                max_frame_bytes=self.max_frame_bytes,
+                keys=self.keys,
+                require_signature=self.require_signature,
+            )
+        except FrameError as exc:
+            return self.reject(exc.reason, f"{topic}: {exc}")
+        if frame.source != sender:
+            return self.reject("topic", f"frame from {frame.source!r} on {sender!r}'s topic")
+        if frame.context != self.context:
+            return self.reject("context", f"frame for context {frame.context!r} on {topic}")
+        return self._add(frame, current_round)
+
+    def _add(self, frame: Frame, current_round: int) -> str | None:
+        src, rnd = frame.source, frame.round
+        if rnd < current_round:
+            return self.reject("late", f"{src} round {rnd} < current {current_round}")
+        if rnd > current_round + self.max_ahead:
+            if rnd < _MAX_CATCH_UP:
+                seen = self._ahead.setdefault(src, set())
+                seen.add(rnd)
+                if len(seen) > 4:
+                    seen.discard(min(seen))
+            return self.reject(
+                "future", f"{src} round {rnd} > current {current_round} + {self.max_ahead}"
+            )
+        if self.dim is not None and frame.dim != self.dim:
+            return self.reject(
+                "dimension", f"{src} sent dimension {frame.dim}, this agent uses {self.dim}"
+            )
+        if frame.n_chunks > self.max_chunks:
+            return self.reject(
+                "chunk", f"{src} declares {frame.n_chunks} chunks > {self.max_chunks}"
+            )
+        parts = self._chunks.get((rnd, src), {})
+        if frame.chunk in parts:
+            return self.reject("duplicate", f"{src} round {rnd} chunk {frame.chunk} again")
+        if parts:
+            first = next(iter(parts.values()))
+            if (first.n_chunks, first.dim, first.model_version) != (
+                frame.n_chunks,
+                frame.dim,
+                frame.model_version,
+            ):
+                return self.reject(
+                    "chunk", f"{src} round {rnd}: chunk {frame.chunk} disagrees with the others"
+                )
+        size = frame.embeddings.nbytes
+        if self._pending[src] + size > self.max_pending_bytes:
+            return self.reject("flood", f"{src} has {self._pending[src]} bytes waiting")
+        self._chunks.setdefault((rnd, src), parts)[frame.chunk] = frame
+        self._pending[src] += size
+        return None
+
+    def catch_up(self, current_round: int) -> int | None:
+        """The round to jump to when this agent has fallen behind, else None.
+
+        An agent that was down for a while comes back many rounds behind its neighbours; their
+        frames are then all too far ahead, and its own are all late for them, so neither side
+        would ever hear the other again. Rounds are only exchange slots, so the agent skips to
+        one past the highest round a neighbour sent and the fleet is in step again. A neighbour
+        counts when it sent valid frames (from a neighbour, on its own topic, signed when signing
+        is on) for at least two different rounds close together, as a live neighbour does round
+        after round: one stray or forged frame with a huge round number moves nobody. Round
+        numbers only ever grow.
+        """
+        live = [
+            b
+            for rounds in self._ahead.values()
+            for a, b in pairwise(sorted(rounds))
+            if b - a <= self.max_ahead
+        ]
+        ahead = max(live, default=-1)
+        if ahead > current_round + self.max_ahead:
+            self._ahead.clear()
+            return ahead + 1
+        return None
+
+    # -- reassembly -------------------------------------------------------------------------
+
+    def complete(self, rnd: int, src: str) -> Frame | None:
+        """The whole frame ``src`` sent for round ``rnd`` once every chunk is in, else None.
+
+        Chunk ``i + 1`` must start where chunk ``i`` stops; otherwise the parts are dropped and
+        counted under ``chunk``.
+        """
+        parts = self._chunks.get((rnd, src))
+        if not parts:
+            return None
+        n = next(iter(parts.values())).n_chunks
+        if len(parts) < n:
+            return None
+        ordered = [parts[i] for i in range(n)]
+        if any(a.step_stop != b.step_start for a, b in pairwise(ordered)):
+            self._drop((rnd, src))
+            self.reject("chunk", f"{src} round {rnd}: chunks do not tile one step range")
+            return None
+        emb = np.concatenate([p.embeddings for p in ordered]) if n > 1 else ordered[0].embeddings
+        first = ordered[0]
+        return Frame(
+            context=first.context,
+            source=src,
+            round=rnd,
+            step_start=first.step_start,
+            model_version=first.model_version,
+            embeddings=emb,
+        )
+
+    def forget_before(self, rnd: int) -> None:
+        """Drop everything held for rounds before ``rnd``."""
+        for key in [k for k in self._chunks if k[0] < rnd]:
+            self._drop(key)
+
+    def _drop(self, key: tuple[int, str]) -> None:
+        parts = self._chunks.pop(key, {})
+        self._pending[key[1]] -= sum(p.embeddings.nbytes for p in parts.values())
+
+    @property
+    def pending_bytes(self) -> int:
+        """Embedding bytes held for all senders."""
+        return sum(self._pending.values())
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
