@@ -28,10 +28,10 @@ from click.testing import Result
 from paho.mqtt.enums import CallbackAPIVersion
 
 from clihelp import run_command
+from osml.cli.broker import TUNING, broker, broker_conf, with_port
 from osml.errors import ConfigError, TransportError
 from osml.net.broker import find_mosquitto, free_port
 from osml.net.transport import BrokerSettings, Message, Transport
-from osml.ops.broker_setup import TUNING, broker, broker_conf, with_port
 from osml.ops.fleetfile import (
     Fleet,
     acl_text,
@@ -564,7 +564,7 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclBroker]:
         [
             sys.executable,
             "-c",
-            "from osml.ops.broker_setup import broker; broker()",
+            "from osml.cli.broker import broker; broker()",
             "start",
             "--dir",
             str(out),
