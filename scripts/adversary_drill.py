@@ -48,18 +48,18 @@ def run_once(ds, ids, attack: str | None, screening: bool, rounds: int, seed: in
         anchor = context_anchor(settings.context, settings.embedding_dim, settings.anchor_norm)
         advs["x"] = parse_adversary(attack, anchor, ids)
     rep = simulate(ds, settings, ids, adversaries=advs)
-    final = rep["final"]
-    subs = {a: sorted(s) for a, s in final["subcontexts"].items()}
-    weights = final["osmosis_weights"]
+    final = rep.final
+    subs = {a: sorted(s) for a, s in final.subcontexts.items()}
+    weights = final.osmosis_weights
     screened = Counter(
-        r for rnd in rep["rounds"] for per in rnd.get("screened", {}).values() for r in per.values()
+        r for rnd in rep.rounds for per in (rnd.screened or {}).values() for r in per.values()
     )
     return {
         "subcontexts": subs,
         "x_inside": any("x" in s for s in subs.values()),
         "max_weight_x": max((w.get("x", 0.0) for w in weights.values()), default=0.0),
-        "centered": final["centered_alignment"],
-        "norm": float(np.median([median_norm(e) for e in rep["embeddings"].values()])),
+        "centered": final.centered_alignment,
+        "norm": float(np.median([median_norm(e) for e in rep.embeddings.values()])),
         "screened": dict(screened),
     }
 

@@ -225,7 +225,7 @@ class Fleet:
             self.start_agent(agent)
 
     def done(self, agent: str, rnd: int) -> bool:
-        return any(r["round"] >= rnd for r in read_rounds(self.state(agent)))
+        return any(r.round >= rnd for r in read_rounds(self.state(agent)))
 
     def wait_agents(self) -> dict[str, int | None]:
         deadline = time.monotonic() + self.env.timeout
@@ -274,7 +274,7 @@ def fleet(
 
 
 def all_rounds(f: Fleet) -> bool:
-    return all([r["round"] for r in read_rounds(f.state(a))][-1:] == [f.rounds - 1] for a in f.ids)
+    return all([r.round for r in read_rounds(f.state(a))][-1:] == [f.rounds - 1] for a in f.ids)
 
 
 # -- the drills ---------------------------------------------------------------------------------
@@ -370,11 +370,11 @@ def broker_restart(env: Env) -> tuple[bool, str]:
 
         def due() -> bool:
             return finished.is_set() or any(
-                r["round"] >= FAULT_ROUND for s in states for r in read_rounds(s)
+                r.round >= FAULT_ROUND for s in states for r in read_rounds(s)
             )
 
         if wait_until(due, env.timeout) and not finished.is_set():
-            restarted_at.append(max(r["round"] for s in states for r in read_rounds(s)))
+            restarted_at.append(max(r.round for s in states for r in read_rounds(s)))
             try:
                 broker.restart()
             except Exception as exc:  # noqa: BLE001  # reported on the drill's line
@@ -387,14 +387,14 @@ def broker_restart(env: Env) -> tuple[bool, str]:
         options = FleetOptions(broker_url=broker.url, deadline=env.deadline, timeout=env.timeout)
         result = run_fleet(
             str(env.paper / data), dataset, ids, settings, workdir / "fleet", options
-        )
+        ).report()
     finally:
         finished.set()
         if watcher.is_alive():
             watcher.join()
         broker.stop()
     last = {a: read_rounds(workdir / "fleet" / "agents" / a / "state")[-1] for a in ids}
-    reconnects = {a: r["reconnects"] for a, r in last.items()}
+    reconnects = {a: r.reconnects for a, r in last.items()}
     missing, expected = missing_frames(result)
     ok = (
         not errors
@@ -424,14 +424,14 @@ def agent_sigkill(env: Env) -> tuple[bool, str]:
         codes = f.wait_agents()
         after = read_rounds(f.state(victim))[len(before) :]
         result = f.result(started)
-    rounds_after = [r["round"] for r in after]
+    rounds_after = [r.round for r in after]
     # Resumed: carries on after the last round it recorded, up to the end, never from round 0.
     resumed = (
         bool(rounds_after)
-        and rounds_after[0] > before[-1]["round"]
+        and rounds_after[0] > before[-1].round
         and rounds_after == list(range(rounds_after[0], ROUNDS))
     )
-    kept_model = bool(after) and after[0]["model_version"] >= before[-1]["model_version"]
+    kept_model = bool(after) and after[0].model_version >= before[-1].model_version
     missing, expected = missing_frames(result)
     ok = (
         all(c == 0 for c in codes.values())
@@ -462,9 +462,9 @@ def trainer_sigkill(env: Env) -> tuple[bool, str]:
 
         def noticed(a: str) -> bool:
             return any(
-                r["trainer"] == "unavailable"
+                r.trainer == "unavailable"
                 for r in read_rounds(f.state(a))
-                if r["round"] > at_kill[a]["round"]
+                if r.round > at_kill[a].round
             )
 
         seen_down = wait_until(lambda: all(noticed(a) for a in f.ids) or all_rounds(f), env.timeout)
@@ -472,9 +472,9 @@ def trainer_sigkill(env: Env) -> tuple[bool, str]:
         codes = f.wait_agents()
         recs = {a: read_rounds(f.state(a)) for a in f.ids}
         result = f.result(started)
-    down = {a: sum(r["trainer"] == "unavailable" for r in recs[a]) for a in f.ids}
-    versions = {a: (at_kill[a]["model_version"], recs[a][-1]["model_version"]) for a in f.ids}
-    back = all(recs[a][-1]["trainer"] == "ok" and versions[a][1] > versions[a][0] for a in f.ids)
+    down = {a: sum(r.trainer == "unavailable" for r in recs[a]) for a in f.ids}
+    versions = {a: (at_kill[a].model_version, recs[a][-1].model_version) for a in f.ids}
+    back = all(recs[a][-1].trainer == "ok" and versions[a][1] > versions[a][0] for a in f.ids)
     ok = (
         all(c == 0 for c in codes.values())
         and seen_down

@@ -94,9 +94,9 @@ def check_restart(f: Fleet, log_from: int, since_round: int, version: int) -> No
             + next(line for line in log.splitlines() if "ignoring the model" in line)
         )
     for rec in read_rounds(f.state(VICTIM)):
-        if rec["round"] >= since_round and rec["model_version"] < version:
+        if rec.round >= since_round and rec.model_version < version:
             raise OsmlError(
-                f"round {rec['round']} ran on model v{rec['model_version']}, v{version} was on disk"
+                f"round {rec.round} ran on model v{rec.model_version}, v{version} was on disk"
             )
 
 
@@ -105,7 +105,7 @@ def drill(f: Fleet, kills: int, seed: int, max_delay: float, tally: Tally) -> No
     log_path = f.workdir / "agents" / VICTIM / "agent.log"
     last, log_from = (0, 0), 0
     for kill in range(1, kills + 1):
-        done = [r["round"] for r in read_rounds(f.state(VICTIM))]
+        done = [r.round for r in read_rounds(f.state(VICTIM))]
         if done and done[-1] >= f.rounds - 2:
             raise OsmlError(
                 f"the victim is at round {done[-1]} of {f.rounds} after {kill - 1} kills: pass more --rounds"
@@ -205,7 +205,7 @@ def main() -> int:
             tally.failures.append(f"{type(exc).__name__}: {exc}")
     finally:
         f.stop()
-    rounds = {a: [r["round"] for r in read_rounds(f.state(a))] for a in IDS}
+    rounds = {a: [r.round for r in read_rounds(f.state(a))] for a in IDS}
     complete = {a: bool(r) and r[-1] == args.rounds - 1 for a, r in rounds.items()}
     if finished and (not all(c == 0 for c in finished.values()) or not all(complete.values())):
         tally.failures.append(
@@ -213,7 +213,7 @@ def main() -> int:
             f"{ {a: r[-1] if r else None for a, r in rounds.items()} }"
         )
     victim_rounds = read_rounds(f.state(VICTIM))
-    final_version = victim_rounds[-1]["model_version"] if victim_rounds else None
+    final_version = victim_rounds[-1].model_version if victim_rounds else None
     ok = not tally.failures and tally.kills >= args.kills and bool(finished)
     print(
         f"\nkill drill {'PASS' if ok else 'FAIL'} in {time.perf_counter() - started:.0f}s (seed {args.seed})"

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from osml.agent.data import GENERATED_SPECS, load_dataset
+from osml.agent.records import RoundRecord
 from osml.agent.state import read_rounds
 from osml.core.topology import neighbours as topology_neighbours
 from osml.net.broker import MosquittoProcess
@@ -123,7 +124,7 @@ class Soak:
 # -- reading the agents and the processes -----------------------------------------------------
 
 
-def last_record(path: Path) -> dict[str, Any] | None:
+def last_record(path: Path) -> RoundRecord | None:
     """The last complete line of a rounds.jsonl, reading only the file's tail."""
     try:
         with open(path, "rb") as fh:
@@ -134,8 +135,7 @@ def last_record(path: Path) -> dict[str, Any] | None:
         return None
     for line in reversed(tail.splitlines()):
         try:
-            rec: dict[str, Any] = json.loads(line)
-            return rec
+            return RoundRecord.from_json(json.loads(line))
         except ValueError:
             continue  # a partly written last line, or the cut first one
     return None
@@ -360,7 +360,7 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
     statuses: dict[str, dict[str, Any]] = {}
     start_sample: dict[str, Any] | None = None
     end_sample: dict[str, Any] | None = None
-    recs_end: dict[str, dict[str, Any] | None] = {}
+    recs_end: dict[str, RoundRecord | None] = {}
     settled_at: int | None = None
     t0 = time.monotonic()
     last_sample = last_line = -math.inf
@@ -383,7 +383,7 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
                 failures.append(f"agents exited: {exited}")
                 break
             recs = {a.name: last_record(a.rounds_file) for a in soak.agents}
-            rounds = {n: (int(r["round"]) if r else -1) for n, r in recs.items()}
+            rounds = {n: (r.round if r else -1) for n, r in recs.items()}
             lo, hi = min(rounds.values()), max(rounds.values())
             now = time.monotonic()
             if start_sample is None and lo >= 2 or now - last_sample >= cfg.sample_every:
@@ -428,7 +428,7 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
                         f"[{now - t0:6.0f}s] every agent finished {cfg.rounds} rounds; settling (up to round "
                         f"{settle_until}) until every agent reports equilibrium"
                     )
-                if all(r and r.get("equilibrium") for r in recs.values()):
+                if all(r and r.equilibrium for r in recs.values()):
                     settled_at = lo
                     break
                 if lo >= settle_until:
@@ -437,7 +437,7 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
         if soak.broker.running and not failures:
             statuses = read_statuses(soak.broker.url, names, timeout=2 * cfg.deadline + 10)
         recs_end = {a.name: last_record(a.rounds_file) for a in soak.agents}
-        end_sample = sample(soak, {n: (int(r["round"]) if r else -1) for n, r in recs_end.items()})
+        end_sample = sample(soak, {n: (r.round if r else -1) for n, r in recs_end.items()})
         samples.append(end_sample)
         with open(cfg.out / "samples.jsonl", "a") as fh:
             fh.write(json.dumps(end_sample) + "\n")
@@ -493,7 +493,7 @@ def summarize(
     settled_at: int | None,
     failures: list[str],
     elapsed: float,
-    recs_end: dict[str, dict[str, Any] | None],
+    recs_end: dict[str, RoundRecord | None],
 ) -> dict[str, Any]:
     """The result. Per-agent figures come from each agent's last record *before* teardown
     (``recs_end``): a round an agent finished while being stopped does not count."""
@@ -501,15 +501,15 @@ def summarize(
     history = {a.name: read_rounds(a.dir / "state") for a in soak.agents}
     for n, rec in recs_end.items():
         if rec is not None:
-            history[n] = [r for r in history[n] if int(r["round"]) <= int(rec["round"])]
+            history[n] = [r for r in history[n] if r.round <= rec.round]
     last = {n: h[-1] for n, h in history.items() if h}
-    done = {n: int(last[n]["round"]) + 1 if n in last else 0 for n in history}
+    done = {n: last[n].round + 1 if n in last else 0 for n in history}
     rejected: dict[str, int] = {}
     for rec in last.values():
-        for reason, count in rec.get("rejected", {}).items():
+        for reason, count in rec.rejected.items():
             rejected[reason] = rejected.get(reason, 0) + int(count)
     total = {
-        k: sum(int(r.get(k, 0)) for r in last.values())
+        k: sum(int(getattr(r, k)) for r in last.values())
         for k in (
             "frames_in",
             "frames_out",
@@ -519,18 +519,18 @@ def summarize(
             "reconnects",
         )
     }
-    reconnects = {n: int(r.get("reconnects", 0)) for n, r in last.items()}
-    eq_end = {n: bool(r.get("equilibrium")) for n, r in last.items()}
+    reconnects = {n: r.reconnects for n, r in last.items()}
+    eq_end = {n: r.equilibrium for n, r in last.items()}
     window = 20
     eq_share = [
-        statistics.fmean(bool(r.get("equilibrium")) for r in h[-window:])
+        statistics.fmean(r.equilibrium for r in h[-window:])
         for h in history.values()
         if h
     ]
     online = {n: statuses.get(n, {}).get("state") == "online" for n in history}
-    first_version = {n: int(h[0].get("model_version", 0)) for n, h in history.items() if h}
+    first_version = {n: h[0].model_version for n, h in history.items() if h}
     training = {
-        n: r.get("trainer") == "ok" and int(r.get("model_version", 0)) > first_version[n]
+        n: r.trainer == "ok" and r.model_version > first_version[n]
         for n, r in last.items()
     }
 
@@ -648,8 +648,8 @@ def summarize(
         },
         "training_at_end": sum(training.values()),
         "model_versions_at_end": {
-            "min": min((int(r.get("model_version", 0)) for r in last.values()), default=0),
-            "max": max((int(r.get("model_version", 0)) for r in last.values()), default=0),
+            "min": min((r.model_version for r in last.values()), default=0),
+            "max": max((r.model_version for r in last.values()), default=0),
         },
         "equilibrium_at_end": sum(eq_end.values()),
         "not_at_equilibrium": sorted(n for n, v in eq_end.items() if not v),

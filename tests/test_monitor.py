@@ -135,11 +135,12 @@ def test_metrics_only_agent_round_and_no_affinity_when_alone() -> None:
     view = FleetView(CTX)
     view.update(metrics("7", round=2, subcontext=["7"], affinity_memory={"8": 0.1}), NOW)
     row = view.rows(NOW, 60)[0]
+    # A record's counters default to 0: a record that names none had no errors.
     assert (row["state"], row["round"], row["affinity"], row["errors"]) == (
         "unknown",
         3,
         None,
-        None,
+        0,
     )
 
 

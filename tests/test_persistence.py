@@ -31,6 +31,7 @@ from osml.agent.modelcard import (
     write_atomic,
     write_model,
 )
+from osml.agent.records import RoundRecord
 from osml.agent.state import AgentState, append_round, load_state, read_rounds, save_state
 from osml.errors import ConfigError, ModelError
 
@@ -251,15 +252,15 @@ def test_append_round_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
 
-    append_round(tmp_path, {"round": 0})
+    append_round(tmp_path, RoundRecord(round=0))
 
-    assert synced and read_rounds(tmp_path) == [{"round": 0}]
+    assert synced and read_rounds(tmp_path) == [RoundRecord(round=0)]
 
 
 def test_read_rounds_skips_a_torn_last_line(tmp_path: Path) -> None:
     (tmp_path / "rounds.jsonl").write_text('{"round": 0}\n{"round": 1}\n{"round": 2, "subcon')
 
-    assert read_rounds(tmp_path) == [{"round": 0}, {"round": 1}]
+    assert [r.round for r in read_rounds(tmp_path)] == [0, 1]
 
 
 def test_read_rounds_of_a_missing_file_is_empty(tmp_path: Path) -> None:
@@ -277,26 +278,28 @@ def test_append_after_a_torn_line_cuts_it_off(tmp_path: Path) -> None:
     path = tmp_path / "rounds.jsonl"
     path.write_text('{"round": 0}\n{"round": 1, "subcon')
 
-    append_round(tmp_path, {"round": 1})
+    append_round(tmp_path, RoundRecord(round=1))
 
-    assert path.read_text() == '{"round": 0}\n{"round": 1}\n'
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"round": 0}' and len(lines) == 2
+    assert [r.round for r in read_rounds(tmp_path)] == [0, 1]
 
 
 def test_append_after_a_complete_line_without_newline_keeps_it(tmp_path: Path) -> None:
     path = tmp_path / "rounds.jsonl"
     path.write_text('{"round": 0}\n{"round": 1}')
 
-    append_round(tmp_path, {"round": 2})
+    append_round(tmp_path, RoundRecord(round=2))
 
-    assert read_rounds(tmp_path) == [{"round": 0}, {"round": 1}, {"round": 2}]
+    assert [r.round for r in read_rounds(tmp_path)] == [0, 1, 2]
 
 
 def test_append_to_a_file_that_is_only_a_torn_line(tmp_path: Path) -> None:
     (tmp_path / "rounds.jsonl").write_bytes(b'{"rou')
 
-    append_round(tmp_path, {"round": 0})
+    append_round(tmp_path, RoundRecord(round=0))
 
-    assert read_rounds(tmp_path) == [{"round": 0}]
+    assert read_rounds(tmp_path) == [RoundRecord(round=0)]
 
 
 # --- SIGKILL at random moments ---------------------------------------------------------------
@@ -307,6 +310,7 @@ CHILD = """
 import sys
 from pathlib import Path
 from osml.agent.modelcard import ModelCard, sha256_hex, write_model
+from osml.agent.records import RoundRecord
 from osml.agent.state import append_round, load_state, save_state
 
 state_dir, models_dir = Path(sys.argv[1]), Path(sys.argv[2])
@@ -323,7 +327,7 @@ while True:
     state.model_version = version
     state.next_round += 1
     save_state(state_dir, state)
-    append_round(state_dir, {"round": state.next_round - 1, "model_version": version})
+    append_round(state_dir, RoundRecord(round=state.next_round - 1, model_version=version))
 """
 
 KILLS = 50
@@ -380,7 +384,7 @@ def test_writer_killed_at_random_moments_always_leaves_a_valid_model_and_state(
             assert state.model_version == 0, (
                 f"kill {kill}: state says v{state.model_version} but there is no model"
             )
-        rounds = [r["round"] for r in read_rounds(state_dir)]
+        rounds = [r.round for r in read_rounds(state_dir)]
         assert rounds == sorted(set(rounds)) and all(r < state.next_round for r in rounds), (
             f"kill {kill}"
         )

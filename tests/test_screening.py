@@ -92,13 +92,13 @@ def test_honest_agents_keep_their_subcontext_next_to_an_adversary(attack: str) -
     rep = simulate(
         ds, settings, ["0", "1"], adversaries={"x": parse_adversary(attack, ANCHOR, ["0", "1"])}
     )
-    final = rep["final"]
-    assert final["subcontexts"] == {"0": ["0", "1"], "1": ["0", "1"]}
-    assert all(w.get("x", 0.0) == 0.0 for w in final["osmosis_weights"].values())
-    assert final["centered_alignment"]["0"]["1"] >= 0.95
-    norms = [median_norm(e) for e in rep["embeddings"].values()]
+    final = rep.final
+    assert final.subcontexts == {"0": ["0", "1"], "1": ["0", "1"]}
+    assert all(w.get("x", 0.0) == 0.0 for w in final.osmosis_weights.values())
+    assert final.centered_alignment["0"]["1"] >= 0.95
+    norms = [median_norm(e) for e in rep.embeddings.values()]
     assert max(norms) < 3 * np.linalg.norm(ANCHOR)  # no inflation through the blend
     screened = {
-        r for rnd in rep["rounds"] for per in rnd.get("screened", {}).values() for r in per.values()
+        r for rnd in rep.rounds for per in (rnd.screened or {}).values() for r in per.values()
     }
     assert screened  # the adversary was noticed, not merely outvoted

@@ -33,8 +33,8 @@ neighbours have defaults)::
     deadline = 10.0                     # seconds to wait for the neighbours' frames
     train_wait = 30.0                   # seconds to wait for the trainer's new model
 
-    [trainer]
-    socket = "/run/osml/trainer.sock"
+    [trainer]                           # leave it out (or socket = "") with model.path set
+    socket = "/run/osml/trainer.sock"   # for a device that never trains: inference only
 
     [signing]                           # optional: HMAC-SHA256 frame signatures (osml.wire.signing)
     key_file = "/etc/osml/lab.key"      # this context's key; sign and verify with it
@@ -160,7 +160,7 @@ class RoundsSection:
 
 @dataclass(frozen=True)
 class TrainerSection:
-    socket: str = "trainer.sock"
+    socket: str = "trainer.sock"  # "": no trainer, the agent runs inference only on model.path
     timeout: float = 120.0
     settings: dict[str, Any] = field(default_factory=dict)  # osml.trainer.TrainerSettings fields
 
@@ -197,6 +197,11 @@ class AgentConfig:
     trainer: TrainerSection = field(default_factory=TrainerSection)
     drop_rate: float = 0.0  # [testing] share of outgoing frames dropped at random
     signing: SigningSection = field(default_factory=SigningSection)
+
+    @property
+    def inference_only(self) -> bool:
+        """True for a device that never trains: no trainer socket, the model at model.path."""
+        return not self.trainer.socket
 
     @property
     def state_dir(self) -> Path:
@@ -368,6 +373,15 @@ def load_config(path: str | Path) -> AgentConfig:
         raise _fail("trainer.settings", "must be a table", "write it as [trainer.settings]")
     trainer = _section(TrainerSection, trainer_raw, "trainer", base, ("socket",))
     trainer = TrainerSection(trainer.socket, trainer.timeout, dict(settings))
+    if "trainer" not in raw and model.path:
+        # A given model and no [trainer] table: a device that never trains (inference only).
+        trainer = TrainerSection(socket="")
+    if not trainer.socket and not model.path:
+        raise _fail(
+            "trainer.socket",
+            "is empty, so the agent would never train, but model.path names no model",
+            "set model.path to an ONNX model (e.g. one under models/) or give a trainer socket",
+        )
     testing = _table(raw.get("testing"), "testing")
     for key in testing:
         if key != "drop_rate":

@@ -1,19 +1,21 @@
-"""The agent process: decentralized osmosis rounds over MQTT, one per device.
+"""The agent process (``osml agent``): decentralized osmosis rounds over MQTT, one per device.
 
-Each round, with no coordinator anywhere, an agent
+The round itself (embed, send, collect, screen and step the learner, train, install) is
+:class:`osml.agent.round.AgentRound`, the same code ``osml simulate`` runs; this module gives it
+its exchange (:class:`~osml.net.transport.Transport`: frames go to each neighbour's inbox
+``osml/<ctx>/<nb>/in/<me>``) and its trainer (the local trainer process over its socket,
+:class:`~osml.agent.trainers.SocketTrainer`, or none for a device that only infers), and around
+each round it
 
-1. installs a newer model if its trainer has delivered one (verified: card, sha256, shapes);
-2. embeds the round's windows with onnxruntime and sends one frame (chunked when large) to each
-   neighbour's inbox ``osml/<ctx>/<nb>/in/<me>``;
-3. collects its neighbours' frames for the *same* round until all arrived or ``rounds.deadline``
-   passes - a frame for an older round is counted late and dropped, one for a future round is
-   kept for later;
-4. runs :class:`~osml.core.learner.OsmoticLearner` on what it has (missing neighbours are simply absent);
-5. hands the windows and osmosis targets to its trainer over a local socket and waits up to
-   ``rounds.train_wait`` for the next model; if the trainer is slow, dead or absent the agent
-   goes on with its current model and says so in its status;
-6. saves its state (a SIGKILL at any point resumes from the last finished round) and publishes
-   its metrics and retained status.
+1. connects first and retries with backoff until the broker answers (a refusal - credentials,
+   ACL - stops the agent with one line instead);
+2. loads the model in its state directory, or the configured one, or asks the trainer for an
+   initial model, waiting for the trainer if there is no model at all;
+3. skips ahead when its neighbours are far ahead (a restarted or long-absent agent catches up);
+4. saves its state after each round (a SIGKILL at any point resumes from the last finished
+   round) and appends the round's :class:`~osml.agent.records.RoundRecord` to ``rounds.jsonl``,
+   publishes it on its ``metrics`` topic and its retained status;
+5. paces rounds (``rounds.interval``) and backs off while the trainer is unavailable.
 
 Raw data never leaves the process: only embeddings go on the network, and training windows go
 only to the trainer on the same host.
@@ -26,8 +28,6 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +36,21 @@ from osml.agent.config import AgentConfig
 from osml.agent.data import load_dataset, read_agent_csv, read_paper_dir, windows
 from osml.agent.inference import OnnxEncoder
 from osml.agent.modelcard import ModelCard, card_path, write_atomic, write_model
+from osml.agent.records import RoundRecord
+from osml.agent.round import AgentRound, RoundSettings
 from osml.agent.state import append_round, load_state, save_state
 from osml.agent.trainer_client import TrainerClient
+from osml.agent.trainers import NoTrainer, SocketTrainer
+from osml.backoff import delays as backoff_delays
 from osml.core.anchor import context_anchor
 from osml.core.learner import LearnerSettings, OsmoticLearner
 from osml.core.subcontext import SubcontextMemory
 from osml.errors import ModelError, TrainerError, TransportError
 from osml.net.transport import Transport
 from osml.wire import topics
-from osml.wire.codec import Frame, encode_frame
 from osml.wire.inbox import Inbox
 
-__all__ = ["AgentRuntime", "chunk_rows", "load_series"]
+__all__ = ["AgentRuntime", "load_series"]
 
 log = logging.getLogger("osml.agent")
 
@@ -68,12 +71,10 @@ def load_series(cfg: AgentConfig) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(ds[who].train), np.asarray(ds[who].test)
 
 
-def chunk_rows(n_rows: int, dim: int, max_frame_bytes: int) -> int:
-    """Rows per chunk so that a frame stays under ``max_frame_bytes`` (int8 rows + f32 scale)."""
-    return max(1, (max_frame_bytes - 512) // (dim + 4))
-
-
 class AgentRuntime:
+    """One agent on a broker: :class:`~osml.agent.round.AgentRound` over MQTT, with its state
+    kept on disk and its status and metrics published."""
+
     def __init__(self, cfg: AgentConfig, *, learner: LearnerSettings | None = None) -> None:
         self.cfg = cfg
         self.id = cfg.agent.id
@@ -95,10 +96,18 @@ class AgentRuntime:
             )
         self.learner.rounds = self.state.learner_rounds
         self.learner.equilibrium.restore(self.state.equilibrium)
-        self.trainer = TrainerClient(cfg.trainer.socket, timeout=cfg.trainer.timeout)
-        self.trainer_status = "unknown"
+        self.client = TrainerClient(
+            cfg.trainer.socket or "trainer.sock", timeout=cfg.trainer.timeout
+        )
+        self.trainer: SocketTrainer | NoTrainer = (
+            NoTrainer()
+            if cfg.inference_only
+            else SocketTrainer(self.client, self.id, self._register_with_trainer)
+        )
+        self.trainer_status = "none" if cfg.inference_only else "unknown"
         self.encoder: OnnxEncoder | None = None
         self.transport: Transport | None = None
+        self.round: AgentRound | None = None
         keys = cfg.signing.keys()
         self._sign_key = keys[0] if keys else None
         self.inbox = Inbox(
@@ -110,11 +119,7 @@ class AgentRuntime:
             require_signature=bool(keys) and cfg.signing.require,
             max_frame_bytes=max(cfg.rounds.max_frame_bytes, 1 << 20),
         )
-        self.frames_out = 0
-        self.bytes_out = 0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"osml-train-{self.id}")
         self._idle_rounds = 0
-        self._pending: Future[tuple[bytes, ModelCard, dict[str, float]]] | None = None
 
     # -- model handling -----------------------------------------------------------------------
 
@@ -122,23 +127,31 @@ class AgentRuntime:
     def model_path(self) -> Path:
         return self.state_dir / "model.onnx"
 
-    def _install(self, model: bytes, card: ModelCard) -> None:
-        enc = OnnxEncoder.from_bytes(model, card)  # verifies sha256, names, output shape
-        expect = (self.cfg.model.window, self.train_windows.shape[2], self.cfg.model.embedding_dim)
-        if (card.window, card.n_features, card.embedding_dim) != expect:
-            raise ModelError(
-                f"model v{card.version} is for (window, features, dim) "
-                f"{(card.window, card.n_features, card.embedding_dim)}, this agent needs {expect}"
-            )
+    @property
+    def expected_shape(self) -> tuple[int, int, int]:
+        return (self.cfg.model.window, self.train_windows.shape[2], self.cfg.model.embedding_dim)
+
+    def _persist_model(self, model: bytes, card: ModelCard) -> None:
         write_model(self.model_path, model, card)
-        self.encoder = enc
         self.state.model_version = card.version
         save_state(self.state_dir, self.state)
+
+    def _install(self, model: bytes, card: ModelCard) -> None:
+        """Verify and install a model before the rounds start (the round installs later ones)."""
+        enc = OnnxEncoder.from_bytes(model, card)  # verifies sha256, names, output shape
+        got = (card.window, card.n_features, card.embedding_dim)
+        if got != self.expected_shape:
+            raise ModelError(
+                f"model v{card.version} is for (window, features, dim) {got}, "
+                f"this agent needs {self.expected_shape}"
+            )
+        self._persist_model(model, card)
+        self.encoder = enc
         log.info("agent %s: installed model v%d", self.id, card.version)
 
     def _register_with_trainer(self) -> int:
         anchor = context_anchor(self.ctx, self.cfg.model.embedding_dim, self.cfg.model.anchor_norm)
-        return self.trainer.init_agent(
+        return self.client.init_agent(
             agent_id=self.id,
             context=self.ctx,
             architecture=self.cfg.model.architecture,
@@ -152,7 +165,8 @@ class AgentRuntime:
         )
 
     def _ensure_model(self, stop: threading.Event) -> None:
-        # The card alone is enough: a first install killed after its commit has only the staged model.
+        # The card alone is enough: a first install killed after its commit has only the staged
+        # model.
         if self.model_path.exists() or card_path(self.model_path).exists():
             try:
                 self.encoder = OnnxEncoder.load(self.model_path)
@@ -162,12 +176,21 @@ class AgentRuntime:
         if self.encoder is None and self.cfg.model.path:
             enc = OnnxEncoder.load(self.cfg.model.path)
             self._install(enc.model_bytes, enc.card)
-        delay = 0.5
-        while not stop.is_set():
+        if self.cfg.inference_only:
+            log.info(
+                "agent %s: inference only (no trainer): model v%d from %s",
+                self.id,
+                self.state.model_version,
+                self.cfg.model.path,
+            )
+            return
+        for delay in backoff_delays(0.5, 10.0):
+            if stop.is_set():
+                return
             try:
                 self._register_with_trainer()
                 if self.encoder is None:
-                    model, card = self.trainer.initial_model(
+                    model, card = self.client.initial_model(
                         self.id, self.train_windows, self.state.model_version + 1
                     )
                     self._install(model, card)
@@ -189,44 +212,6 @@ class AgentRuntime:
                     exc,
                 )
                 stop.wait(delay)
-                delay = min(delay * 2, 10.0)
-
-    def _collect_model(self, wait: float) -> None:
-        if self._pending is None:
-            return
-        try:
-            model, card, _ = self._pending.result(timeout=wait)
-        except (TimeoutError, FutureTimeout):  # distinct types before Python 3.11
-            self.trainer_status = "busy"
-            return
-        except (TrainerError, ModelError) as exc:
-            self.trainer_status = "unavailable"
-            log.warning(
-                "agent %s: training failed (%s); keeping model v%d",
-                self.id,
-                exc,
-                self.state.model_version,
-            )
-            self._pending = None
-            return
-        self._pending = None
-        try:
-            self._install(model, card)
-            self.trainer_status = "ok"
-        except (ModelError, OSError) as exc:
-            self.trainer_status = "bad-model"
-            log.warning("agent %s: refused model from trainer (%s)", self.id, exc)
-
-    def _train_job(
-        self, rnd: int, windows_r: np.ndarray, targets: np.ndarray, version: int
-    ) -> tuple[bytes, ModelCard, dict[str, float]]:
-        # The round's windows (all of them, or the latest rounds.steps), matching the targets.
-        try:
-            return self.trainer.train(self.id, rnd, windows_r, targets, version)
-        except TrainerError:
-            # The trainer may have restarted and forgotten us: register again and retry once.
-            self._register_with_trainer()
-            return self.trainer.train(self.id, rnd, windows_r, targets, version)
 
     # -- network ------------------------------------------------------------------------------
 
@@ -239,7 +224,8 @@ class AgentRuntime:
                 "model_version": self.state.model_version,
                 "subcontext": self.learner.subcontext(),
                 "equilibrium": self.learner.equilibrium.at_equilibrium,
-                "trainer": self.trainer_status,
+                "trainer": self.round.trainer_status if self.round else self.trainer_status,
+                "mode": "inference-only" if self.cfg.inference_only else "training",
                 "time": time.time(),
             }
         ).encode()
@@ -255,87 +241,23 @@ class AgentRuntime:
             ),
             drop_rate=self.cfg.drop_rate,
         )
-        delay = 0.5
-        while True:
+        for delay in backoff_delays(0.5, 10.0):
             try:
                 t.connect()
                 return t
             except TransportError as exc:
-                if (
-                    "broker refused" in str(exc) or stop.is_set()
-                ):  # bad credentials or ACL: retrying won't help
+                if _refused(exc) or stop.is_set():  # credentials or ACL: retrying won't help
                     raise
                 log.warning(
                     "agent %s: broker unreachable (%s); retrying in %.1fs", self.id, exc, delay
                 )
                 stop.wait(delay)
-                delay = min(delay * 2, 10.0)
-
-    def _send(self, rnd: int, emb: np.ndarray, step_start: int) -> None:
-        assert self.transport is not None and self.encoder is not None
-        per = chunk_rows(len(emb), emb.shape[1], self.cfg.rounds.max_frame_bytes)
-        starts = list(range(0, len(emb), per))
-        payloads = [
-            encode_frame(
-                Frame(
-                    context=self.ctx,
-                    source=self.id,
-                    round=rnd,
-                    step_start=step_start + s,
-                    model_version=self.encoder.version,
-                    embeddings=emb[s : s + per],
-                    chunk=i,
-                    n_chunks=len(starts),
-                ),
-                key=self._sign_key,
-            )
-            for i, s in enumerate(starts)
-        ]
-        for nb in self.cfg.neighbours:
-            for payload in payloads:
-                if self.transport.publish(
-                    topics.inbox(self.ctx, nb, self.id), payload, droppable=True
-                ):
-                    self.frames_out += 1
-                    self.bytes_out += len(payload)
-
-    def _collect(self, rnd: int, stop: threading.Event) -> dict[str, Frame]:
-        assert self.transport is not None
-        deadline = time.monotonic() + self.cfg.rounds.deadline
-        got: dict[str, Frame] = {}
-        while not stop.is_set():
-            for nb in self.cfg.neighbours:
-                if nb not in got:
-                    frame = self.inbox.complete(rnd, nb)
-                    if frame is not None:
-                        got[nb] = frame
-            if len(got) == len(self.cfg.neighbours):
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            msg = self.transport.get(timeout=min(left, 0.25))
-            if msg is not None:
-                self.inbox.offer(msg.topic, msg.payload, rnd)
-        self.inbox.forget_before(rnd + 1)
-        return got
-
-    def _rejected(self) -> dict[str, int]:
-        """Frames refused so far, by reason (cumulative), with receive-queue overflows."""
-        out = dict(self.inbox.rejected)
-        if self.transport is not None and self.transport.stats.dropped_in:
-            out["queue_full"] = self.transport.stats.dropped_in
-        return dict(sorted(out.items()))
+        raise AssertionError("unreachable")  # pragma: no cover - backoff_delays never ends
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def _round_steps(self) -> tuple[np.ndarray, int]:
-        n = self.cfg.rounds.steps or len(self.train_windows)
-        first = len(self.train_windows) - n
-        return self.train_windows[first:], first + self.cfg.model.window - 1
-
-    def _save_eval(self, rnd: int) -> None:
-        if not self.cfg.rounds.eval_dir or self.encoder is None:
+    def _save_eval(self, rnd: int, encoder: OnnxEncoder) -> None:
+        if not self.cfg.rounds.eval_dir:
             return
         out = Path(self.cfg.rounds.eval_dir)
         parts = [("train", self.train_windows)] + (
@@ -343,10 +265,46 @@ class AgentRuntime:
         )
         for name, wins in parts:
             buf = io.BytesIO()
-            np.save(buf, self.encoder.encode(wins), allow_pickle=False)
+            np.save(buf, encoder.encode(wins), allow_pickle=False)
             write_atomic(
                 out / f"{name}-{rnd:04d}.npy", buf.getvalue()
             )  # a kill leaves no torn .npy
+
+    def _make_round(self, transport: Transport, encoder: OnnxEncoder) -> AgentRound:
+        r = self.cfg.rounds
+        agent_round = AgentRound(
+            RoundSettings(
+                agent_id=self.id,
+                context=self.ctx,
+                neighbours=tuple(self.cfg.neighbours),
+                steps=r.steps,
+                deadline=r.deadline,
+                train_wait=r.train_wait,
+                max_frame_bytes=r.max_frame_bytes,
+                sign_key=self._sign_key,
+            ),
+            encoder=encoder,
+            train_windows=self.train_windows,
+            learner=self.learner,
+            inbox=self.inbox,
+            exchange=transport,
+            trainer=self.trainer,
+            window=self.cfg.model.window,
+            on_install=self._persist_model,
+            on_evaluate=self._save_eval,
+        )
+        agent_round.trainer_status = self.trainer_status
+        return agent_round
+
+    def _commit(self, record: RoundRecord) -> None:
+        """The round is done only now: a SIGKILL before this redoes it on restart."""
+        self.state.next_round = record.round + 1
+        self.state.memory = self.learner.memory.to_dict()
+        self.state.subcontext = list(record.subcontext)
+        self.state.equilibrium = self.learner.equilibrium.to_dict()
+        self.state.learner_rounds = self.learner.rounds
+        save_state(self.state_dir, self.state)
+        append_round(self.state_dir, record)
 
     def run(self, stop: threading.Event | None = None) -> int:
         stop = stop or threading.Event()
@@ -359,6 +317,7 @@ class AgentRuntime:
             self._ensure_model(stop)
             if self.encoder is None:
                 return 1
+            self.round = agent_round = self._make_round(self.transport, self.encoder)
             self.transport.publish(status_topic, self._status("online"), retain=True)
             while not stop.is_set() and (count == 0 or self.state.next_round < count):
                 started = time.monotonic()
@@ -375,99 +334,44 @@ class AgentRuntime:
                     if count and jump >= count:
                         break
                 rnd = self.state.next_round
-                self._collect_model(0.0)
-                windows_r, step_start = self._round_steps()
-                own = self.encoder.encode(windows_r)
-                self._save_eval(rnd)
-                self._send(rnd, own, step_start)
-                frames = self._collect(rnd, stop)
-                if stop.is_set():
+                record = agent_round.run(rnd, stop)
+                if record is None:
                     break
-                received = {}
-                for nb, f in frames.items():
-                    if f.step_start == step_start and f.embeddings.shape == own.shape:
-                        received[nb] = f.embeddings
-                    else:
-                        self.inbox.reject(
-                            "steps",
-                            f"{nb} sent steps {f.step_start}+{f.n_steps}, "
-                            f"round {rnd} is {step_start}+{len(own)}",
-                        )
-                outcome = self.learner.step(own, received)
-                if self._pending is None:
-                    self._pending = self._pool.submit(
-                        self._train_job,
-                        rnd,
-                        windows_r,
-                        outcome.target,
-                        self.state.model_version + 1,
-                    )
-                self._collect_model(self.cfg.rounds.train_wait)
-                record = {
-                    "round": rnd,
-                    "model_version": self.state.model_version,
-                    "subcontext": outcome.subcontext,
-                    "osmosis_weights": outcome.weights,
-                    "affinity": outcome.affinity,
-                    "affinity_memory": outcome.memory,
-                    "equilibrium": outcome.equilibrium,
-                    "embedding_change": outcome.change,
-                    "missing": sorted(set(self.cfg.neighbours) - set(received)),
-                    "frames_in": self.inbox.frames_in,
-                    "frames_out": self.frames_out,
-                    "bytes_in": self.inbox.bytes_in,
-                    "bytes_out": self.bytes_out,
-                    "late_frames": self.inbox.late,
-                    "invalid_frames": self.inbox.invalid,
-                    "rejected": self._rejected(),
-                    "screened": outcome.screened,
-                    "trainer": self.trainer_status,
-                    "round_s": round(time.monotonic() - started, 3),
-                    "time": round(time.time(), 3),
-                    "reconnects": self.transport.stats.reconnects,
-                    "dropped_out": self.transport.stats.dropped_out,
-                }
-                # Only now is the round done: a SIGKILL while waiting for the trainer (above) redoes
-                # the round on restart instead of skipping it without a record.
-                self.state.next_round = rnd + 1
-                self.state.memory = self.learner.memory.to_dict()
-                self.state.subcontext = outcome.subcontext
-                self.state.equilibrium = self.learner.equilibrium.to_dict()
-                self.state.learner_rounds = self.learner.rounds
-                save_state(self.state_dir, self.state)
-                append_round(self.state_dir, record)
+                self._commit(record)
                 self.transport.publish(
-                    topics.metrics(self.ctx, self.id), json.dumps(record).encode(), qos=0
+                    topics.metrics(self.ctx, self.id), json.dumps(record.to_json()).encode(), qos=0
                 )
                 self.transport.publish(status_topic, self._status("online"), retain=True)
                 log.info(
                     "agent %s: round %d sub=%s heard=%d/%d model=v%d trainer=%s",
                     self.id,
                     rnd,
-                    ",".join(outcome.subcontext),
-                    len(received),
+                    ",".join(record.subcontext),
+                    len(self.cfg.neighbours) - len(record.missing),
                     len(self.cfg.neighbours),
                     self.state.model_version,
-                    self.trainer_status,
+                    record.trainer,
                 )
                 pause = self.cfg.rounds.interval - (time.monotonic() - started)
-                if self.trainer_status == "unavailable":
+                if record.trainer == "unavailable":
                     # No trainer, no new model: another round right away would only resend the
                     # same embeddings. Back off (1, 2, 4 ... 30 s) until the trainer is back.
                     self._idle_rounds += 1
                     pause = max(pause, min(30.0, 2.0 ** (self._idle_rounds - 1)))
                 else:
                     self._idle_rounds = 0
-                if pause > 0 and not (
-                    count and self.state.next_round >= count
-                ):  # not after the last
+                if pause > 0 and not (count and self.state.next_round >= count):  # not after last
                     stop.wait(pause)
             if count and self.state.next_round >= count and not stop.is_set():
-                self._collect_model(self.cfg.rounds.train_wait)
-                self._save_eval(count)
+                agent_round.conclude(count)
             self.transport.publish(status_topic, self._status("offline"), retain=True)
         finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self.trainer.close()
             if self.transport is not None:
                 self.transport.close()
         return 0
+
+
+def _refused(exc: TransportError) -> bool:
+    """True if the broker refused us (credentials, ACL): retrying cannot help."""
+    return "broker refused" in str(exc)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from osml.agent.modelcard import write_atomic
+from osml.agent.records import RoundRecord
 from osml.errors import ConfigError
 
 __all__ = ["ROUNDS_FILE", "AgentState", "append_round", "load_state", "read_rounds", "save_state"]
@@ -81,13 +82,13 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def append_round(state_dir: Path, record: dict[str, Any]) -> None:
+def append_round(state_dir: Path, record: RoundRecord) -> None:
     """Append one round's record to rounds.jsonl and fsync it.
 
     A previous append killed half-way leaves a last line without its newline: it is completed
     when it parses, cut off otherwise, so the new record never lands glued to a torn one.
     """
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    line = (json.dumps(record.to_json(), sort_keys=True) + "\n").encode()
     with open(state_dir / ROUNDS_FILE, "a+b") as fh:
         end = fh.seek(0, os.SEEK_END)
         if end:
@@ -105,7 +106,7 @@ def append_round(state_dir: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def read_rounds(state_dir: Path) -> list[dict[str, Any]]:
+def read_rounds(state_dir: Path) -> list[RoundRecord]:
     """The records in ``state_dir/rounds.jsonl``, oldest first ([] when there is none yet).
 
     A torn last line (an agent killed in the middle of an append) is skipped; a bad line anywhere
@@ -119,7 +120,7 @@ def read_rounds(state_dir: Path) -> list[dict[str, Any]]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
     lines = data.split(b"\n")
-    records: list[dict[str, Any]] = []
+    records: list[RoundRecord] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -130,5 +131,11 @@ def read_rounds(state_dir: Path) -> list[dict[str, Any]]:
             raise ConfigError(
                 f"{path}: line {number} is not a JSON object; move the file away to start afresh"
             )
-        records.append(record)
+        try:
+            records.append(RoundRecord.from_json(record))
+        except ValueError as exc:
+            raise ConfigError(
+                f"{path}: line {number} is not a round record ({exc}); move the file away to "
+                "start afresh"
+            ) from exc
     return records

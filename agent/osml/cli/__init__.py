@@ -1,5 +1,4 @@
-"""The ``osml`` command line: thin click commands over the library (``osml --help``)."""
+"""The ``osml`` command line: thin click commands over the library (``osml --help``).
 
-from osml.cli.main import main
-
-__all__ = ["main"]
+The entry point is :func:`osml.cli.main.main`; ``python -m osml.cli`` runs it too.
+"""

@@ -12,13 +12,16 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from osml import __version__
 from osml.cli.errors import one_line_errors
 from osml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from osml.ops.rows import ReportRound, RunResult
 
 __all__ = ["main", "parse_agents", "parse_architectures", "progress_line"]
 
@@ -263,9 +266,9 @@ def simulate(**flags: Any) -> None:
 
     job = _prepare(**flags)
 
-    def progress(entry: dict[str, object]) -> None:
+    def progress(row: ReportRound) -> None:
         if not job.quiet:
-            click.echo(progress_line(entry, job.settings.rounds))
+            click.echo(progress_line(row.to_json(), job.settings.rounds))
 
     _announce(job)
     result = run_simulation(job.dataset, job.settings, job.agent_ids, progress=progress)
@@ -342,14 +345,14 @@ def _announce(job: _Job, how: str = "") -> None:
     )
 
 
-def _finish(job: _Job, result: dict[str, Any]) -> None:
+def _finish(job: _Job, run: RunResult) -> None:
     from osml.ops import report
 
     result = {
         "osml_version": __version__,
         "data": job.data_spec,
         "settings": job.settings,
-        **result,
+        **run.report(),
     }
     report.write_run(job.out, result)
     if job.quiet:
@@ -477,9 +480,9 @@ def run_command(
     )
     _announce(job, how)
 
-    def progress(entry: dict[str, object]) -> None:
+    def progress(row: ReportRound) -> None:
         if not job.quiet:
-            click.echo(progress_line(entry, job.settings.rounds))
+            click.echo(progress_line(row.to_json(), job.settings.rounds))
 
     def notice(text: str) -> None:
         if not job.quiet:

@@ -23,10 +23,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from osml.agent.data import Dataset, windows
+from osml.agent.records import RoundRecord
 from osml.agent.state import read_rounds
 from osml.agent.trainer_client import TrainerClient
 from osml.core.metrics import centered_alignment, strict_alignment
@@ -35,7 +37,8 @@ from osml.errors import OsmlError, TransportError
 from osml.net.broker import MosquittoProcess, find_mosquitto, tail_lines
 from osml.net.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.net.transport import BrokerSettings, Transport
-from osml.ops.simulate import SimulationSettings, evaluate
+from osml.ops.rows import FIGURES, FinalSection, ReportRound, RunResult, evaluate, report_round
+from osml.ops.simulate import SimulationSettings
 from osml.wire import topics
 
 __all__ = [
@@ -275,10 +278,11 @@ def run_fleet(
     settings: SimulationSettings,
     workdir: Path,
     options: FleetOptions = FleetOptions(),
-    progress: Callable[[dict[str, object]], None] | None = None,
+    progress: Callable[[ReportRound], None] | None = None,
     notice: Callable[[str], None] = lambda s: None,
-) -> dict[str, object]:
-    """Run the fleet to completion; returns the same result dict as :func:`osml.ops.simulate.simulate`."""
+) -> RunResult:
+    """Run the fleet to completion; returns the same result as :func:`osml.ops.simulate.simulate`
+    (``progress`` gets a live row per round, with only the alignment figures)."""
     ids = list(agent_ids)
     links = topology_neighbours(ids, settings.topology, settings.seed)
     workdir = workdir.resolve()
@@ -366,9 +370,10 @@ def run_fleet(
                     env,
                 )
             )
-        seen: dict[int, dict[str, dict[str, object]]] = {}
+        seen: dict[int, dict[str, RoundRecord]] = {}
         shown = -1
         sent_before = {a: 0 for a in ids}
+        subcontexts = {a: sorted([a, *links[a]]) for a in ids}
         agents = [p for p in procs if p.name.startswith("agent")]
         while any(p.popen.poll() is None for p in agents):
             if time.perf_counter() - t0 > options.timeout:
@@ -384,26 +389,25 @@ def run_fleet(
             if parsed is None:
                 continue
             try:
-                rec = json.loads(msg.payload)
+                rec = RoundRecord.from_json(json.loads(msg.payload))
             except ValueError:
                 continue
-            seen.setdefault(int(rec.get("round", -1)), {})[parsed[1]] = rec
+            seen.setdefault(rec.round, {})[parsed[1]] = rec
             while progress and len(seen.get(shown + 1, {})) == len(ids):
                 shown += 1
-                recs = seen[shown]
-                total = {a: int(r["bytes_out"]) for a, r in recs.items()}  # type: ignore[call-overload]
-                progress(
-                    {
-                        "round": shown,
-                        "elapsed_s": round(time.perf_counter() - t0, 1),
-                        "subcontexts": {a: r["subcontext"] for a, r in recs.items()},
-                        "equilibrium": {a: r["equilibrium"] for a, r in recs.items()},
-                        "bytes_sent": {a: total[a] - sent_before[a] for a in total},
-                        **_live_alignment(workdir, ids, shown),
-                        "live": True,
-                    }
+                recs = seen.pop(shown)
+                row = report_round(
+                    shown,
+                    _live_figures(workdir, ids, shown),
+                    subcontexts,
+                    {a: r.embedded_with for a, r in recs.items()},
+                    recs,
+                    sent_before,
+                    wall0,
                 )
-                sent_before = total
+                progress(row)
+                subcontexts = row.subcontexts
+                sent_before = {a: r.bytes_out for a, r in recs.items()}
         for p in agents:
             if p.popen.returncode != 0:
                 raise OsmlError(f"{p.name} exited with code {p.popen.returncode}: {_tail(p.log)}")
@@ -416,24 +420,25 @@ def run_fleet(
     return assemble(workdir, dataset, ids, links, settings, time.perf_counter() - t0, wall0)
 
 
-def _live_alignment(workdir: Path, ids: Sequence[str], rnd: int) -> dict[str, object]:
+def _live_figures(workdir: Path, ids: Sequence[str], rnd: int) -> dict[str, Any]:
     """Strict and centred test alignment of round ``rnd`` from the agents' eval files, for the
-    live display (the orchestrator runs on the same machine; the agents never compute this)."""
+    live display (the orchestrator runs on the same machine; the agents never compute this).
+    The other figures are left empty until the report is assembled."""
+    figures: dict[str, Any] = {k: {} for k in FIGURES}
     try:
         emb = {
             a: np.load(workdir / "agents" / a / "eval" / f"test-{rnd:04d}.npy", allow_pickle=False)
             for a in ids
         }
     except (OSError, ValueError):
-        return {}
-    return {
-        "strict_alignment": {
-            a: {b: strict_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
-        },
-        "centered_alignment": {
-            a: {b: centered_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
-        },
+        return figures
+    figures["strict_alignment"] = {
+        a: {b: strict_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
     }
+    figures["centered_alignment"] = {
+        a: {b: centered_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
+    }
+    return figures
 
 
 def assemble(
@@ -444,90 +449,60 @@ def assemble(
     settings: SimulationSettings,
     elapsed: float,
     started: float | None = None,
-) -> dict[str, object]:
-    """Build the simulate-style result from the agents' state and eval directories."""
+) -> RunResult:
+    """The run's report from what the agents left in their state and eval directories: the same
+    rows :func:`osml.ops.simulate.simulate` builds, from the same records."""
     w = settings.window
     train_last = {a: np.asarray(windows(dataset[a].train, w))[:, -1, :] for a in ids}
     test_last = {a: np.asarray(windows(dataset[a].test, w))[:, -1, :] for a in ids}
-    records: dict[str, dict[int, dict[str, object]]] = {}
+    records: dict[str, dict[int, RoundRecord]] = {}
     for a in ids:
         records[a] = {}
         for rec in read_rounds(workdir / "agents" / a / "state"):
-            records[a][int(rec["round"])] = rec  # a resumed agent may repeat a round: keep the last
-    rounds: list[dict[str, object]] = []
+            records[a][rec.round] = rec  # a resumed agent may repeat a round: keep the last
+    rows: list[ReportRound] = []
     subcontexts = {a: sorted([a, *links[a]]) for a in ids}
-    prev_bytes = {a: 0 for a in ids}
+    versions = {a: 0 for a in ids}
+    bytes_before = {a: 0 for a in ids}
+    ev = {a: workdir / "agents" / a / "eval" for a in ids}
     for r in range(settings.rounds + 1):
-        ev = {a: workdir / "agents" / a / "eval" for a in ids}
         if not all((ev[a] / f"test-{r:04d}.npy").exists() for a in ids):
             break
         train_emb = {a: np.load(ev[a] / f"train-{r:04d}.npy", allow_pickle=False) for a in ids}
         test_emb = {a: np.load(ev[a] / f"test-{r:04d}.npy", allow_pickle=False) for a in ids}
-        entry: dict[str, object] = {
-            "round": r,
-            **evaluate(train_emb, test_emb, train_last, test_last, subcontexts),
-        }
-        if all(r in records[a] for a in ids):
-            recs = {a: records[a][r] for a in ids}
-            subcontexts = {a: list(rec["subcontext"]) for a, rec in recs.items()}  # type: ignore[call-overload]
-            entry.update(
-                {
-                    "subcontexts": subcontexts,
-                    "model_versions": {a: rec["model_version"] for a, rec in recs.items()},
-                    "osmosis_weights": {a: rec["osmosis_weights"] for a, rec in recs.items()},
-                    "affinity": {a: rec["affinity"] for a, rec in recs.items()},
-                    "affinity_memory": {a: rec["affinity_memory"] for a, rec in recs.items()},
-                    "equilibrium": {a: rec["equilibrium"] for a, rec in recs.items()},
-                    "embedding_change": {a: rec["embedding_change"] for a, rec in recs.items()},
-                    "bytes_sent": {
-                        a: int(rec["bytes_out"]) - prev_bytes[a] for a, rec in recs.items()
-                    },  # type: ignore[call-overload]
-                    "missing_frames": {a: rec["missing"] for a, rec in recs.items()},
-                    "late_frames": {a: rec["late_frames"] for a, rec in recs.items()},
-                    "trainer": {a: rec["trainer"] for a, rec in recs.items()},
-                    "round_s": {a: rec["round_s"] for a, rec in recs.items()},
-                }
+        figures = evaluate(train_emb, test_emb, train_last, test_last, subcontexts)
+        recs = {a: records[a][r] for a in ids if r in records[a]}
+        if len(recs) == len(ids):
+            row = report_round(
+                r,
+                figures,
+                subcontexts,
+                {a: rec.embedded_with for a, rec in recs.items()},
+                recs,
+                bytes_before,
+                started,
             )
-            if started is not None and all("time" in rec for rec in recs.values()):
-                entry["elapsed_s"] = round(
-                    max(float(rec["time"]) for rec in recs.values()) - started, 2
-                )  # type: ignore[arg-type]
-            prev_bytes = {a: int(rec["bytes_out"]) for a, rec in recs.items()}  # type: ignore[call-overload]
+            subcontexts = row.subcontexts
+            versions = {a: rec.model_version for a, rec in recs.items()}
+            bytes_before = {a: rec.bytes_out for a, rec in recs.items()}
         else:
-            entry["subcontexts"] = subcontexts
-        rounds.append(entry)
-    if not rounds:
+            row = report_round(r, figures, subcontexts, versions)
+        rows.append(row)
+    if not rows:
         raise OsmlError(f"no agent evaluation found under {workdir / 'agents'}")
-    last = rounds[-1]
+    last = rows[-1].round
     final_test = {
-        a: np.load(
-            workdir / "agents" / a / "eval" / f"test-{last['round']:04d}.npy", allow_pickle=False
-        )
+        a: np.load(workdir / "agents" / a / "eval" / f"test-{last:04d}.npy", allow_pickle=False)
         for a in ids
     }
-    weights = next((e["osmosis_weights"] for e in reversed(rounds) if "osmosis_weights" in e), {})
-    return {
-        "dataset": dataset.name,
-        "agents": ids,
-        "topology": settings.topology,
-        "neighbours": links,
-        "rounds": rounds,
-        "elapsed_s": round(elapsed, 1),
-        "workdir": str(workdir),
-        "final": {
-            "round": last["round"],
-            "subcontexts": subcontexts,
-            "osmosis_weights": weights,
-            **{
-                k: last[k]
-                for k in (
-                    "strict_alignment",
-                    "centered_alignment",
-                    "paper_similarity",
-                    "probe_r2",
-                    "spread",
-                )
-            },
-        },
-        "embeddings": final_test,
-    }
+    return RunResult(
+        dataset=dataset.name,
+        agents=ids,
+        topology=settings.topology,
+        neighbours=links,
+        rounds=rows,
+        final=FinalSection.of(rows),
+        embeddings=final_test,
+        elapsed_s=round(elapsed, 1),
+        workdir=str(workdir),
+    )

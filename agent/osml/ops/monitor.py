@@ -39,6 +39,7 @@ from typing import Any, Protocol, TextIO
 
 import click
 
+from osml.agent.records import RoundRecord
 from osml.cli.errors import one_line_errors
 from osml.net.transport import BrokerSettings, Transport
 from osml.wire import topics
@@ -115,7 +116,7 @@ def _natural(agent: str) -> list[tuple[int, int | str]]:
 @dataclass
 class _Agent:
     status: dict[str, Any] | None = None
-    metrics: dict[str, Any] | None = None
+    metrics: RoundRecord | None = None
     last_seen: float | None = None  # unix seconds of the agent's latest news
     periods: deque[float] = field(default_factory=lambda: deque(maxlen=_PERIODS_KEPT))
     last_round_time: tuple[int, float] | None = None  # (round, time) of the previous metrics
@@ -160,19 +161,20 @@ class FleetView:
             return True
         try:
             payload = json.loads(message.payload)
+            record = RoundRecord.from_json(payload) if kind == "metrics" else None
         except (ValueError, UnicodeDecodeError):
-            payload = None
+            payload = record = None
         if not isinstance(payload, dict):
             self.ignored += 1
             return False
         agent = self._agents.setdefault(agent_id, _Agent())
-        if kind == "status":
+        if record is None:
             # Merge: the will ({"state": "offline", "agent": id}) keeps the last known round,
             # model and sub-context, and only flips the state.
             agent.status = {**(agent.status or {}), **payload}
         else:
-            self._observe_period(agent, payload)
-            agent.metrics = payload
+            self._observe_period(agent, record)
+            agent.metrics = record
         if message.retain:
             sent = _float(payload.get("time"))
             if sent is not None:
@@ -183,9 +185,9 @@ class FleetView:
         return True
 
     @staticmethod
-    def _observe_period(agent: _Agent, metrics: Mapping[str, Any]) -> None:
-        rnd, sent = _int(metrics.get("round")), _float(metrics.get("time"))
-        if rnd is None or sent is None:
+    def _observe_period(agent: _Agent, metrics: RoundRecord) -> None:
+        rnd, sent = metrics.round, metrics.time
+        if not sent:
             return
         if agent.last_round_time is not None:
             last_rnd, last_sent = agent.last_round_time
@@ -222,29 +224,31 @@ class FleetView:
     @staticmethod
     def _row(agent_id: str, agent: _Agent, now: float, stall_after: float) -> dict[str, Any]:
         status = agent.status or {}
-        metrics = agent.metrics or {}
+        rec = agent.metrics
 
         def latest(key: str) -> Any:
-            return status[key] if key in status else metrics.get(key)
+            if key in status:
+                return status[key]
+            return getattr(rec, key) if rec is not None else None
 
         state_value = status.get("state")
         state = state_value if state_value in ("online", "offline") else "unknown"
         # A status's round is the next round to run (= rounds finished); metrics name the round
         # just finished.
-        status_round, metrics_round = _int(status.get("round")), _int(metrics.get("round"))
+        status_round, metrics_round = _int(status.get("round")), rec.round if rec else None
         finished = [
             r
             for r in (status_round, None if metrics_round is None else metrics_round + 1)
             if r is not None
         ]
         subcontext = _ids(latest("subcontext"))
-        memory = metrics.get("affinity_memory")
+        memory = rec.affinity_memory if rec is not None else None
         affinity = None
-        if subcontext and isinstance(memory, dict):
+        if subcontext and memory is not None:
             values = [_float(memory.get(m)) for m in subcontext if m != agent_id]
             numbers = [v for v in values if v is not None]
             affinity = sum(numbers) / len(numbers) if numbers else None
-        late, invalid = _int(metrics.get("late_frames")), _int(metrics.get("invalid_frames"))
+        late, invalid = (rec.late_frames, rec.invalid_frames) if rec else (None, None)
         errors = None if late is None and invalid is None else (late or 0) + (invalid or 0)
         age = None if agent.last_seen is None else max(now - agent.last_seen, 0.0)
         stalled = state != "offline" and age is not None and age > stall_after
@@ -258,17 +262,17 @@ class FleetView:
             "equilibrium": _bool(latest("equilibrium")),
             "subcontext": subcontext,
             "affinity": None if affinity is None else round(affinity, 4),
-            "frames_in": _int(metrics.get("frames_in")),
-            "frames_out": _int(metrics.get("frames_out")),
-            "bytes_in": _int(metrics.get("bytes_in")),
-            "bytes_out": _int(metrics.get("bytes_out")),
+            "frames_in": rec.frames_in if rec else None,
+            "frames_out": rec.frames_out if rec else None,
+            "bytes_in": rec.bytes_in if rec else None,
+            "bytes_out": rec.bytes_out if rec else None,
             "late_frames": late,
             "invalid_frames": invalid,
             "errors": errors,
             "trainer": _clean(trainer, 32) if isinstance(trainer, str) else None,
-            "missing": _ids(metrics.get("missing")),
-            "reconnects": _int(metrics.get("reconnects")),
-            "round_s": _float(metrics.get("round_s")),
+            "missing": _ids(rec.missing) if rec else None,
+            "reconnects": rec.reconnects if rec else None,
+            "round_s": rec.round_s if rec else None,
             "last_seen": agent.last_seen,
             "last_seen_age_s": None if age is None else round(age, 3),
         }

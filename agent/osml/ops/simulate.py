@@ -1,38 +1,42 @@
-"""``osml simulate``: N agents in one process, the real core, an in-memory exchange.
+"""``osml simulate``: N agents in one process, the very round a device runs, an in-memory exchange.
 
-Everything but the network is the production path: each agent has its own torch trainer
-(:mod:`osml.trainer`), embeds with onnxruntime from the ONNX bytes that trainer exported, sends
-real wire frames (:mod:`osml.wire.codec`, so int8 quantisation is in the loop) and decides with its own
-:class:`~osml.core.learner.OsmoticLearner` from what it alone received. The simulator only delivers
-frames along the topology's links and, for the report, evaluates every agent on the test set.
+Each agent is an :class:`~osml.agent.round.AgentRound`, the same object ``osml agent`` drives
+over MQTT. The simulator swaps only its two edges: the exchange is an in-memory hub
+(:class:`MemoryHub`) that routes each published frame to the addressee's queue by its inbox
+topic, and the trainer is an in-process torch trainer (:class:`~osml.trainer.local.LocalTrainer`).
+Frames are real wire frames (int8 quantisation is in the loop), checked by each agent's own
+:class:`~osml.wire.inbox.Inbox`, and every agent decides from what it alone received.
 
-Round ``r`` of the report is the state *before* the r-th exchange: round 0 shows the independently
-initialised encoders, so the gain from osmosis is visible.
+Rounds run in lockstep in one thread: every agent's :meth:`~osml.agent.round.AgentRound.begin`
+(embed and send), then every agent's :meth:`~osml.agent.round.AgentRound.finish` (collect,
+decide, train). For the report only, every agent's models are evaluated on the test set at the
+start of each round: row ``r`` is the state *before* the r-th exchange, so round 0 shows the
+independently initialised encoders and the gain from osmosis is visible.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from osml.agent.data import Dataset, windows
 from osml.agent.inference import OnnxEncoder
+from osml.agent.records import RoundRecord
+from osml.agent.round import AgentRound, RoundSettings
 from osml.core.anchor import context_anchor
 from osml.core.learner import LearnerSettings, OsmoticLearner
-from osml.core.metrics import (
-    centered_alignment,
-    paper_similarity,
-    ridge_probe_r2,
-    spread,
-    strict_alignment,
-)
 from osml.core.topology import neighbours as topology_neighbours
-from osml.wire.codec import Frame, decode_frame, encode_frame
+from osml.ops.rows import FinalSection, ReportRound, RunResult, evaluate, report_round
+from osml.wire import topics
+from osml.wire.codec import Frame, encode_frame
+from osml.wire.inbox import Inbox
 
-__all__ = ["Behaviour", "SimulationSettings", "evaluate", "simulate"]
+__all__ = ["Behaviour", "MemoryHub", "SimulationSettings", "simulate"]
 
 # A hostile neighbour for drills: (round, honest embeddings by agent, earlier rounds) -> embeddings.
 Behaviour = Callable[
@@ -48,70 +52,78 @@ class SimulationSettings:
     topology: str = "full"
     seed: int = 0
     context: str = "sim"
-    architectures: dict[str, str] = field(default_factory=dict)  # per-agent override, default gru
+    architectures: dict[str, str] = field(default_factory=dict)  # per agent; default: trainer's
     anchor_norm: float = 3.8
     learner: LearnerSettings = field(default_factory=LearnerSettings)
-    trainer: object = None  # osml.trainer.TrainerSettings; typed loosely to keep torch optional
+    trainer: Any = None  # osml.trainer.TrainerSettings; typed loosely to keep torch optional
 
     def __post_init__(self) -> None:
         if self.rounds < 0 or self.window < 1 or self.embedding_dim < 1:
             raise ValueError("rounds >= 0, window >= 1 and embedding_dim >= 1 are required")
 
 
+@dataclass(frozen=True)
+class _Message:
+    topic: str
+    payload: bytes
+
+
 @dataclass
-class _Agent:
-    agent_id: str
-    train_windows: np.ndarray
-    test_windows: np.ndarray
-    trainer: object
-    learner: OsmoticLearner
-    encoder: OnnxEncoder
+class _Stats:
+    reconnects: int = 0
+    dropped_out: int = 0
+    dropped_in: int = 0
 
 
-def evaluate(
-    train_emb: dict[str, np.ndarray],
-    test_emb: dict[str, np.ndarray],
-    train_last: dict[str, np.ndarray],
-    test_last: dict[str, np.ndarray],
-    subcontexts: dict[str, list[str]],
-) -> dict[str, object]:
-    """Report figures for one round from every agent's train/test embeddings."""
-    ids = list(test_emb)
-    strict = {
-        a: {b: strict_alignment(test_emb[a], test_emb[b]) for b in ids if b != a} for a in ids
-    }
-    centred = {
-        a: {b: centered_alignment(test_emb[a], test_emb[b]) for b in ids if b != a} for a in ids
-    }
-    probe = {a: ridge_probe_r2(train_emb[a], train_last[a], test_emb[a], test_last[a]) for a in ids}
-    # Groups of evaluated agents only (an adversary in a sub-context has no test embeddings).
-    groups = sorted({tuple(a for a in s if a in test_emb) for s in subcontexts.values()})
-    return {
-        "strict_alignment": strict,
-        "centered_alignment": centred,
-        # Per sub-context as the agents saw it when these models were trained.
-        "paper_similarity": {
-            ",".join(g): paper_similarity([test_emb[a] for a in g]) for g in groups if len(g) > 1
-        },
-        "probe_r2": probe,
-        "spread": {a: spread(test_emb[a]) for a in ids},
-    }
+class MemoryHub:
+    """An in-memory broker: a queue per agent, filled by inbox topic."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, deque[_Message]] = {}
+
+    def exchange(self, agent: str) -> _MemoryExchange:
+        self.queues.setdefault(agent, deque())
+        return _MemoryExchange(self, agent)
+
+    def deliver(self, topic: str, payload: bytes) -> bool:
+        parsed = topics.parse_inbox(topic)
+        if parsed is None or parsed[1] not in self.queues:
+            return False
+        self.queues[parsed[1]].append(_Message(topic, payload))
+        return True
+
+
+class _MemoryExchange:
+    """One agent's side of the hub. ``get`` never waits: in lockstep, what is not queued by the
+    time an agent collects will not come this round."""
+
+    def __init__(self, hub: MemoryHub, agent: str) -> None:
+        self.hub = hub
+        self.agent = agent
+        self.stats = _Stats()
+
+    def publish(self, topic: str, payload: bytes, *, droppable: bool = False) -> bool:
+        return self.hub.deliver(topic, payload)
+
+    def get(self, timeout: float | None = None) -> _Message | None:
+        queue = self.hub.queues[self.agent]
+        return queue.popleft() if queue else None
 
 
 def simulate(
     dataset: Dataset,
     settings: SimulationSettings,
     agent_ids: Sequence[str] | None = None,
-    progress: Callable[[dict[str, object]], None] | None = None,
+    progress: Callable[[ReportRound], None] | None = None,
     adversaries: Mapping[str, Behaviour] | None = None,
-) -> dict[str, object]:
-    """Run the simulation; returns the report (rounds, final) and the final test embeddings
-    under the key ``"embeddings"`` (a dict agent id -> (steps, dim) array).
+) -> RunResult:
+    """Run the simulation: the report's rows and the final test embeddings.
 
-    ``adversaries`` adds hostile agents (id -> :mod:`osml_testing.adversary` behaviour): they are linked
-    by the topology like the others and send frames every round, but never learn and are not
-    evaluated; the report covers the honest agents only."""
+    ``adversaries`` adds hostile agents (id -> behaviour, see ``osml_testing.adversary``): they
+    are linked by the topology like the others and send frames every round, but never learn and
+    are not evaluated; the report covers the honest agents only."""
     from osml.trainer import EncoderTrainer, TrainerSettings  # torch only from here on
+    from osml.trainer.local import LocalTrainer
 
     ids = list(agent_ids) if agent_ids else list(dataset.ids)
     ds = dataset.select(ids)
@@ -122,13 +134,25 @@ def simulate(
     links = topology_neighbours([*ids, *adversaries], settings.topology, settings.seed)
     tset = settings.trainer if settings.trainer is not None else TrainerSettings()
     anchor = context_anchor(settings.context, settings.embedding_dim, settings.anchor_norm)
+    hub = MemoryHub()
     t0 = time.perf_counter()
-    agents: dict[str, _Agent] = {}
+    wall0 = time.time()
+    agents: dict[str, AgentRound] = {}
+    tests: dict[str, np.ndarray] = {}
+    evals: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+
+    def evaluator(aid: str) -> Callable[[int, OnnxEncoder], None]:
+        def on_evaluate(rnd: int, encoder: OnnxEncoder) -> None:
+            train_w = agents[aid].train_windows
+            evals.setdefault(rnd, {})[aid] = (encoder.encode(train_w), encoder.encode(tests[aid]))
+
+        return on_evaluate
+
     for i, aid in enumerate(ids):
         data = ds[aid]
-        arch = settings.architectures.get(aid, tset.architecture)  # type: ignore[attr-defined]
-        ts = TrainerSettings(**{**tset.__dict__, "architecture": arch})  # type: ignore[attr-defined]
-        tr = EncoderTrainer(
+        arch = settings.architectures.get(aid, tset.architecture)
+        ts = TrainerSettings(**{**tset.__dict__, "architecture": arch})
+        fit = EncoderTrainer(
             ts,
             settings.window,
             data.n_features,
@@ -138,104 +162,129 @@ def simulate(
             offset=anchor,
         )
         train_w = np.ascontiguousarray(windows(data.train, settings.window))
-        model, card, _ = tr.export(train_w, agent=aid, context=settings.context)
-        agents[aid] = _Agent(
-            aid,
-            train_w,
-            np.ascontiguousarray(windows(data.test, settings.window)),
-            tr,
-            OsmoticLearner(aid, links[aid], settings.learner),
-            OnnxEncoder.from_bytes(model, card),
+        tests[aid] = np.ascontiguousarray(windows(data.test, settings.window))
+        trainer = LocalTrainer(fit, aid, settings.context)
+        first = trainer.initial(train_w)
+        agents[aid] = AgentRound(
+            RoundSettings(
+                agent_id=aid,
+                context=settings.context,
+                neighbours=tuple(links[aid]),
+                deadline=0.0,  # lockstep: everything sent this round is already queued
+                train_wait=0.0,
+                max_frame_bytes=1 << 30,  # one frame per round, as the report counts bytes
+            ),
+            encoder=OnnxEncoder.from_bytes(first.model, first.card),
+            train_windows=train_w,
+            learner=OsmoticLearner(aid, links[aid], settings.learner),
+            inbox=Inbox(
+                context=settings.context,
+                me=aid,
+                neighbours=links[aid],
+                dim=settings.embedding_dim,
+                max_frame_bytes=1 << 30,
+            ),
+            exchange=hub.exchange(aid),
+            trainer=trainer,
+            window=settings.window,
+            on_evaluate=evaluator(aid),
         )
+        agents[aid].trainer_status = "ok"
+    for a in adversaries:
+        hub.exchange(a)
     train_last = {a: ag.train_windows[:, -1, :] for a, ag in agents.items()}
-    test_last = {a: ag.test_windows[:, -1, :] for a, ag in agents.items()}
+    test_last = {a: tests[a][:, -1, :] for a in agents}
 
-    rounds: list[dict[str, object]] = []
+    rows: list[ReportRound] = []
     subcontexts = {a: sorted([a, *links[a]]) for a in ids}
     history: list[dict[str, np.ndarray]] = []
-    for r in range(settings.rounds + 1):
-        # Evaluate the models as they stand at the start of this round (report only).
-        train_emb = {a: ag.encoder.encode(ag.train_windows) for a, ag in agents.items()}
-        test_emb = {a: ag.encoder.encode(ag.test_windows) for a, ag in agents.items()}
-        entry: dict[str, object] = {
-            "round": r,
-            "model_versions": {a: ag.encoder.version for a, ag in agents.items()},
-            **evaluate(train_emb, test_emb, train_last, test_last, subcontexts),
-        }
-        if r == settings.rounds:
-            entry["subcontexts"] = subcontexts
-            entry["elapsed_s"] = round(time.perf_counter() - t0, 3)
-            rounds.append(entry)
-            if progress:
-                progress(entry)
-            break
-        # Exchange: one frame per agent, delivered to each neighbour's inbox.
-        inbox: dict[str, dict[str, np.ndarray]] = {a: {} for a in [*ids, *adversaries]}
-        sent: dict[str, int] = {}
-        outgoing = {a: (ag.encoder.version, train_emb[a]) for a, ag in agents.items()}
+    bytes_before = {a: 0 for a in ids}
+
+    def figures(rnd: int) -> dict[str, Any]:
+        train_emb = {a: evals[rnd][a][0] for a in ids}
+        test_emb = {a: evals[rnd][a][1] for a in ids}
+        return evaluate(train_emb, test_emb, train_last, test_last, subcontexts)
+
+    for r in range(settings.rounds):
+        for ag in agents.values():
+            ag.begin(r)
+        honest = {a: ag.own for a, ag in agents.items() if ag.own is not None}
         for a, behave in adversaries.items():
-            outgoing[a] = (0, behave(r, train_emb, history))
-        history = [*history[-31:], train_emb]
-        for a, (version, emb) in outgoing.items():
-            frame = encode_frame(
-                Frame(
-                    context=settings.context,
-                    source=a,
-                    round=r,
-                    step_start=settings.window - 1,
-                    model_version=version,
-                    embeddings=emb,
-                )
+            _send_hostile(
+                hub,
+                settings.context,
+                a,
+                links[a],
+                r,
+                behave(r, honest, history),
+                settings.window - 1,
             )
-            sent[a] = len(frame) * len(links[a])
-            for nb in links[a]:
-                inbox[nb][a] = decode_frame(frame).embeddings
-        outcomes = {a: ag.learner.step(train_emb[a], inbox[a]) for a, ag in agents.items()}
-        subcontexts = {a: o.subcontext for a, o in outcomes.items()}
-        losses = {}
+        history = [*history[-31:], honest]
+        records: dict[str, RoundRecord] = {}
         for a, ag in agents.items():
-            losses[a] = ag.trainer.fit(ag.train_windows, outcomes[a].target)  # type: ignore[attr-defined]
-            model, card, _ = ag.trainer.export(ag.train_windows, agent=a, context=settings.context)  # type: ignore[attr-defined]
-            ag.encoder = OnnxEncoder.from_bytes(model, card)
-        entry.update(
-            {
-                "subcontexts": subcontexts,
-                "osmosis_weights": {a: o.weights for a, o in outcomes.items()},
-                "affinity": {a: o.affinity for a, o in outcomes.items()},
-                "affinity_memory": {a: o.memory for a, o in outcomes.items()},
-                "equilibrium": {a: o.equilibrium for a, o in outcomes.items()},
-                "screened": {a: o.screened for a, o in outcomes.items()},
-                "embedding_change": {a: o.change for a, o in outcomes.items()},
-                "bytes_sent": sent,
-                "losses": losses,
-                "elapsed_s": round(time.perf_counter() - t0, 3),
-            }
+            rec = ag.finish(r)
+            assert rec is not None  # no stop event in a simulation
+            records[a] = rec
+        row = report_round(
+            r,
+            figures(r),
+            subcontexts,
+            {a: rec.embedded_with for a, rec in records.items()},
+            records,
+            bytes_before,
+            wall0,
         )
-        rounds.append(entry)
+        subcontexts = row.subcontexts
+        bytes_before = {a: rec.bytes_out for a, rec in records.items()}
+        rows.append(row)
+        evals.pop(r, None)
         if progress:
-            progress(entry)
-    final_test = {a: ag.encoder.encode(ag.test_windows) for a, ag in agents.items()}
-    last = rounds[-1]
-    return {
-        "dataset": ds.name,
-        "agents": ids,
-        "topology": settings.topology,
-        "neighbours": links,
-        "rounds": rounds,
-        "final": {
-            "round": last["round"],
-            "subcontexts": subcontexts,
-            "osmosis_weights": rounds[-2]["osmosis_weights"] if len(rounds) > 1 else {},
-            **{
-                k: last[k]
-                for k in (
-                    "strict_alignment",
-                    "centered_alignment",
-                    "paper_similarity",
-                    "probe_r2",
-                    "spread",
-                )
-            },
-        },
-        "embeddings": final_test,
-    }
+            progress(row)
+    for ag in agents.values():
+        ag.conclude(settings.rounds)
+    last = report_round(
+        settings.rounds,
+        figures(settings.rounds),
+        subcontexts,
+        {a: ag.encoder.version for a, ag in agents.items()},
+    )
+    last = _with_elapsed(last, time.perf_counter() - t0)
+    rows.append(last)
+    if progress:
+        progress(last)
+    return RunResult(
+        dataset=ds.name,
+        agents=ids,
+        topology=settings.topology,
+        neighbours=links,
+        rounds=rows,
+        final=FinalSection.of(rows),
+        embeddings={a: evals[settings.rounds][a][1] for a in ids},
+    )
+
+
+def _with_elapsed(row: ReportRound, elapsed: float) -> ReportRound:
+    return replace(row, elapsed_s=round(elapsed, 3))
+
+
+def _send_hostile(
+    hub: MemoryHub,
+    context: str,
+    source: str,
+    links: Sequence[str],
+    rnd: int,
+    embeddings: np.ndarray,
+    step_start: int,
+) -> None:
+    payload = encode_frame(
+        Frame(
+            context=context,
+            source=source,
+            round=rnd,
+            step_start=step_start,
+            model_version=0,
+            embeddings=np.asarray(embeddings, dtype=np.float32),
+        )
+    )
+    for nb in links:
+        hub.deliver(topics.inbox(context, nb, source), payload)
