@@ -29,10 +29,12 @@ from osml.agent.config import load_config
 from osml.agent.data import load_dataset, windows
 from osml.agent.inference import OnnxEncoder
 from osml.agent.modelcard import card_path, read_card, write_model
+from osml.agent.records import RoundRecord
 from osml.agent.runtime import AgentRuntime
 from osml.agent.state import read_rounds as state_rounds
 from osml.agent.trainer_client import TrainerClient
 from osml.core.anchor import context_anchor
+from osml.errors import ConfigError
 from osml.net.broker import MosquittoProcess, find_mosquitto
 from osml.net.transport import BrokerSettings, Transport
 from osml.wire import topics
@@ -147,6 +149,7 @@ def write_config(
     interval: float = 0.0,
     neighbours: tuple[str, ...] | None = None,
     signing_key: Path | None = None,
+    trainer: bool = True,
 ) -> Path:
     adir = root / agent
     adir.mkdir(parents=True, exist_ok=True)
@@ -174,11 +177,17 @@ def write_config(
         f"deadline = {deadline}",
         "train_wait = 30.0",
         f"interval = {interval}",
-        "[trainer]",
-        f'socket = "{socket}"',
-        "timeout = 30.0",
-        "[trainer.settings]",
-        "steps_per_round = 40",
+        *(
+            [
+                "[trainer]",
+                f'socket = "{socket}"',
+                "timeout = 30.0",
+                "[trainer.settings]",
+                "steps_per_round = 40",
+            ]
+            if trainer
+            else []
+        ),
         *(["[signing]", f'key_file = "{signing_key}"'] if signing_key else []),
     ]
     path = adir / "agent.toml"
@@ -194,7 +203,7 @@ def state_dir(config: Path) -> Path:
     return config.parent / "state"
 
 
-def read_rounds(config: Path) -> list[dict[str, Any]]:
+def read_rounds(config: Path) -> list[RoundRecord]:
     return state_rounds(state_dir(config))  # skips a torn last line: agents may be mid-append
 
 
@@ -203,7 +212,7 @@ def read_state(config: Path) -> dict[str, Any]:
 
 
 def done_round(config: Path, rnd: int) -> Callable[[], bool]:
-    return lambda: any(r["round"] >= rnd for r in read_rounds(config))
+    return lambda: any(r.round >= rnd for r in read_rounds(config))
 
 
 def retained_status(url: str, ctx: str, agents: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -289,14 +298,12 @@ def test_two_agents_and_a_trainer_run_to_completion(
 
     for cfg in configs.values():
         recs = read_rounds(cfg)
-        assert [r["round"] for r in recs] == [0, 1, 2]
-        assert all(r["missing"] == [] for r in recs), [
-            r["missing"] for r in recs
-        ]  # each heard the other
-        assert all(r["trainer"] == "ok" for r in recs)
-        assert all(r["invalid_frames"] == 0 and r["late_frames"] == 0 for r in recs)
-        assert recs[-1]["frames_in"] == 3 and recs[-1]["frames_out"] == 3
-        versions = [r["model_version"] for r in recs]
+        assert [r.round for r in recs] == [0, 1, 2]
+        assert all(r.missing == [] for r in recs), [r.missing for r in recs]  # each heard the other
+        assert all(r.trainer == "ok" for r in recs)
+        assert all(r.invalid_frames == 0 and r.late_frames == 0 for r in recs)
+        assert recs[-1].frames_in == 3 and recs[-1].frames_out == 3
+        versions = [r.model_version for r in recs]
         assert versions == sorted(versions) and versions[-1] > 1
         state = read_state(cfg)
         assert state["next_round"] == 3
@@ -343,12 +350,12 @@ def test_an_agent_that_was_away_for_many_rounds_catches_up(
         procs.wait_ok(p, timeout=2 * WAIT)
 
     late = read_rounds(configs["1"])
-    assert late[0]["round"] == 0 and late[-1]["round"] == 19
-    rounds = [r["round"] for r in late]
+    assert late[0].round == 0 and late[-1].round == 19
+    rounds = [r.round for r in late]
     assert any(b - a > 1 for a, b in itertools.pairwise(rounds)), rounds  # it skipped ahead
     assert len(rounds) < 20
-    assert any(r["missing"] == [] for r in late[1:]), [r["missing"] for r in late]  # in step again
-    assert any(r["missing"] == [] for r in read_rounds(configs["0"]) if r["round"] > 10)
+    assert any(r.missing == [] for r in late[1:]), [r.missing for r in late]  # in step again
+    assert any(r.missing == [] for r in read_rounds(configs["0"]) if r.round > 10)
     assert "skipping ahead" in (configs["1"].parent / "agent.log").read_text()
 
 
@@ -376,13 +383,69 @@ def test_without_a_trainer_the_agents_run_on_their_initial_model(
     assert not sock.exists()
     for a, cfg in configs.items():
         recs = read_rounds(cfg)
-        assert [r["round"] for r in recs] == [0, 1, 2]
-        assert all(r["model_version"] == 1 and r["trainer"] == "unavailable" for r in recs)
-        assert recs[-1]["missing"] == []
+        assert [r.round for r in recs] == [0, 1, 2]
+        assert all(r.model_version == 1 and r.trainer == "unavailable" for r in recs)
+        assert recs[-1].missing == []
         assert read_state(cfg)["model_version"] == 1
         installed = OnnxEncoder.load(state_dir(cfg) / "model.onnx")
         assert installed.card.sha256 == read_card(premade_models[a]).sha256
         assert "trainer unavailable" in (cfg.parent / "agent.log").read_text()
+
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def test_an_agent_with_a_shipped_model_and_no_trainer_runs_inference_only(
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
+) -> None:
+    ctx = unique_context("inference")
+    shipped = MODELS / "mlp-w10-f1-d5" / "model.onnx"
+    configs = {
+        a: write_config(
+            tmp_path,
+            ctx,
+            a,
+            mosquitto.url,
+            count=3,
+            socket=short_dir / "unused.sock",
+            model_path=shipped,
+            trainer=False,
+        )
+        for a in IDS
+    }
+    assert load_config(configs["0"]).inference_only
+
+    agents = {a: start_agent(procs, c) for a, c in configs.items()}
+    for p in agents.values():
+        procs.wait_ok(p)
+
+    status = retained_status(mosquitto.url, ctx, IDS)
+    for a, cfg in configs.items():
+        recs = read_rounds(cfg)
+        assert [r.round for r in recs] == [0, 1, 2]
+        assert all(r.trainer == "none" and r.model_version == 1 for r in recs)
+        assert all(r.embedded_with == 1 for r in recs)
+        assert recs[-1].missing == []  # it still exchanges and decides its sub-context
+        assert other(a) in recs[-1].affinity and a in recs[-1].subcontext
+        assert status[a]["mode"] == "inference-only" and status[a]["trainer"] == "none"
+        installed = OnnxEncoder.load(state_dir(cfg) / "model.onnx")
+        assert installed.card.sha256 == read_card(shipped).sha256
+        log = (cfg.parent / "agent.log").read_text()
+        assert "inference only" in log and "trainer unavailable" not in log
+
+
+def test_an_agent_with_no_trainer_and_no_model_is_a_config_error(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path, "ctx", "0", "mqtt://127.0.0.1:1", count=1, socket=tmp_path / "s", trainer=False
+    )
+    text = cfg.read_text() + '[trainer]\nsocket = ""\n'
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match="model.path"):
+        load_config(cfg)
 
 
 def test_sigkilled_agent_resumes_where_it_stopped(
@@ -410,13 +473,13 @@ def test_sigkilled_agent_resumes_where_it_stopped(
     procs.wait_ok(agents["1"])
 
     after = read_rounds(victim)[len(before) :]
-    rounds_after = [r["round"] for r in after]
+    rounds_after = [r.round for r in after]
     assert rounds_after[0] >= 2 and 0 not in rounds_after
     assert rounds_after[0] == resumed_at
     assert rounds_after == list(range(rounds_after[0], 6))
-    assert after[0]["model_version"] >= before[-1]["model_version"] > 1  # not reset to v1
+    assert after[0].model_version >= before[-1].model_version > 1  # not reset to v1
     assert read_state(victim)["next_round"] == 6
-    assert [r["round"] for r in read_rounds(configs["1"])] == list(range(6))
+    assert [r.round for r in read_rounds(configs["1"])] == list(range(6))
     # The killed agent's last will said "offline"; the restarted one ended gracefully.
     assert_graceful_status(retained_status(mosquitto.url, ctx, ("0",))["0"], 6)
 
@@ -439,18 +502,18 @@ def test_agents_keep_their_last_model_when_the_trainer_is_killed(
     )
     os.kill(trainer.pid, signal.SIGKILL)
     trainer.wait(timeout=10)
-    at_kill = {a: max(r["model_version"] for r in read_rounds(c)) for a, c in configs.items()}
+    at_kill = {a: max(r.model_version for r in read_rounds(c)) for a, c in configs.items()}
     for p in agents.values():
         procs.wait_ok(p)
 
     for a, cfg in configs.items():
         recs = read_rounds(cfg)
-        assert [r["round"] for r in recs] == list(range(5))
+        assert [r.round for r in recs] == list(range(5))
         final = read_state(cfg)["model_version"]
         # At most a job that was already done when the trainer died still lands; then no more.
         assert at_kill[a] <= final <= at_kill[a] + 1
-        assert recs[-1]["model_version"] == recs[-2]["model_version"] == final
-        assert recs[-1]["trainer"] == recs[-2]["trainer"] == "unavailable"
+        assert recs[-1].model_version == recs[-2].model_version == final
+        assert recs[-1].trainer == recs[-2].trainer == "unavailable"
         assert OnnxEncoder.load(state_dir(cfg) / "model.onnx").version == final
 
 
@@ -488,8 +551,8 @@ def test_agents_ride_out_a_broker_restart(
 
     for cfg in configs.values():
         recs = read_rounds(cfg)
-        assert [r["round"] for r in recs] == list(range(6))
-        assert recs[-1]["reconnects"] >= 1
+        assert [r.round for r in recs] == list(range(6))
+        assert recs[-1].reconnects >= 1
         assert read_state(cfg)["next_round"] == 6
 
 
@@ -588,16 +651,16 @@ def test_hostile_frames_are_rejected_by_reason_and_never_used(
     )
 
     recs = read_rounds(configs["0"])
-    assert [r["round"] for r in recs] == list(range(5))  # it never stopped or stalled
-    rejected = recs[-1]["rejected"]
+    assert [r.round for r in recs] == list(range(5))  # it never stopped or stalled
+    rejected = recs[-1].rejected
     for reason, _, _ in cases:
         assert rejected.get(reason, 0) >= 1, (reason, rejected)
     assert sum(rejected.values()) >= len(cases)
-    assert recs[-1]["invalid_frames"] == sum(n for r, n in rejected.items() if r != "late")
+    assert recs[-1].invalid_frames == sum(n for r, n in rejected.items() if r != "late")
     # The real neighbour was still heard (agents back off without a trainer, so not every round),
     # and nobody else ever pulled.
-    assert recs[-1]["missing"] == []
-    assert all(set(r["osmosis_weights"]) <= {"0", "1"} for r in recs)
+    assert recs[-1].missing == []
+    assert all(set(r.osmosis_weights) <= {"0", "1"} for r in recs)
     assert "Traceback" not in (state_dir(configs["0"]).parent / "agent.log").read_text()
 
 
@@ -649,11 +712,9 @@ def test_signed_fleet_rejects_frames_forged_with_broker_credentials(
     )
 
     recs = read_rounds(configs["0"])
-    assert [r["round"] for r in recs] == list(range(5))
-    assert (
-        recs[-1]["rejected"].get("unsigned") == 3 and recs[-1]["rejected"].get("bad_signature") == 3
-    )
-    assert recs[-1]["missing"] == []  # the real, signed frames of 1 got through
+    assert [r.round for r in recs] == list(range(5))
+    assert recs[-1].rejected.get("unsigned") == 3 and recs[-1].rejected.get("bad_signature") == 3
+    assert recs[-1].missing == []  # the real, signed frames of 1 got through
     assert read_rounds(configs["1"])[-1]["rejected"].get("bad_signature", 0) == 0
 
 
@@ -699,7 +760,7 @@ def test_agent_started_before_the_broker_waits_for_it(
     finally:
         procs.stop_all()
         broker.stop()
-    assert all([r["round"] for r in read_rounds(c)] == [0, 1] for c in configs.values())
+    assert all([r.round for r in read_rounds(c)] == [0, 1] for c in configs.values())
 
 
 def test_a_torn_model_in_the_state_directory_is_replaced(

@@ -15,6 +15,7 @@ import pytest
 from click.testing import Result
 
 from clihelp import run_command
+from osml.agent.records import RoundRecord
 from osml.agent.state import read_rounds
 from osml.cli.main import main
 
@@ -43,7 +44,7 @@ def run_fleet(out: Path, *extra: str) -> dict[str, Any]:
     return report
 
 
-def agent_rounds(out: Path, agent: str) -> list[dict[str, Any]]:
+def agent_rounds(out: Path, agent: str) -> list[RoundRecord]:
     return read_rounds(out / "fleet" / "agents" / agent / "state")
 
 
@@ -93,8 +94,8 @@ def test_osml_run_with_dropped_frames_still_completes(tmp_path: Path) -> None:
     for sender, receiver in (("0", "1"), ("1", "0")):
         dropped_before = 0
         for rnd, entry in enumerate(exchanged):
-            dropped = recs[sender][rnd]["dropped_out"] - dropped_before
-            dropped_before = recs[sender][rnd]["dropped_out"]
+            dropped = recs[sender][rnd].dropped_out - dropped_before
+            dropped_before = recs[sender][rnd].dropped_out
             if dropped:
                 assert sender in entry["missing_frames"][receiver], (rnd, entry["missing_frames"])
     assert set(report["final"]["subcontexts"]) == {"0", "1"}
