@@ -587,7 +587,7 @@ def intrude(
     t = Transport(BrokerSettings(url=url), f"intruder-{ctx}", persistent=False)
     t.connect()
     try:
-        for topic, payload in payloads(read_rounds(configs["0"])[-1]["round"]):
+        for topic, payload in payloads(read_rounds(configs["0"])[-1].round):
             t.publish(topic, payload)
     finally:
         t.close()
@@ -715,7 +715,7 @@ def test_signed_fleet_rejects_frames_forged_with_broker_credentials(
     assert [r.round for r in recs] == list(range(5))
     assert recs[-1].rejected.get("unsigned") == 3 and recs[-1].rejected.get("bad_signature") == 3
     assert recs[-1].missing == []  # the real, signed frames of 1 got through
-    assert read_rounds(configs["1"])[-1]["rejected"].get("bad_signature", 0) == 0
+    assert read_rounds(configs["1"])[-1].rejected.get("bad_signature", 0) == 0
 
 
 def test_agent_started_before_the_broker_waits_for_it(
