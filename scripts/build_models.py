@@ -182,7 +182,7 @@ def index(models: list[Built], seed: int) -> str:
             "",
             "## What they are for",
             "",
-            "A device that never trains: point the agent at a model and run it without a trainer,",
+            "A device that never trains: give the agent a model and no `[trainer]` table,",
             "",
             "```toml",
             "[model]",
@@ -193,8 +193,8 @@ def index(models: list[Built], seed: int) -> str:
             "```",
             "",
             "and the agent installs that model (its card's sha256 and shapes are checked by",
-            "`osml.agent.inference.OnnxEncoder`) and only embeds with it: inference-only mode. "
-            "The agent's",
+            "`osml.agent.inference.OnnxEncoder`) and only embeds with it: inference-only mode",
+            '(its status says `"mode": "inference-only"`; see `docs/agent.md`). The agent\'s',
             "data must match the card's input shape (window and number of features) and the "
             "fleet's embedding",
             "dimension. With a trainer the same file is simply the starting point the trainer "
