@@ -345,8 +345,11 @@ def test_installed_wheel_runs_the_agent_without_torch(
     assert result.returncode == 0, result.stdout + result.stderr
     wheel = tmp / "device" / "installed" / "osml-0.1.0-py3-none-any.whl"
     venv = tmp_path / "venv"
+    # Without PYTHONPATH: a source tree on it (with its osml.egg-info) would pass for osml
+    # already installed, and pip would skip the wheel.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300, env=env)
     python, osml = venv / "bin" / "python", venv / "bin" / "osml"
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", str(wheel)],
@@ -354,11 +357,11 @@ def test_installed_wheel_runs_the_agent_without_torch(
         text=True,
         timeout=900,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     assert install.returncode == 0, install.stdout + install.stderr
     print(f"venv + pip install of the wheel: {time.monotonic() - started:.1f}s")
 
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     no_torch = subprocess.run(
         [str(python), "-c", "import torch"], capture_output=True, text=True, env=env, timeout=60
     )

@@ -24,6 +24,9 @@ from osml.net.broker import bindable
 from osml.net.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.net.transport import BrokerSettings, Message, Transport
 
+# A real (embedded) broker on a loopback port: the broker tier.
+pytestmark = pytest.mark.broker
+
 CTX = "ctx"
 
 

@@ -26,7 +26,9 @@ from osml.core.anchor import context_anchor
 from osml.errors import ModelError, TrainerError
 from osml.wire.ipc import pack_array, recv_msg, send_msg, unpack_array
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch", reason="torch not installed: pip install 'osml[trainer]'")
+
+import torch
 
 from osml.trainer.fit import EncoderTrainer, TrainerSettings
 from osml.trainer.service import load_state, parse_settings, serve, state_arrays
