@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+from typing import Any
 
 import numpy as np
 import pytest
@@ -258,13 +259,11 @@ def series_and_windows(
     return series, windows
 
 
-def make_trainer(
-    objective: str, arch: str = "mlp", **kw: object
-) -> tuple[EncoderTrainer, np.ndarray]:
+def make_trainer(objective: str, arch: str = "mlp", **kw: Any) -> tuple[EncoderTrainer, np.ndarray]:
     series, windows = series_and_windows()
     settings = TrainerSettings(
         architecture=arch, objective=objective, steps_per_round=10, batch_size=64, **kw
-    )  # type: ignore[arg-type]
+    )
     trainer = EncoderTrainer(settings, WINDOW, 2, EMB, seed=3, train_data=series)
     return trainer, windows
 

@@ -9,6 +9,7 @@ returned by ``complete`` (so it cannot reach the osmosis targets), and memory st
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -35,12 +36,12 @@ def make_inbox(**kw: object) -> Inbox:
 
 
 def frame(
-    rnd: int = 3, src: str = NB, ctx: str = CTX, n: int = 8, d: int = 5, s0: int = 9, **kw: object
+    rnd: int = 3, src: str = NB, ctx: str = CTX, n: int = 8, d: int = 5, s0: int = 9, **kw: Any
 ) -> Frame:
     emb = np.random.default_rng(rnd).normal(size=(n, d)).astype(np.float32)
     return Frame(
         context=ctx, source=src, round=rnd, step_start=s0, model_version=1, embeddings=emb, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def doc_of(data: bytes) -> dict[str, object]:

@@ -249,7 +249,12 @@ def test_save_state_removes_temp_files_of_killed_saves(tmp_path: Path) -> None:
 def test_append_round_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
 
     append_round(tmp_path, {"round": 0})
 

@@ -316,7 +316,7 @@ def test_two_agents_train_concurrently(client: TrainerClient) -> None:
 
 def test_restart_reloads_agent_and_continues(tmp_short: Path) -> None:
     sock, state = tmp_short / "t.sock", tmp_short / "state"
-    settings = {"steps_per_round": 30, "batch_size": 32}
+    settings: dict[str, Any] = {"steps_per_round": 30, "batch_size": 32}
     first = start_service(sock, state)
     try:
         client = TrainerClient(sock, timeout=30)
