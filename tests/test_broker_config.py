@@ -145,7 +145,8 @@ def test_example_fleet_file_is_valid() -> None:
         ('[contexts.lab]\ntopology = "ring"\n', ["contexts.lab.agents", "missing"]),
         ('[contexts.lab]\nagents = ["a", "b"]\n', ["contexts.lab", "either topology"]),
         (
-            '[contexts.lab]\nagents = ["a", "b"]\ntopology = "ring"\n[contexts.lab.neighbours]\na = ["b"]\nb = ["a"]\n',
+            '[contexts.lab]\nagents = ["a", "b"]\ntopology = "ring"\n[contexts.lab.neighbours]\na '
+            '= ["b"]\nb = ["a"]\n',
             ["contexts.lab", "not both"],
         ),
         (
@@ -178,15 +179,18 @@ def test_example_fleet_file_is_valid() -> None:
         ),
         ('[contexts."l+b"]\nagents = ["a"]\ntopology = "ring"\n', ["contexts", "'l+b'"]),
         (
-            '[contexts.lab]\nagents = ["a", "b"]\nseed = 1\n[contexts.lab.neighbours]\na = ["b"]\nb = ["a"]\n',
+            '[contexts.lab]\nagents = ["a", "b"]\nseed = 1\n[contexts.lab.neighbours]\na = '
+            '["b"]\nb = ["a"]\n',
             ["contexts.lab.seed"],
         ),
         (
-            '[contexts.lab]\nagents = ["a", "b", "c"]\n[contexts.lab.neighbours]\na = ["b"]\nb = ["c"]\nc = ["b"]\n',
+            '[contexts.lab]\nagents = ["a", "b", "c"]\n[contexts.lab.neighbours]\na = ["b"]\nb = '
+            '["c"]\nc = ["b"]\n',
             ["contexts.lab.neighbours.a", "does not list 'a'", "symmetric"],
         ),
         (
-            '[contexts.lab]\nagents = ["a", "b"]\n[contexts.lab.neighbours]\na = ["b", "z"]\nb = ["a"]\n',
+            '[contexts.lab]\nagents = ["a", "b"]\n[contexts.lab.neighbours]\na = ["b", "z"]\nb = '
+            '["a"]\n',
             ["contexts.lab.neighbours.a", "'z'"],
         ),
         (
@@ -206,11 +210,13 @@ def test_example_fleet_file_is_valid() -> None:
             ["monitor.user", "'lab.a'"],
         ),
         (
-            '[contexts.lab]\nagents = ["a"]\ntopology = "full"\n[monitor]\nuser = "m"\ncontexts = ["farm"]\n',
+            '[contexts.lab]\nagents = ["a"]\ntopology = "full"\n[monitor]\nuser = "m"\ncontexts = '
+            '["farm"]\n',
             ["monitor.contexts", "'farm'"],
         ),
         (
-            '[contexts."a.b"]\nagents = ["c"]\ntopology = "full"\n[contexts.a]\nagents = ["b.c"]\ntopology = "full"\n',
+            '[contexts."a.b"]\nagents = ["c"]\ntopology = "full"\n[contexts.a]\nagents = '
+            '["b.c"]\ntopology = "full"\n',
             ["broker user 'a.b.c'", "rename"],
         ),
     ],

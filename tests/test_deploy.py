@@ -222,7 +222,8 @@ def test_help() -> None:
         ('[agent\nid = "1"\n', "not valid TOML"),
         ('[agent]\nid = "a b"\ncontext = "lab"\n', "--name"),
         (
-            '[agent]\nid = "1"\ncontext = "lab"\n[broker]\nurl = "mqtts://b:8883"\nca_file = "nope.crt"\n',
+            '[agent]\nid = "1"\ncontext = "lab"\n[broker]\nurl = "mqtts://b:8883"\nca_file = '
+            '"nope.crt"\n',
             "broker.ca_file",
         ),
         ('[agent]\nid = "1"\ncontext = "lab"\n[data]\nsource = "csv:data.csv"\n', "absolute path"),
@@ -380,7 +381,8 @@ def test_installed_wheel_runs_the_agent_without_torch(
         [
             str(python),
             "-c",
-            "import osml.agent.config, osml.agent.runtime, osml.agent.inference, osml.agent.trainer_client",
+            "import osml.agent.config, osml.agent.runtime, osml.agent.inference, "
+            "osml.agent.trainer_client",
         ],
         capture_output=True,
         text=True,
@@ -448,7 +450,8 @@ def test_agent_unit_settings() -> None:
 def test_trainer_unit_settings() -> None:
     s = _unit_settings(TRAINER_UNIT)
     assert s["ExecStart"] == [
-        "/opt/osml/venv/bin/osml trainer --socket /run/osml/trainer.sock --state-dir /var/lib/osml/trainer"
+        "/opt/osml/venv/bin/osml trainer --socket /run/osml/trainer.sock --state-dir "
+        "/var/lib/osml/trainer"
     ]
     assert s["User"] == ["osml"] and s["StateDirectory"] == ["osml/trainer"]
     assert s["RuntimeDirectory"] == ["osml"] and s["ProtectSystem"] == ["strict"]

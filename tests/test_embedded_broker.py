@@ -71,7 +71,7 @@ def _mqtt_str(value: str | bytes) -> bytes:
 def _connect_with_will(
     host: str, port: int, client_id: str, topic: str, payload: bytes
 ) -> socket.socket:
-    """A raw MQTT 3.1.1 client with a retained QoS 1 will, so the test can vanish without DISCONNECT."""
+    """A raw MQTT 3.1.1 client with a retained QoS 1 will: it can vanish without DISCONNECT."""
     flags = 0x02 | 0x04 | 0x08 | 0x20  # clean session, will, will QoS 1, will retain
     body = _mqtt_str("MQTT") + bytes([4, flags]) + struct.pack("!H", 30)
     body += _mqtt_str(client_id) + _mqtt_str(topic) + _mqtt_str(payload)

@@ -1,4 +1,4 @@
-"""Tests for the trainer: encoders, ONNX export that reproduces torch, and round-by-round fitting."""
+"""Tests for the trainer: encoders, ONNX export that reproduces torch, round-by-round fitting."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def assert_accounted(box: Inbox, offered: int) -> None:
     assert set(box.rejected) <= set(REASONS)
 
 
-# -- hand-made hostile frames: one reason each ------------------------------------------------------
+# -- hand-made hostile frames: one reason each -----------------------------------------------------
 
 
 def hostile_cases() -> dict[str, tuple[str, bytes]]:
@@ -145,7 +145,7 @@ def test_a_flooding_neighbour_fills_only_its_own_budget() -> None:
     assert box.pending_bytes == 0
 
 
-# -- signatures ---------------------------------------------------------------------------------------
+# -- signatures ------------------------------------------------------------------------------------
 
 
 def test_signed_frames_verify_and_forgeries_do_not() -> None:
@@ -199,7 +199,7 @@ def test_signature_covers_every_field() -> None:
         assert sign(KEY, signed_bytes(tampered)) != doc["sig"], key
 
 
-# -- properties ---------------------------------------------------------------------------------------
+# -- properties ------------------------------------------------------------------------------------
 
 
 @FUZZ
@@ -317,7 +317,7 @@ def test_memory_stays_bounded_whatever_arrives(ops: list[tuple[int, str, int, in
     assert box.pending_bytes == 0 and not box._chunks
 
 
-# -- catching up after a long absence ---------------------------------------------------------------
+# -- catching up after a long absence --------------------------------------------------------------
 
 
 def test_an_agent_far_behind_is_told_where_its_neighbours_are() -> None:

@@ -1,4 +1,4 @@
-"""Tests for osml.agent.modelcard and osml.agent.inference: cards, atomic writes, verified ONNX loading."""
+"""Tests for osml.agent.modelcard and osml.agent.inference: cards, atomic writes, checked loads."""
 
 from __future__ import annotations
 

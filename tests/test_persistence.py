@@ -322,8 +322,8 @@ print("ready", flush=True)
 while True:
     version = state.model_version + 1
     model = blobs[version % len(blobs)]
-    card = ModelCard(version=version, architecture="tiny", window=window, n_features=n_features, embedding_dim=embedding_dim,
-                     sha256=sha256_hex(model))
+    card = ModelCard(version=version, architecture="tiny", window=window, n_features=n_features,
+                     embedding_dim=embedding_dim, sha256=sha256_hex(model))
     write_model(state_dir / "model.onnx", model, card)
     state.model_version = version
     state.next_round += 1

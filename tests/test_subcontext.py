@@ -1,4 +1,4 @@
-"""Tests for osml.core.subcontext (affinity memory, hysteresis) and osml.core.learner (one agent's round)."""
+"""Tests for osml.core.subcontext (affinity memory, hysteresis) and osml.core.learner (a round)."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def paho_threads(client_id: str) -> list[threading.Thread]:
 
 @pytest.fixture
 def make_transport() -> Iterator[MakeTransport]:
-    """``make_transport(url, client_id, protocol=..., connect=True, **kwargs)``; all closed after."""
+    """``make_transport(url, client_id, protocol=..., connect=True, **kw)``, all closed after."""
     made: list[Transport] = []
 
     def make(
