@@ -113,7 +113,8 @@ def main() -> int:
             out.append(res)
             groups_txt = " ".join(f"{g}={v:.3f}" for g, v in res["groups"].items())
             print(
-                f"{res['attack']:<18} screening={'on ' if screening else 'off'} x_inside={res['x_inside']!s:<5} "
+                f"{res['attack']:<18} screening={'on ' if screening else 'off'} "
+                f"x_inside={res['x_inside']!s:<5} "
                 f"w(x)={res['max_weight_x']:.3f} norm={res['norm']:.3g} {groups_txt} "
                 f"screened={json.dumps(res['screened'])}"
                 + ("" if "ok" not in res else f" {'PASS' if res['ok'] else 'FAIL'}"),

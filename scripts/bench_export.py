@@ -30,7 +30,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     windows = rng.standard_normal((64, 10, 2)).astype(np.float32)
     print(
-        "| encoder | builder median (ms) | dynamo first call (s) | dynamo later calls (s) | max abs diff |"
+        "| encoder | builder median (ms) | dynamo first call (s) | dynamo later calls (s) "
+        "| max abs diff |"
     )
     print("| --- | --- | --- | --- | --- |")
     for arch in ARCHITECTURES:
@@ -48,7 +49,8 @@ def main() -> None:
                 export_onnx(enc, windows, 1, exporter="dynamo")
                 dyn.append(time.perf_counter() - t0)
         print(
-            f"| {arch} | {1000 * statistics.median(times):.1f} | {dyn[0]:.2f} | {statistics.median(dyn[1:]):.2f} | {diff:.1e} |"
+            f"| {arch} | {1000 * statistics.median(times):.1f} | {dyn[0]:.2f} "
+            f"| {statistics.median(dyn[1:]):.2f} | {diff:.1e} |"
         )
 
 

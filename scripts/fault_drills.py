@@ -339,7 +339,8 @@ def _osml_run_with_drops(
     ok = finished and subcontexts_ok(report["final"], data)
     return (
         ok,
-        f"rounds {len(report['rounds']) - 1}/{rounds}  missing {missing}/{expected} frames  final {groups_text(report['final'])}",
+        f"rounds {len(report['rounds']) - 1}/{rounds}  missing {missing}/{expected} frames  final "
+        f"{groups_text(report['final'])}",
     )
 
 
@@ -443,7 +444,8 @@ def agent_sigkill(env: Env) -> tuple[bool, str]:
     first = rounds_after[0] if rounds_after else None
     return ok, (
         f"killed after round {before[-1]['round']}, resumed at {first} "
-        f"(model v{before[-1]['model_version']} -> v{after[0]['model_version'] if after else '?'})  "
+        f"(model v{before[-1]['model_version']} -> v{after[0]['model_version'] if after else '?'}) "
+        " "
         f"exit {codes}  missing {missing}/{expected} frames  final {groups_text(result['final'])}"
     )
 
@@ -484,7 +486,8 @@ def trainer_sigkill(env: Env) -> tuple[bool, str]:
         and subcontexts_ok(result["final"], f.data)
     )
     return ok, (
-        f"killed after round {min(r['round'] for r in at_kill.values())}  rounds without trainer {down}  "
+        f"killed after round {min(r['round'] for r in at_kill.values())}  rounds without trainer "
+        f"{down}  "
         f"model v(kill -> end) {versions}  exit {codes}  final {groups_text(result['final'])}"
     )
 

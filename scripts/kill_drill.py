@@ -108,7 +108,8 @@ def drill(f: Fleet, kills: int, seed: int, max_delay: float, tally: Tally) -> No
         done = [r.round for r in read_rounds(f.state(VICTIM))]
         if done and done[-1] >= f.rounds - 2:
             raise OsmlError(
-                f"the victim is at round {done[-1]} of {f.rounds} after {kill - 1} kills: pass more --rounds"
+                f"the victim is at round {done[-1]} of {f.rounds} after {kill - 1} kills: pass "
+                "more --rounds"
             )
         delay = rng.uniform(0.1, max_delay)
         time.sleep(delay)
@@ -153,7 +154,10 @@ def main() -> int:
         "--rounds",
         type=int,
         default=300,
-        help="rounds the fleet runs (default 300: enough for 50 kills, as a restarted agent catches up)",
+        help=(
+            "rounds the fleet runs (default 300: enough for 50 kills, as a restarted agent "
+            "catches up)"
+        ),
     )
     parser.add_argument(
         "--deadline",
@@ -216,19 +220,24 @@ def main() -> int:
     final_version = victim_rounds[-1].model_version if victim_rounds else None
     ok = not tally.failures and tally.kills >= args.kills and bool(finished)
     print(
-        f"\nkill drill {'PASS' if ok else 'FAIL'} in {time.perf_counter() - started:.0f}s (seed {args.seed})"
+        f"\nkill drill {'PASS' if ok else 'FAIL'} in {time.perf_counter() - started:.0f}s (seed "
+        f"{args.seed})"
     )
     print(f"  kills {tally.kills}, restarts OK {tally.restarts_ok}")
     print(
-        f"  kills before the first model {tally.before_first_model}, between the card's commit and the "
-        f"model's rename {tally.between_commit_and_rename}, with a torn last round line {tally.torn_round_lines}"
+        f"  kills before the first model {tally.before_first_model}, between the card's commit and "
+        "the "
+        f"model's rename {tally.between_commit_and_rename}, with a torn last round line "
+        f"{tally.torn_round_lines}"
     )
     print(
-        f"  victim's model at the kills v{min(tally.versions, default=0)} .. v{max(tally.versions, default=0)}, "
+        f"  victim's model at the kills v{min(tally.versions, default=0)} .. "
+        f"v{max(tally.versions, default=0)}, "
         f"v{final_version} at the end"
     )
     print(
-        f"  round records { ({a: len(r) for a, r in rounds.items()}) }, last { ({a: r[-1] if r else None for a, r in rounds.items()}) } "
+        f"  round records { ({a: len(r) for a, r in rounds.items()}) }, last "
+        f"{ ({a: r[-1] if r else None for a, r in rounds.items()}) } "
         f"of {args.rounds}, exit codes {finished or 'n/a'}"
     )
     for failure in tally.failures:

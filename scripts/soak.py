@@ -399,7 +399,8 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
                 agents_kb = [v for n, v in s["rss_kb"].items() if n.startswith("agent")]
                 trainers_kb = [v for n, v in s["rss_kb"].items() if n.startswith("trainer")]
                 log(
-                    f"[{now - t0:6.0f}s] rounds {lo}..{hi} of {cfg.rounds}  restarts {len(restarts)}/{cfg.restarts}  "
+                    f"[{now - t0:6.0f}s] rounds {lo}..{hi} of {cfg.rounds}  restarts "
+                    f"{len(restarts)}/{cfg.restarts}  "
                     f"RSS agents {_mb(sum(agents_kb))} MB (max {_mb(max(agents_kb, default=0))})  "
                     f"trainers {_mb(sum(trainers_kb))} MB"
                 )
@@ -417,7 +418,8 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
                     {"rounds": [lo, hi], "down_s": round(down, 2), "time": round(time.time(), 1)}
                 )
                 log(
-                    f"[{time.monotonic() - t0:6.0f}s] broker restart {len(restarts)}/{cfg.restarts} at rounds "
+                    f"[{time.monotonic() - t0:6.0f}s] broker restart "
+                    f"{len(restarts)}/{cfg.restarts} at rounds "
                     f"{lo}..{hi}, down {down:.1f} s (new pid {soak.broker.pid})"
                 )
                 continue
@@ -425,7 +427,8 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
                 if settle_until is None:
                     settle_until = lo + cfg.settle_rounds
                     log(
-                        f"[{now - t0:6.0f}s] every agent finished {cfg.rounds} rounds; settling (up to round "
+                        f"[{now - t0:6.0f}s] every agent finished {cfg.rounds} rounds; settling "
+                        "(up to round "
                         f"{settle_until}) until every agent reports equilibrium"
                     )
                 if all(r and r.equilibrium for r in recs.values()):
@@ -470,7 +473,7 @@ def run_soak(cfg: SoakConfig, log: Callable[[str], None] = print) -> dict[str, A
     return result
 
 
-# -- the result -------------------------------------------------------------------------------------
+# -- the result ------------------------------------------------------------------------------------
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
@@ -680,29 +683,37 @@ def summarize(
 def summary_text(r: dict[str, Any]) -> str:
     s, e = r.get("start", {}), r.get("end", {})
     lines = [
-        f"soak: {r['agents']} agents in {r['contexts']} contexts, {r['trainers']} trainers, {r['elapsed_s']:.0f} s",
-        f"rounds completed per agent   min {r['rounds_completed']['min']}  max {r['rounds_completed']['max']}"
+        f"soak: {r['agents']} agents in {r['contexts']} contexts, {r['trainers']} trainers, "
+        f"{r['elapsed_s']:.0f} s",
+        f"rounds completed per agent   min {r['rounds_completed']['min']}  max "
+        f"{r['rounds_completed']['max']}"
         + (
             f"  (all at equilibrium at round {r['settled_at_round']})"
             if r["settled_at_round"] is not None
             else ""
         ),
         (
-            f"broker restarts survived     {r['broker_restarts_survived']}/{r['config']['restarts']}  (at rounds "
+            "broker restarts survived     "
+            f"{r['broker_restarts_survived']}/{r['config']['restarts']}  (at rounds "
             f"{', '.join('{}..{}'.format(*x['rounds']) for x in r['restarts'])}; down "
             f"{', '.join(str(x['down_s']) for x in r['restarts'])} s)"
         ),
-        f"reconnects                   total {r['reconnects']['total']}  per agent {r['reconnects']['min']}..{r['reconnects']['max']}",
-        f"frames                       in {r['frames']['in']}  out {r['frames']['out']}  dropped on purpose {r['frames']['dropped_out']}",
+        f"reconnects                   total {r['reconnects']['total']}  per agent "
+        f"{r['reconnects']['min']}..{r['reconnects']['max']}",
+        f"frames                       in {r['frames']['in']}  out {r['frames']['out']}  dropped "
+        f"on purpose {r['frames']['dropped_out']}",
         "rejected                     " + "  ".join(f"{k} {v}" for k, v in r["rejected"].items()),
-        f"online at the end            {r['online_at_end']}/{r['agents']}  (retained states {r['status_states']})",
+        f"online at the end            {r['online_at_end']}/{r['agents']}  (retained states "
+        f"{r['status_states']})",
         (
             f"trainer ok, model advanced   {r['training_at_end']}/{r['agents']}  (model versions "
             f"{r['model_versions_at_end']['min']}..{r['model_versions_at_end']['max']})"
         ),
         (
-            f"at equilibrium at the end    {r['equilibrium_at_end']}/{r['agents']}  (share of the last "
-            f"{r['equilibrium_share_last_rounds']['rounds']} rounds: mean {r['equilibrium_share_last_rounds']['mean']}, "
+            f"at equilibrium at the end    {r['equilibrium_at_end']}/{r['agents']}  (share of the "
+            "last "
+            f"{r['equilibrium_share_last_rounds']['rounds']} rounds: mean "
+            f"{r['equilibrium_share_last_rounds']['mean']}, "
             f"min {r['equilibrium_share_last_rounds']['min']})"
         ),
     ]
@@ -710,21 +721,27 @@ def summary_text(r: dict[str, Any]) -> str:
         if snap:
             a, t = snap["rss_mb"]["agents"], snap["rss_mb"]["trainers"]
             lines.append(
-                f"RSS {label:<5} (round {snap['min_round']:>3})   agents max {a.get('max')} / median {a.get('median')} / "
-                f"sum {a.get('sum')} MB; trainers max {t.get('max')} / sum {t.get('sum')} MB; broker {snap['rss_mb']['broker']} MB"
+                f"RSS {label:<5} (round {snap['min_round']:>3})   agents max {a.get('max')} / "
+                f"median {a.get('median')} / "
+                f"sum {a.get('sum')} MB; trainers max {t.get('max')} / sum {t.get('sum')} MB; "
+                f"broker {snap['rss_mb']['broker']} MB"
             )
             lines.append(
-                f"fds {label:<5}                 agents max {snap['fds']['agents_max']} / sum {snap['fds']['agents_sum']}; "
+                f"fds {label:<5}                 agents max {snap['fds']['agents_max']} / sum "
+                f"{snap['fds']['agents_sum']}; "
                 f"trainers {snap['fds']['trainers']}; broker {snap['fds']['broker']}"
             )
     g = r["rss_growth"]
     lines.append(
-        f"RSS growth                   agents' sum {g['agents_sum_first_quartile_mb']} -> {g['agents_sum_last_quartile_mb']} MB "
-        f"(quartile means of {g['samples']} samples; slope {g['agents_sum_slope_mb_per_100_rounds']} MB/100 rounds); "
+        f"RSS growth                   agents' sum {g['agents_sum_first_quartile_mb']} -> "
+        f"{g['agents_sum_last_quartile_mb']} MB "
+        f"(quartile means of {g['samples']} samples; slope "
+        f"{g['agents_sum_slope_mb_per_100_rounds']} MB/100 rounds); "
         f"largest process ratio {g['max_process_ratio']} ({g['max_process']})"
     )
     lines.append(
-        f"fd growth                    largest {r['fd_growth']['max']} ({r['fd_growth']['max_process']})"
+        f"fd growth                    largest {r['fd_growth']['max']} "
+        f"({r['fd_growth']['max_process']})"
     )
     if r["leftover_processes"] or r["leftover_sockets"]:
         lines.append(
@@ -739,7 +756,8 @@ def summary_text(r: dict[str, Any]) -> str:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends the soak like Ctrl-C: every process it started is stopped
+    # SIGTERM ends the soak like Ctrl-C: every process it started is stopped.
+    raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -800,7 +818,9 @@ def main() -> int:
         "--settle-rounds",
         type=int,
         default=d.settle_rounds,
-        help="after the rounds, run on up to this many rounds for every agent to report equilibrium",
+        help=(
+            "after the rounds, run on up to this many rounds for every agent to report equilibrium"
+        ),
     )
     parser.add_argument(
         "--sample-every", type=float, default=d.sample_every, help="seconds between RSS/fd samples"

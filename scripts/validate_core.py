@@ -41,7 +41,8 @@ def _checks(rep: dict, final: dict, scenario: str) -> tuple[dict[str, bool], lis
         checks["probe>=0.9"] = min(final["probe_r2"][a] for a in ("0", "1")) >= 0.9
         checks["spread>=0.1"] = min(final["spread"][a] for a in ("0", "1")) >= 0.1
         notes.append(
-            f"strict {s:.4f} centred {c:.4f} probe {final['probe_r2']['0']:.3f}/{final['probe_r2']['1']:.3f} "
+            f"strict {s:.4f} centred {c:.4f} probe "
+            f"{final['probe_r2']['0']:.3f}/{final['probe_r2']['1']:.3f} "
             f"spread {final['spread']['0']:.3f}/{final['spread']['1']:.3f}"
         )
     elif scenario == "four":
@@ -56,7 +57,8 @@ def _checks(rep: dict, final: dict, scenario: str) -> tuple[dict[str, bool], lis
         checks["weight on M*<0.05"] = w < 0.05
         checks["M0,M1 apart"] = "M1" not in sub["M0"] and "M0" not in sub["M1"]
         notes.append(
-            f"strict01 {s:.4f} max weight on M* {w:.3f} subs {json.dumps({a: sorted(v) for a, v in sub.items()})}"
+            f"strict01 {s:.4f} max weight on M* {w:.3f} subs "
+            f"{json.dumps({a: sorted(v) for a, v in sub.items()})}"
         )
     else:
         truth = {
@@ -195,7 +197,8 @@ def main() -> int:
                 reached = g["reached"]
                 at = f"r{reached['round']}@{reached['elapsed_s'] or 0:.1f}s" if reached else "never"
                 print(
-                    f"{label:9} {topo:5} {scenario:8} {'PASS' if g['pass'] else 'FAIL':4} {wall:6.1f}s {at:>11} "
+                    f"{label:9} {topo:5} {scenario:8} {'PASS' if g['pass'] else 'FAIL':4} "
+                    f"{wall:6.1f}s {at:>11} "
                     f"{row['peak_rss_mb']:5d}MB  {'; '.join(g['notes'])}"
                     + (f"  failed: {failed}" if failed else ""),
                     flush=True,

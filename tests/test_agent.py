@@ -35,7 +35,7 @@ from osml.agent.state import read_rounds as state_rounds
 from osml.agent.trainer_client import TrainerClient
 from osml.core.anchor import context_anchor
 from osml.errors import ConfigError
-from osml.net.broker import MosquittoProcess, find_mosquitto
+from osml.net.broker import MosquittoProcess
 from osml.net.transport import BrokerSettings, Transport
 from osml.wire import topics
 from osml.wire.codec import Frame, encode_frame
@@ -247,9 +247,8 @@ def assert_graceful_status(status: dict[str, Any], rnd: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def premade_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def premade_models(needs_torch: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An initial model (v1) per agent, as a deployment would ship it: ONNX file plus card."""
-    pytest.importorskip("torch")
     from osml.trainer.fit import EncoderTrainer, TrainerSettings
 
     out = tmp_path_factory.mktemp("models")
@@ -718,6 +717,7 @@ def test_signed_fleet_rejects_frames_forged_with_broker_credentials(
     assert read_rounds(configs["1"])[-1].rejected.get("bad_signature", 0) == 0
 
 
+@pytest.mark.usefixtures("needs_mosquitto")
 def test_agent_started_before_the_broker_waits_for_it(
     unique_context: Callable[[str], str],
     tmp_path: Path,
@@ -725,8 +725,6 @@ def test_agent_started_before_the_broker_waits_for_it(
     short_dir: Path,
     premade_models: dict[str, Path],
 ) -> None:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
     broker = MosquittoProcess(tmp_path / "broker")  # port chosen now, broker not started yet
     ctx = unique_context("late")
     configs = {

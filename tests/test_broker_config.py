@@ -18,9 +18,10 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -30,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from clihelp import run_command
 from osml.cli.broker import TUNING, broker, broker_conf, with_port
 from osml.errors import ConfigError, TransportError
-from osml.net.broker import find_mosquitto, free_port
+from osml.net.broker import free_port
 from osml.net.transport import BrokerSettings, Message, Transport
 from osml.ops.fleetfile import (
     Fleet,
@@ -51,10 +52,14 @@ needs_passwd = pytest.mark.skipif(
     find_mosquitto_passwd() is None, reason="mosquitto_passwd not installed"
 )
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
-needs_mosquitto = pytest.mark.skipif(
-    find_mosquitto() is None or find_mosquitto_passwd() is None,
-    reason="mosquitto not installed (Debian: apt-get install -y mosquitto)",
-)
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def needs_mosquitto(test: F) -> F:
+    """The test starts a Mosquitto with a password file: marked ``broker`` (tests/conftest.py)."""
+    return pytest.mark.usefixtures("needs_mosquitto")(needs_passwd(test))
+
 
 RING3 = """\
 [contexts.lab]
@@ -140,7 +145,8 @@ def test_example_fleet_file_is_valid() -> None:
         ('[contexts.lab]\ntopology = "ring"\n', ["contexts.lab.agents", "missing"]),
         ('[contexts.lab]\nagents = ["a", "b"]\n', ["contexts.lab", "either topology"]),
         (
-            '[contexts.lab]\nagents = ["a", "b"]\ntopology = "ring"\n[contexts.lab.neighbours]\na = ["b"]\nb = ["a"]\n',
+            '[contexts.lab]\nagents = ["a", "b"]\ntopology = "ring"\n[contexts.lab.neighbours]\na '
+            '= ["b"]\nb = ["a"]\n',
             ["contexts.lab", "not both"],
         ),
         (
@@ -173,15 +179,18 @@ def test_example_fleet_file_is_valid() -> None:
         ),
         ('[contexts."l+b"]\nagents = ["a"]\ntopology = "ring"\n', ["contexts", "'l+b'"]),
         (
-            '[contexts.lab]\nagents = ["a", "b"]\nseed = 1\n[contexts.lab.neighbours]\na = ["b"]\nb = ["a"]\n',
+            '[contexts.lab]\nagents = ["a", "b"]\nseed = 1\n[contexts.lab.neighbours]\na = '
+            '["b"]\nb = ["a"]\n',
             ["contexts.lab.seed"],
         ),
         (
-            '[contexts.lab]\nagents = ["a", "b", "c"]\n[contexts.lab.neighbours]\na = ["b"]\nb = ["c"]\nc = ["b"]\n',
+            '[contexts.lab]\nagents = ["a", "b", "c"]\n[contexts.lab.neighbours]\na = ["b"]\nb = '
+            '["c"]\nc = ["b"]\n',
             ["contexts.lab.neighbours.a", "does not list 'a'", "symmetric"],
         ),
         (
-            '[contexts.lab]\nagents = ["a", "b"]\n[contexts.lab.neighbours]\na = ["b", "z"]\nb = ["a"]\n',
+            '[contexts.lab]\nagents = ["a", "b"]\n[contexts.lab.neighbours]\na = ["b", "z"]\nb = '
+            '["a"]\n',
             ["contexts.lab.neighbours.a", "'z'"],
         ),
         (
@@ -201,11 +210,13 @@ def test_example_fleet_file_is_valid() -> None:
             ["monitor.user", "'lab.a'"],
         ),
         (
-            '[contexts.lab]\nagents = ["a"]\ntopology = "full"\n[monitor]\nuser = "m"\ncontexts = ["farm"]\n',
+            '[contexts.lab]\nagents = ["a"]\ntopology = "full"\n[monitor]\nuser = "m"\ncontexts = '
+            '["farm"]\n',
             ["monitor.contexts", "'farm'"],
         ),
         (
-            '[contexts."a.b"]\nagents = ["c"]\ntopology = "full"\n[contexts.a]\nagents = ["b.c"]\ntopology = "full"\n',
+            '[contexts."a.b"]\nagents = ["c"]\ntopology = "full"\n[contexts.a]\nagents = '
+            '["b.c"]\ntopology = "full"\n',
             ["broker user 'a.b.c'", "rename"],
         ),
     ],
@@ -523,10 +534,12 @@ def _wait_for_port(
 
 
 @pytest.fixture(scope="module")
-def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclBroker]:
+def acl_broker(
+    needs_mosquitto: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AclBroker]:
     """`osml broker init` + `osml broker start` (a child process, stopped by PID) for a 4-ring."""
-    if find_mosquitto() is None or find_mosquitto_passwd() is None:
-        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
+    if find_mosquitto_passwd() is None:
+        pytest.skip("mosquitto_passwd not installed (Debian: apt-get install -y mosquitto)")
     tmp = tmp_path_factory.mktemp("aclbroker")
     context = f"acl-{uuid.uuid4().hex[:8]}"
     agents = ", ".join(f'"{a}"' for a in AGENTS)

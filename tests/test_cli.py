@@ -31,9 +31,8 @@ def assert_one_line_error(result: Result, *fragments: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
+def run_dir(needs_torch: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
     """One real two-round simulation, shared by the tests that only read what it wrote."""
-    pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("cli") / "run"
     result = invoke(
         "simulate",
@@ -160,9 +159,8 @@ def test_architecture_for_an_agent_not_simulated(tmp_path: Path) -> None:
     assert_one_line_error(result, "'M0'")
 
 
+@pytest.mark.usefixtures("needs_torch")
 def test_unknown_architecture_name(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-
     result = invoke(
         "simulate",
         "--data",

@@ -288,7 +288,7 @@ def test_incompressible_payload_is_left_uncompressed() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"compress_threshold": -1}, {"level": 0}, {"level": 23}])
-def test_encode_rejects_bad_options(kwargs: dict[str, int]) -> None:
+def test_encode_rejects_bad_options(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         encode_frame(make_frame(), **kwargs)
 
@@ -479,7 +479,7 @@ def test_compressed_payload_with_wrong_shape() -> None:
     ],
 )
 def test_out_of_bounds_shape_is_rejected_before_decompression(
-    monkeypatch: pytest.MonkeyPatch, key: str, value: int, kwargs: dict[str, int]
+    monkeypatch: pytest.MonkeyPatch, key: str, value: int, kwargs: dict[str, Any]
 ) -> None:
     def forbidden(*args: Any, **kw: Any) -> None:
         raise AssertionError("decompressor must not be created")

@@ -222,7 +222,8 @@ def test_help() -> None:
         ('[agent\nid = "1"\n', "not valid TOML"),
         ('[agent]\nid = "a b"\ncontext = "lab"\n', "--name"),
         (
-            '[agent]\nid = "1"\ncontext = "lab"\n[broker]\nurl = "mqtts://b:8883"\nca_file = "nope.crt"\n',
+            '[agent]\nid = "1"\ncontext = "lab"\n[broker]\nurl = "mqtts://b:8883"\nca_file = '
+            '"nope.crt"\n',
             "broker.ca_file",
         ),
         ('[agent]\nid = "1"\ncontext = "lab"\n[data]\nsource = "csv:data.csv"\n', "absolute path"),
@@ -345,8 +346,11 @@ def test_installed_wheel_runs_the_agent_without_torch(
     assert result.returncode == 0, result.stdout + result.stderr
     wheel = tmp / "device" / "installed" / "osml-0.1.0-py3-none-any.whl"
     venv = tmp_path / "venv"
+    # Without PYTHONPATH: a source tree on it (with its osml.egg-info) would pass for osml
+    # already installed, and pip would skip the wheel.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300, env=env)
     python, osml = venv / "bin" / "python", venv / "bin" / "osml"
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", str(wheel)],
@@ -354,11 +358,11 @@ def test_installed_wheel_runs_the_agent_without_torch(
         text=True,
         timeout=900,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     assert install.returncode == 0, install.stdout + install.stderr
     print(f"venv + pip install of the wheel: {time.monotonic() - started:.1f}s")
 
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     no_torch = subprocess.run(
         [str(python), "-c", "import torch"], capture_output=True, text=True, env=env, timeout=60
     )
@@ -377,7 +381,8 @@ def test_installed_wheel_runs_the_agent_without_torch(
         [
             str(python),
             "-c",
-            "import osml.agent.config, osml.agent.runtime, osml.agent.inference, osml.agent.trainer_client",
+            "import osml.agent.config, osml.agent.runtime, osml.agent.inference, "
+            "osml.agent.trainer_client",
         ],
         capture_output=True,
         text=True,
@@ -445,7 +450,8 @@ def test_agent_unit_settings() -> None:
 def test_trainer_unit_settings() -> None:
     s = _unit_settings(TRAINER_UNIT)
     assert s["ExecStart"] == [
-        "/opt/osml/venv/bin/osml trainer --socket /run/osml/trainer.sock --state-dir /var/lib/osml/trainer"
+        "/opt/osml/venv/bin/osml trainer --socket /run/osml/trainer.sock --state-dir "
+        "/var/lib/osml/trainer"
     ]
     assert s["User"] == ["osml"] and s["StateDirectory"] == ["osml/trainer"]
     assert s["RuntimeDirectory"] == ["osml"] and s["ProtectSystem"] == ["strict"]

@@ -24,6 +24,9 @@ from osml.net.broker import bindable
 from osml.net.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.net.transport import BrokerSettings, Message, Transport
 
+# A real (embedded) broker on a loopback port: the broker tier.
+pytestmark = pytest.mark.broker
+
 CTX = "ctx"
 
 
@@ -68,7 +71,7 @@ def _mqtt_str(value: str | bytes) -> bytes:
 def _connect_with_will(
     host: str, port: int, client_id: str, topic: str, payload: bytes
 ) -> socket.socket:
-    """A raw MQTT 3.1.1 client with a retained QoS 1 will, so the test can vanish without DISCONNECT."""
+    """A raw MQTT 3.1.1 client with a retained QoS 1 will: it can vanish without DISCONNECT."""
     flags = 0x02 | 0x04 | 0x08 | 0x20  # clean session, will, will QoS 1, will retain
     body = _mqtt_str("MQTT") + bytes([4, flags]) + struct.pack("!H", 30)
     body += _mqtt_str(client_id) + _mqtt_str(topic) + _mqtt_str(payload)
@@ -79,18 +82,23 @@ def _connect_with_will(
     return sock
 
 
+def running(broker: EmbeddedBroker) -> bool:
+    """``broker.running`` read afresh (mypy would keep an earlier ``assert`` on the attribute)."""
+    return broker.running
+
+
 def test_start_stop_idempotent_and_frees_port(tmp_path: Path) -> None:
     assert amqtt_available()
     b = EmbeddedBroker(tmp_path / "broker")
     assert b.url == f"mqtt://127.0.0.1:{b.port}"
     assert b.protocol == "3.1.1"
-    assert not b.running
+    assert not running(b)
     b.stop()  # stopping a broker that never started is fine
     with b:
-        assert b.running
+        assert running(b)
         b.start()  # already running: no-op
         assert not bindable(b.host, b.port)
-    assert not b.running
+    assert not running(b)
     b.stop()
     b.stop()
     assert bindable(b.host, b.port)

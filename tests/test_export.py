@@ -1,17 +1,20 @@
-"""Tests for the trainer: encoders, ONNX export that reproduces torch, and round-by-round fitting."""
+"""Tests for the trainer: encoders, ONNX export that reproduces torch, round-by-round fitting."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import io
+from typing import Any
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("torch", reason="torch not installed: pip install 'osml[trainer]'")
+
+import onnx
+import onnxruntime as ort
+import torch
 
 from osml.core.anchor import context_anchor
 from osml.errors import ExportError
@@ -68,9 +71,7 @@ def test_encoder_output_shape(arch: str, n_features: int) -> None:
 def test_build_encoder_is_reproducible_and_seed_dependent() -> None:
     a, b, c = (build_encoder("gru", WINDOW, 2, EMB, seed=s) for s in (3, 3, 4))
 
-    for (name, pa), pb, pc in zip(
-        a.state_dict().items(), b.state_dict().values(), c.state_dict().values()
-    ):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.head.weight, c.head.weight)
 
@@ -258,13 +259,11 @@ def series_and_windows(
     return series, windows
 
 
-def make_trainer(
-    objective: str, arch: str = "mlp", **kw: object
-) -> tuple[EncoderTrainer, np.ndarray]:
+def make_trainer(objective: str, arch: str = "mlp", **kw: Any) -> tuple[EncoderTrainer, np.ndarray]:
     series, windows = series_and_windows()
     settings = TrainerSettings(
         architecture=arch, objective=objective, steps_per_round=10, batch_size=64, **kw
-    )  # type: ignore[arg-type]
+    )
     trainer = EncoderTrainer(settings, WINDOW, 2, EMB, seed=3, train_data=series)
     return trainer, windows
 

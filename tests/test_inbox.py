@@ -9,6 +9,7 @@ returned by ``complete`` (so it cannot reach the osmosis targets), and memory st
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -35,12 +36,12 @@ def make_inbox(**kw: object) -> Inbox:
 
 
 def frame(
-    rnd: int = 3, src: str = NB, ctx: str = CTX, n: int = 8, d: int = 5, s0: int = 9, **kw: object
+    rnd: int = 3, src: str = NB, ctx: str = CTX, n: int = 8, d: int = 5, s0: int = 9, **kw: Any
 ) -> Frame:
     emb = np.random.default_rng(rnd).normal(size=(n, d)).astype(np.float32)
     return Frame(
         context=ctx, source=src, round=rnd, step_start=s0, model_version=1, embeddings=emb, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def doc_of(data: bytes) -> dict[str, object]:
@@ -60,7 +61,7 @@ def assert_accounted(box: Inbox, offered: int) -> None:
     assert set(box.rejected) <= set(REASONS)
 
 
-# -- hand-made hostile frames: one reason each ------------------------------------------------------
+# -- hand-made hostile frames: one reason each -----------------------------------------------------
 
 
 def hostile_cases() -> dict[str, tuple[str, bytes]]:
@@ -144,7 +145,7 @@ def test_a_flooding_neighbour_fills_only_its_own_budget() -> None:
     assert box.pending_bytes == 0
 
 
-# -- signatures ---------------------------------------------------------------------------------------
+# -- signatures ------------------------------------------------------------------------------------
 
 
 def test_signed_frames_verify_and_forgeries_do_not() -> None:
@@ -198,7 +199,7 @@ def test_signature_covers_every_field() -> None:
         assert sign(KEY, signed_bytes(tampered)) != doc["sig"], key
 
 
-# -- properties ---------------------------------------------------------------------------------------
+# -- properties ------------------------------------------------------------------------------------
 
 
 @FUZZ
@@ -316,7 +317,7 @@ def test_memory_stays_bounded_whatever_arrives(ops: list[tuple[int, str, int, in
     assert box.pending_bytes == 0 and not box._chunks
 
 
-# -- catching up after a long absence ---------------------------------------------------------------
+# -- catching up after a long absence --------------------------------------------------------------
 
 
 def test_an_agent_far_behind_is_told_where_its_neighbours_are() -> None:

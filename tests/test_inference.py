@@ -1,4 +1,4 @@
-"""Tests for osml.agent.modelcard and osml.agent.inference: cards, atomic writes, verified ONNX loading."""
+"""Tests for osml.agent.modelcard and osml.agent.inference: cards, atomic writes, checked loads."""
 
 from __future__ import annotations
 
@@ -38,9 +38,10 @@ def make_card(**overrides: object) -> ModelCard:
 
 
 @pytest.fixture(scope="module")
-def exported() -> tuple[bytes, ModelCard, np.ndarray, np.ndarray]:
+def exported(needs_torch: None) -> tuple[bytes, ModelCard, np.ndarray, np.ndarray]:
     """An exported mlp encoder: model bytes, card, probe windows and torch's embeddings of them."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from osml.trainer.encoders import build_encoder
     from osml.trainer.export import export_onnx
 

@@ -1,4 +1,4 @@
-"""Tests for osml.core.osmosis: per-step osmosis weights and targets, checked against hand-computed values."""
+"""Tests for osml.core.osmosis: per-step weights and targets, against hand-computed values."""
 
 from __future__ import annotations
 

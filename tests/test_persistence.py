@@ -250,7 +250,12 @@ def test_save_state_removes_temp_files_of_killed_saves(tmp_path: Path) -> None:
 def test_append_round_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
 
     append_round(tmp_path, RoundRecord(round=0))
 
@@ -321,8 +326,8 @@ print("ready", flush=True)
 while True:
     version = state.model_version + 1
     model = blobs[version % len(blobs)]
-    card = ModelCard(version=version, architecture="tiny", window=window, n_features=n_features, embedding_dim=embedding_dim,
-                     sha256=sha256_hex(model))
+    card = ModelCard(version=version, architecture="tiny", window=window, n_features=n_features,
+                     embedding_dim=embedding_dim, sha256=sha256_hex(model))
     write_model(state_dir / "model.onnx", model, card)
     state.model_version = version
     state.next_round += 1

@@ -16,7 +16,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def fake_result(rows: int = 12, dim: int = 5) -> dict[str, object]:
-    """A small dict shaped like the one osml.ops.simulate.simulate returns, with numpy values in it."""
+    """A small dict shaped like the one osml.ops.simulate.simulate returns, numpy values in it."""
     rng = np.random.default_rng(0)
     agents = ["0", "1", "M0"]
     subcontexts = {"0": ["0", "1"], "1": ["0", "1"], "M0": ["M0"]}

@@ -80,9 +80,9 @@ def test_parse_adversary_errors_name_the_forms() -> None:
 
 
 @pytest.mark.parametrize("attack", ["constant", "scaled:0:1e6", "replay:0:3"])
+@pytest.mark.usefixtures("needs_torch")
 def test_honest_agents_keep_their_subcontext_next_to_an_adversary(attack: str) -> None:
     """Generated simple context, agents 0 and 1 (correlated), adversary x linked to both."""
-    pytest.importorskip("torch")
     from osml.agent.data import load_dataset
     from osml.ops.simulate import SimulationSettings, simulate
     from osml.trainer import TrainerSettings

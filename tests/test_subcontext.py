@@ -1,9 +1,10 @@
-"""Tests for osml.core.subcontext (affinity memory, hysteresis) and osml.core.learner (one agent's round)."""
+"""Tests for osml.core.subcontext (affinity memory, hysteresis) and osml.core.learner (a round)."""
 
 from __future__ import annotations
 
 import copy
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
         {"warmup_rounds": -1},
     ],
 )
-def test_policy_rejects_bad_values(kwargs: dict[str, float]) -> None:
+def test_policy_rejects_bad_values(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         SubcontextPolicy(**kwargs)
 
@@ -46,7 +47,7 @@ def test_policy_rejects_bad_values(kwargs: dict[str, float]) -> None:
         {"enter": 1.0, "leave": 0.0},
     ],
 )
-def test_policy_accepts_boundary_values(kwargs: dict[str, float]) -> None:
+def test_policy_accepts_boundary_values(kwargs: dict[str, Any]) -> None:
     SubcontextPolicy(**kwargs)
 
 

@@ -26,7 +26,9 @@ from osml.core.anchor import context_anchor
 from osml.errors import ModelError, TrainerError
 from osml.wire.ipc import pack_array, recv_msg, send_msg, unpack_array
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch", reason="torch not installed: pip install 'osml[trainer]'")
+
+import torch
 
 from osml.trainer.fit import EncoderTrainer, TrainerSettings
 from osml.trainer.service import load_state, parse_settings, serve, state_arrays
@@ -314,7 +316,7 @@ def test_two_agents_train_concurrently(client: TrainerClient) -> None:
 
 def test_restart_reloads_agent_and_continues(tmp_short: Path) -> None:
     sock, state = tmp_short / "t.sock", tmp_short / "state"
-    settings = {"steps_per_round": 30, "batch_size": 32}
+    settings: dict[str, Any] = {"steps_per_round": 30, "batch_size": 32}
     first = start_service(sock, state)
     try:
         client = TrainerClient(sock, timeout=30)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from osml.errors import ConfigError, TransportError
-from osml.net.broker import MosquittoProcess, find_mosquitto, free_port
+from osml.net.broker import MosquittoProcess, free_port
 from osml.net.transport import BrokerSettings, Message, Transport
 from osml.wire import topics
 
@@ -46,7 +46,7 @@ def paho_threads(client_id: str) -> list[threading.Thread]:
 
 @pytest.fixture
 def make_transport() -> Iterator[MakeTransport]:
-    """``make_transport(url, client_id, protocol=..., connect=True, **kwargs)``; all closed after."""
+    """``make_transport(url, client_id, protocol=..., connect=True, **kw)``, all closed after."""
     made: list[Transport] = []
 
     def make(
@@ -146,9 +146,10 @@ def test_connect_to_silent_server_times_out_and_stops_the_loop() -> None:
         t.close()
 
 
+@pytest.mark.usefixtures("needs_mosquitto")
 def test_bad_credentials_are_named_and_stop_the_loop(tmp_path: Path) -> None:
-    if find_mosquitto() is None or not os.access("/usr/bin/mosquitto_passwd", os.X_OK):
-        pytest.skip("mosquitto and mosquitto_passwd needed (apt-get install -y mosquitto)")
+    if not os.access("/usr/bin/mosquitto_passwd", os.X_OK):
+        pytest.skip("mosquitto_passwd needed (apt-get install -y mosquitto)")
     passwd = tmp_path / "passwd"
     subprocess.run(
         ["/usr/bin/mosquitto_passwd", "-c", "-b", str(passwd), "alice", "right"],
@@ -411,11 +412,10 @@ def test_drop_rate_is_reproducible_with_a_seed(
     assert 0 < sum(runs[0]) < 40
 
 
+@pytest.mark.usefixtures("needs_mosquitto")
 def test_publish_rejections_raise_transport_error(
     tmp_path: Path, make_transport: MakeTransport
 ) -> None:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
     with MosquittoProcess(tmp_path, extra_conf="max_packet_size 4096") as broker:
         t = make_transport(broker.url, "limits")
 
@@ -436,9 +436,8 @@ def test_publish_rejections_raise_transport_error(
 # -- broker helper ------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("needs_mosquitto")
 def test_ipv6_loopback_roundtrip(tmp_path: Path, make_transport: MakeTransport) -> None:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
     try:
         port = free_port("::1")
     except OSError:
@@ -464,9 +463,8 @@ def test_broker_start_on_a_taken_port_fails_clearly(
         taken.stop()  # idempotent, also after a failed start
 
 
+@pytest.mark.usefixtures("needs_mosquitto")
 def test_broker_start_failure_reports_the_log(tmp_path: Path) -> None:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed (Debian: apt-get install -y mosquitto)")
     broken = MosquittoProcess(tmp_path, extra_conf="no_such_option 1")
     try:
         with pytest.raises(TransportError, match="(?s)mosquitto exited.*no_such_option"):
