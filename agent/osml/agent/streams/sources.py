@@ -280,6 +280,12 @@ class MqttSource(StreamSource):
         self.connect_timeout = connect_timeout
         self._transport: Transport | None = None
 
+    @property
+    def connected(self) -> bool:
+        """True while the subscription is active (readings published now will arrive)."""
+        t = self._transport
+        return t is not None and t.connected
+
     def _extra_overflow(self) -> int:
         t = self._transport
         return t.stats.dropped_in if t is not None else 0
