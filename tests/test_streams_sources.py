@@ -59,12 +59,12 @@ class Collect:
         self.source = source
         self.got: list[Reading] = []
 
-    def until(self, n: int) -> bool:
+    def until(self, n: int, timeout: float = WAIT) -> bool:
         def enough() -> bool:
             self.got += self.source.drain()
             return len(self.got) >= n
 
-        return wait_for(enough)
+        return wait_for(enough, timeout)
 
 
 # -- specs and lines (pure) -------------------------------------------------------------------
@@ -346,7 +346,7 @@ def test_tail_starts_at_the_end_of_an_existing_file(tmp_path: Path) -> None:
         # fresh marker until one arrives, then check that the old line never did.
         for i in range(50):
             writer.do("append", f'{{"t": {10 + i}, "v": [1, {i}]}}\n')
-            if wait_for(lambda: collect.until(1), timeout=0.2):
+            if collect.until(1, timeout=0.2):
                 break
         assert collect.got and all(r.values[0] == 1 for r in collect.got)
     finally:
