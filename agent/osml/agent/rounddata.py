@@ -1,0 +1,192 @@
+"""What a round embeds and trains on: windows with absolute step indices, and a bounded buffer.
+
+Every window is named by the absolute index of its last step. For a file source that is the
+row index (row ``t`` of every agent is the same moment, by the data's convention); for a live
+stream it is the step of the Unix epoch (``step k`` covers ``[k*s, (k+1)*s)``, see
+:mod:`osml.agent.streams.steps`), so devices agree on "step k" without talking.
+
+* :class:`FileWindows`: the windows of a recorded series; every round embeds the same ones (all,
+  or the latest ``steps``).
+* :class:`LiveWindows`: a live :class:`~osml.agent.streams.sources.StreamSource` bucketed into a
+  :class:`~osml.agent.streams.steps.StepSeries`; a round embeds the windows completed since the
+  previous round plus a bounded replay of older ones (``replay`` steps), at most ``max_windows``.
+* :class:`TrainingBuffer`: the recent windows with their latest osmosis targets, what a training
+  job draws on. Bounded: ``capacity`` windows, the oldest steps dropped first.
+
+:func:`align` matches a neighbour's rows to this agent's by step index, not by position.
+Memory: a live agent holds ``capacity * n_features`` float64 in its series, the buffer's
+``capacity * (window * n_features + d) * 4`` bytes, and at most ``max_windows`` windows per round.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from osml.agent.streams.sources import StreamSource
+from osml.agent.streams.steps import StepSeries, step_of
+
+__all__ = [
+    "FileWindows",
+    "LiveWindows",
+    "RoundWindows",
+    "TrainingBuffer",
+    "align",
+    "rows_for_steps",
+]
+
+
+class RoundWindows(Protocol):
+    """Where a round's windows come from."""
+
+    @property
+    def window(self) -> int: ...
+
+    def windows_for(self, rnd: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(end_steps int64 (n,), windows float32 (n, window, features))``, steps increasing."""
+        ...
+
+
+class FileWindows:
+    """The windows of a recorded series: the same ones every round (all, or the latest
+    ``steps``); window ``i`` ends at row ``i + window - 1``."""
+
+    def __init__(self, windows: np.ndarray, window: int, steps: int = 0) -> None:
+        self.all = np.ascontiguousarray(windows, dtype=np.float32)
+        self.window = window
+        n = steps or len(self.all)
+        first = max(0, len(self.all) - n)
+        self._wins = self.all[first:]
+        self._ends = np.arange(first, len(self.all), dtype=np.int64) + window - 1
+
+    def windows_for(self, rnd: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._ends, self._wins
+
+
+class LiveWindows:
+    """A live stream bucketed into steps; each round takes what completed since the last one.
+
+    ``clock`` gives "now" in the data's time: the wall clock on a device, or the newest
+    reading's time when a recording is replayed faster than real time (``data_clock``).
+    """
+
+    def __init__(
+        self,
+        source: StreamSource,
+        series: StepSeries,
+        window: int,
+        *,
+        replay: int = 0,
+        max_windows: int = 512,
+        data_clock: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if replay < 0 or max_windows < 1:
+            raise ValueError("replay >= 0 and max_windows >= 1 are required")
+        self.source = source
+        self.series = series
+        self.window = window
+        self.replay = replay
+        self.max_windows = max_windows
+        self.data_clock = data_clock
+        self._clock = clock
+        self._newest = -math.inf  # the newest reading's time
+        self._last_end: int | None = None  # the last step embedded so far
+
+    def now(self) -> float:
+        """The current time in the data's clock."""
+        if self.data_clock:
+            return self._newest
+        return self._clock()
+
+    def pump(self) -> int:
+        """Move the source's readings into the series (never blocks); how many arrived."""
+        readings = self.source.drain()
+        for r in readings:
+            self._newest = max(self._newest, r.t)
+        now = self.now()
+        for r in readings:
+            self.series.add(r, None if self.data_clock else now)
+        if math.isfinite(now):
+            self.series.advance(now)
+        return len(readings)
+
+    def step_now(self) -> int | None:
+        now = self.now()
+        return step_of(now, self.series.step_seconds) if math.isfinite(now) else None
+
+    def windows_for(self, rnd: int) -> tuple[np.ndarray, np.ndarray]:
+        self.pump()
+        since = None if self._last_end is None else self._last_end - self.replay
+        ends, wins = self.series.windows(self.window, since_step=since)
+        if len(ends) > self.max_windows:
+            ends, wins = ends[-self.max_windows :], wins[-self.max_windows :]
+        if len(ends):
+            self._last_end = int(ends[-1])
+        return ends, wins
+
+
+class TrainingBuffer:
+    """The latest ``capacity`` windows by step, each with its latest osmosis target."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._items: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def update(self, steps: np.ndarray, windows: np.ndarray, targets: np.ndarray) -> None:
+        for k, w, t in zip(steps.tolist(), windows, targets):
+            self._items[int(k)] = (w, t)
+        if len(self._items) > self.capacity:
+            for k in sorted(self._items)[: len(self._items) - self.capacity]:
+                del self._items[k]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(steps, windows, targets)`` ordered by step."""
+        keys = sorted(self._items)
+        if not keys:
+            return (
+                np.zeros(0, dtype=np.int64),
+                np.zeros((0, 0, 0), dtype=np.float32),
+                np.zeros((0, 0), dtype=np.float32),
+            )
+        return (
+            np.asarray(keys, dtype=np.int64),
+            np.stack([self._items[k][0] for k in keys]),
+            np.stack([self._items[k][1] for k in keys]),
+        )
+
+
+def rows_for_steps(steps: np.ndarray, rows: np.ndarray) -> tuple[int, np.ndarray]:
+    """One contiguous block covering ``steps``: ``(first step, (last - first + 1, d) rows)``,
+    with zero rows for the steps that have no window (a zero row is "no data" on the wire)."""
+    if len(steps) == 0:
+        return 0, np.zeros((0, rows.shape[1] if rows.ndim == 2 else 0), dtype=np.float32)
+    first = int(steps[0])
+    block = np.zeros((int(steps[-1]) - first + 1, rows.shape[1]), dtype=np.float32)
+    block[steps - first] = rows
+    return first, block
+
+
+def align(
+    steps: np.ndarray, step_start: int, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A neighbour's block of rows (starting at ``step_start``) matched to our ``steps``:
+    ``(rows (len(steps), d) with zeros where it has nothing, present bool (len(steps),))``.
+    A zero row in the block is a step the neighbour had no window for."""
+    out = np.zeros((len(steps), rows.shape[1]), dtype=np.float32)
+    idx = steps - step_start
+    inside = (idx >= 0) & (idx < len(rows))
+    got = rows[idx[inside]]
+    out[inside] = got
+    present = np.zeros(len(steps), dtype=bool)
+    present[inside] = np.any(got != 0, axis=1)
+    return out, present
