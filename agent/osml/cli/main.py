@@ -612,7 +612,7 @@ def report_command(run_dir: Path, replot: bool) -> None:
 def _register_optional_commands() -> None:
     # Defined in their own modules (they import nothing heavy at module level).
     from osml.cli.broker import broker
-    from osml.ops.monitor import monitor_command
+    from osml.cli.monitor import monitor_command
 
     main.add_command(monitor_command)
     main.add_command(broker)

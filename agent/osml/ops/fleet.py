@@ -29,7 +29,7 @@ import numpy as np
 from osml.agent.data import Dataset, windows
 from osml.agent.state import read_rounds
 from osml.agent.trainer_client import TrainerClient
-from osml.core.metrics import centered_alignment, strict_alignment
+from osml.core.similarity import centered_alignment, strict_alignment
 from osml.core.topology import neighbours as topology_neighbours
 from osml.errors import OsmlError, TransportError
 from osml.net.broker import MosquittoProcess, find_mosquitto, tail_lines

@@ -22,13 +22,8 @@ from osml.agent.data import Dataset, windows
 from osml.agent.inference import OnnxEncoder
 from osml.core.anchor import context_anchor
 from osml.core.learner import LearnerSettings, OsmoticLearner
-from osml.core.metrics import (
-    centered_alignment,
-    paper_similarity,
-    ridge_probe_r2,
-    spread,
-    strict_alignment,
-)
+from osml.core.metrics import paper_similarity, ridge_probe_r2, spread
+from osml.core.similarity import centered_alignment, strict_alignment
 from osml.core.topology import neighbours as topology_neighbours
 from osml.wire.codec import Frame, decode_frame, encode_frame
 

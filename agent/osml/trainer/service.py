@@ -42,12 +42,18 @@ import numpy as np
 import torch
 
 from osml.agent.modelcard import ModelCard, sha256_hex, write_atomic
-from osml.agent.trainer_client import PROTOCOL_VERSION, check_socket_path
 from osml.errors import OsmlError, TrainerError
 from osml.trainer.encoders import ARCHITECTURES
 from osml.trainer.export import export_onnx
 from osml.trainer.fit import EncoderTrainer, TrainerSettings
-from osml.wire.ipc import MAX_MESSAGE_BYTES, recv_msg, send_msg, unpack_array
+from osml.wire.ipc import (
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    check_socket_path,
+    recv_msg,
+    send_msg,
+    unpack_array,
+)
 
 __all__ = ["TrainerService", "parse_settings", "serve"]
 
