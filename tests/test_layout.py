@@ -15,8 +15,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "agent" / "osml"
 
 # Layer -> the osml layers its modules may import (besides its own and the top-level helpers).
@@ -167,6 +165,21 @@ def test_only_the_trainer_imports_torch_and_onnx() -> None:
     assert wrong == []
 
 
+def test_torch_free_trainer_modules_import_no_torch() -> None:
+    wrong = [
+        str(imp)
+        for imp in all_imports()
+        if imp.module in TORCH_FREE_TRAINER
+        and not imp.lazy
+        and (
+            top_package(imp.target) in TORCH_PACKAGES
+            or (imp.target.startswith("osml.trainer.") and imp.target not in TORCH_FREE_TRAINER)
+        )
+    ]
+
+    assert wrong == []
+
+
 def test_ops_reaches_the_trainer_only_lazily_and_only_from_simulate() -> None:
     wrong = [
         str(imp)
@@ -205,7 +218,8 @@ for args in (["run", "--help"], ["agent", "--help"], ["--help"]):
         codes.append(exc.code)
     else:
         codes.append(0)
-print(json.dumps({"codes": codes, "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch")}))
+torch = sorted(m for m in sys.modules if m.split(".")[0] == "torch")
+print(json.dumps({"codes": codes, "torch": torch}))
 """
 
 
@@ -218,3 +232,30 @@ def test_the_device_side_and_its_help_never_import_torch() -> None:
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["codes"] == [0, 0, 0]
     assert report["torch"] == []
+
+
+def test_validating_trainer_settings_needs_no_torch() -> None:
+    probe = (
+        "import sys\n"
+        "from osml.trainer import ARCHITECTURE_NAMES, TrainerSettings\n"
+        "from osml.agent.config import ModelSection\n"
+        "TrainerSettings(architecture='conv', objective='masked')\n"
+        "ModelSection(architecture='gru')\n"
+        "assert set(ARCHITECTURE_NAMES) == {'gru', 'mlp', 'conv'}\n"
+        "print('torch' in sys.modules)\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_the_default_architecture_is_mlp_everywhere() -> None:
+    from osml.agent.config import ModelSection
+    from osml.trainer.settings import DEFAULT_ARCHITECTURE, TrainerSettings
+
+    assert DEFAULT_ARCHITECTURE == "mlp"
+    assert TrainerSettings().architecture == ModelSection().architecture == "mlp"

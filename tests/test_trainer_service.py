@@ -28,8 +28,9 @@ from osml.wire.ipc import pack_array, recv_msg, send_msg, unpack_array
 
 torch = pytest.importorskip("torch")
 
-from osml.trainer.fit import EncoderTrainer, TrainerSettings
+from osml.trainer.fit import EncoderTrainer
 from osml.trainer.service import load_state, parse_settings, serve, state_arrays
+from osml.trainer.settings import TrainerSettings
 
 WINDOW, N_FEATURES, EMB = 8, 2, 4
 CONTEXT = "ctx-trainer"

@@ -53,6 +53,7 @@ from typing import Any
 from osml.core.topology import neighbours as topology_neighbours
 from osml.errors import ConfigError
 from osml.net.transport import BrokerSettings
+from osml.trainer.settings import ARCHITECTURE_NAMES, DEFAULT_ARCHITECTURE
 from osml.wire.signing import load_key
 from osml.wire.topics import check_level
 
@@ -121,7 +122,7 @@ class DataSection:
 
 @dataclass(frozen=True)
 class ModelSection:
-    architecture: str = "mlp"
+    architecture: str = DEFAULT_ARCHITECTURE
     window: int = 10
     embedding_dim: int = 5
     seed: int = 0
@@ -129,9 +130,11 @@ class ModelSection:
     path: str = ""  # an initial model (ONNX + card) to start from; default: the trainer makes one
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("mlp", "gru", "conv"):
+        if self.architecture not in ARCHITECTURE_NAMES:
             raise _fail(
-                "model.architecture", f"{self.architecture!r} unknown", "use mlp, gru or conv"
+                "model.architecture",
+                f"{self.architecture!r} unknown",
+                f"use {' or '.join(ARCHITECTURE_NAMES)}",
             )
         if self.window < 1 or self.embedding_dim < 1:
             raise _fail("model.window/embedding_dim", "must be >= 1", "set positive integers")

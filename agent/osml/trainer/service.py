@@ -43,9 +43,9 @@ import torch
 
 from osml.agent.modelcard import ModelCard, sha256_hex, write_atomic
 from osml.errors import OsmlError, TrainerError
-from osml.trainer.encoders import ARCHITECTURES
 from osml.trainer.export import export_onnx
-from osml.trainer.fit import EncoderTrainer, TrainerSettings
+from osml.trainer.fit import EncoderTrainer
+from osml.trainer.settings import ARCHITECTURE_NAMES, TrainerSettings
 from osml.wire.ipc import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
@@ -268,9 +268,9 @@ class TrainerService:
         t0 = time.perf_counter()
         agent_id, context = _name(req, "agent_id"), _name(req, "context")
         architecture = req.get("architecture")
-        if architecture not in ARCHITECTURES:
+        if architecture not in ARCHITECTURE_NAMES:
             raise TrainerError(
-                f"architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}"
+                f"architecture must be one of {sorted(ARCHITECTURE_NAMES)}, got {architecture!r}"
             )
         window = _int(req, "window", 1, MAX_WINDOW)
         n_features = _int(req, "n_features", 1, MAX_FEATURES)
@@ -544,7 +544,7 @@ class TrainerService:
             for k in ("version", "window", "n_features", "embedding_dim", "seed"):
                 if not isinstance(meta.get(k), int) or isinstance(meta.get(k), bool) or meta[k] < 0:
                     raise ValueError(f"{k} is not a non-negative integer")
-            if meta.get("architecture") not in ARCHITECTURES or not isinstance(
+            if meta.get("architecture") not in ARCHITECTURE_NAMES or not isinstance(
                 meta.get("settings"), dict
             ):
                 raise ValueError("architecture or settings missing")
