@@ -461,8 +461,12 @@ def test_garbage_gets_error_and_server_keeps_serving(client: TrainerClient, payl
             "round",
         ),
         (
-            {"v": 1, "op": "initial_model", "agent_id": "a\x00", "context": "c", "version": 1},
+            {"v": 1, "op": "initial_model", "agent_id": "a\x07", "context": "c", "version": 1},
             "control",
+        ),
+        (
+            {"v": 1, "op": "initial_model", "agent_id": "a/b", "context": "c", "version": 1},
+            "topic level",
         ),
     ],
 )

@@ -55,7 +55,7 @@ from osml.errors import ConfigError
 from osml.net.transport import BrokerSettings
 from osml.trainer.settings import ARCHITECTURE_NAMES, DEFAULT_ARCHITECTURE
 from osml.wire.signing import load_key
-from osml.wire.topics import check_level
+from osml.wire.topics import check_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,9 +85,9 @@ class AgentSection:
     state_dir: str = "state"
 
     def __post_init__(self) -> None:
-        for key in ("id", "context"):
+        for key, kind in (("id", "agent id"), ("context", "context")):
             try:
-                check_level(getattr(self, key), key)
+                check_name(kind, getattr(self, key))
             except ValueError as exc:
                 raise _fail(f"agent.{key}", str(exc), "use a short name without / + #") from None
 
@@ -275,7 +275,7 @@ def _neighbours(raw: Any, agent_id: str) -> tuple[str, ...]:
             raise _fail("neighbours.ids", "has duplicates", "list each neighbour once")
         for i in ids:
             try:
-                check_level(i, "neighbour id")
+                check_name("agent id", i)
             except ValueError as exc:
                 raise _fail("neighbours.ids", str(exc), "fix the id") from None
         return tuple(ids)

@@ -367,16 +367,12 @@ def _finish(job: _Job, result: dict[str, Any]) -> None:
 
 
 def _check_wire_names(context: str, agent_ids: Sequence[str]) -> None:
-    """Context and agent ids travel in every frame: run the codec's own checks before training."""
-    import numpy as np
+    """Context and agent ids travel in every frame and topic: check them before training."""
+    from osml.wire import topics
 
-    from osml.wire.codec import Frame
-
-    probe = np.zeros((1, 1), dtype=np.float32)
+    topics.check_name("context", context)
     for agent in agent_ids:
-        Frame(
-            context=context, source=agent, round=0, step_start=0, model_version=0, embeddings=probe
-        )
+        topics.check_name("agent id", agent)
 
 
 def _print_files(out: Path, agents: list[str]) -> None:

@@ -119,7 +119,7 @@ def monitor_command(
     Read-only: it subscribes to the agents' retained status and per-round metrics and never
     publishes. Ctrl-C ends it.
     """
-    topics.check_level(context, "context")
+    topics.check_name("context", context)
     password = None
     if password_file is not None:
         password = password_file.expanduser().read_text().strip()

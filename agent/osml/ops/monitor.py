@@ -433,8 +433,7 @@ def _summary(
 
 
 def _filters(context: str) -> list[str]:
-    ctx = topics.check_level(context, "context")
-    return [f"{topics.ROOT}/{ctx}/+/status", f"{topics.ROOT}/{ctx}/+/metrics"]
+    return [topics.status_filter(context), topics.metrics_filter(context)]
 
 
 def monitor(

@@ -46,6 +46,7 @@ from osml.errors import OsmlError, TrainerError
 from osml.trainer.export import export_onnx
 from osml.trainer.fit import EncoderTrainer
 from osml.trainer.settings import ARCHITECTURE_NAMES, TrainerSettings
+from osml.wire import topics
 from osml.wire.ipc import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
@@ -60,7 +61,6 @@ __all__ = ["TrainerService", "parse_settings", "serve"]
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-MAX_NAME_LEN = 128
 MAX_WINDOW = 4096
 MAX_FEATURES = 4096
 MAX_EMBEDDING_DIM = 4096
@@ -80,8 +80,11 @@ AgentKey = tuple[str, str]  # (context, agent_id)
 
 def _name(req: dict[str, Any], key: str) -> str:
     value = req.get(key)
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_LEN:
-        raise TrainerError(f"{key} must be a string of 1-{MAX_NAME_LEN} characters")
+    try:
+        topics.check_name("context" if key == "context" else "agent id", value)
+    except ValueError as exc:
+        raise TrainerError(f"{key} must be a string that is one topic level ({exc})") from None
+    # Names go into log lines and file names here: no control characters either.
     if any(ord(c) < 32 for c in value):
         raise TrainerError(f"{key} must not contain control characters")
     return value

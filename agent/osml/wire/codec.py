@@ -64,11 +64,10 @@ import zstandard
 
 from osml.core.quantize import dequantize_int8, quantize_int8
 from osml.errors import FrameError
-from osml.wire import signing
+from osml.wire import signing, topics
 
 __all__ = [
     "FORMAT_VERSION",
-    "MAX_NAME_LEN",
     "REASONS",
     "Frame",
     "decode_frame",
@@ -81,11 +80,7 @@ FORMAT_VERSION = 1
 
 SUPPORTED_VERSIONS = frozenset({FORMAT_VERSION})
 
-MAX_NAME_LEN = 128
-"""Maximum length in characters of a context or source name."""
-
 _MAX_INT = 2**63 - 1
-_FORBIDDEN_NAME_CHARS = frozenset("/+#\x00")
 
 # Key -> expected Python type after msgpack decoding. Order is the packing order.
 _INT_KEYS = ("v", "rnd", "s0", "n", "d", "mv", "ck", "nck")
@@ -134,18 +129,8 @@ class Frame:
     n_chunks: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("context", "source"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-            if len(value) > MAX_NAME_LEN:
-                raise ValueError(f"{name} is longer than {MAX_NAME_LEN} characters")
-            bad = _FORBIDDEN_NAME_CHARS.intersection(value)
-            if bad:
-                raise ValueError(
-                    f"{name} {value!r} contains forbidden characters {sorted(bad)!r} "
-                    "(it is used as an MQTT topic level)"
-                )
+        topics.check_name("context", self.context)  # both are MQTT topic levels
+        topics.check_name("agent id", self.source)
         for name in ("version", "round", "step_start", "model_version", "chunk", "n_chunks"):
             value = getattr(self, name)
             if not _is_int(value):
@@ -325,7 +310,7 @@ def decode_frame(
             raw=False,
             strict_map_key=True,
             max_bin_len=max_frame_bytes,
-            max_str_len=4 * MAX_NAME_LEN,  # UTF-8 takes at most 4 bytes per character
+            max_str_len=4 * topics.MAX_NAME_LEN,  # UTF-8 takes at most 4 bytes per character
             max_array_len=16,
             max_map_len=32,
             max_ext_len=16,
