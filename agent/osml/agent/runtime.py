@@ -35,13 +35,14 @@ import numpy as np
 from osml.agent.config import AgentConfig
 from osml.agent.data import load_dataset, read_agent_csv, read_paper_dir, windows
 from osml.agent.inference import OnnxEncoder
-from osml.agent.modelcard import ModelCard, card_path, write_atomic, write_model
+from osml.agent.modelcard import ModelCard, card_path, write_model
 from osml.agent.state import append_round, load_state, save_state
 from osml.agent.trainer_client import TrainerClient
 from osml.core.anchor import context_anchor
 from osml.core.learner import LearnerSettings, OsmoticLearner
 from osml.core.subcontext import SubcontextMemory
 from osml.errors import ModelError, TrainerError, TransportError
+from osml.files import write_atomic
 from osml.net.transport import Transport
 from osml.wire import topics
 from osml.wire.codec import Frame, encode_frame

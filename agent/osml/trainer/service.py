@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from osml.agent.modelcard import ModelCard, sha256_hex, write_atomic
+from osml.agent.modelcard import ModelCard, sha256_hex
 from osml.errors import OsmlError, TrainerError
+from osml.files import write_atomic
 from osml.trainer.export import export_onnx
 from osml.trainer.fit import EncoderTrainer
 from osml.trainer.settings import ARCHITECTURE_NAMES, TrainerSettings
