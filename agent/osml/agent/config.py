@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from osml.agent.sources import SourceSpec, parse_source
 from osml.core.topology import neighbours as topology_neighbours
 from osml.errors import ConfigError
 from osml.net.transport import BrokerSettings
@@ -100,24 +101,15 @@ class DataSection:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        kind, _, rest = self.source.partition(":")
-        if kind not in ("csv", "paper", "generated") or not rest:
-            raise _fail(
-                "data.source",
-                f"{self.source!r} not understood",
-                "use csv:FILE, paper:DIR or generated:simple|complex",
-            )
-        if kind == "generated" and rest not in (
-            "simple",
-            "complex",
-            "simple+wobble",
-            "complex+wobble",
-        ):
-            raise _fail(
-                "data.source",
-                f"unknown generator {rest!r}",
-                "use generated:simple or generated:complex",
-            )
+        try:
+            parse_source(self.source)
+        except ValueError as exc:
+            raise ConfigError(f"data.source: {exc}") from None
+
+    @property
+    def spec(self) -> SourceSpec:
+        """The parsed :attr:`source`."""
+        return parse_source(self.source)
 
 
 @dataclass(frozen=True)
@@ -360,9 +352,9 @@ def load_config(path: str | Path) -> AgentConfig:
             "[data]", "missing", 'add [data] source = "csv:FILE" (or paper:DIR / generated:simple)'
         )
     data = _section(DataSection, raw["data"], "data", base, ("test",))
-    kind, _, rest = data.source.partition(":")
-    if kind in ("csv", "paper") and not Path(rest).is_absolute():
-        data = DataSection(f"{kind}:{base / rest}", data.agent, data.test, data.seed)
+    resolved = str(data.spec.relative_to(base))
+    if resolved != data.source:
+        data = DataSection(resolved, data.agent, data.test, data.seed)
     model = _section(ModelSection, raw.get("model"), "model", base, ("path",))
     rounds = _section(RoundsSection, raw.get("rounds"), "rounds", base, ("eval_dir",))
     trainer_raw = _table(raw.get("trainer"), "trainer")
