@@ -56,7 +56,7 @@ from osml.errors import ConfigError
 from osml.net.transport import BrokerSettings
 from osml.trainer.settings import ARCHITECTURE_NAMES, DEFAULT_ARCHITECTURE
 from osml.wire.signing import load_key
-from osml.wire.topics import check_name
+from osml.wire.topics import NameKind, check_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,7 +86,8 @@ class AgentSection:
     state_dir: str = "state"
 
     def __post_init__(self) -> None:
-        for key, kind in (("id", "agent id"), ("context", "context")):
+        kinds: tuple[tuple[str, NameKind], ...] = (("id", "agent id"), ("context", "context"))
+        for key, kind in kinds:
             try:
                 check_name(kind, getattr(self, key))
             except ValueError as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def parse_source(spec: str) -> SourceSpec:
         raise ValueError(
             f"{spec!r} not understood; use csv:FILE, paper:DIR or generated:simple|complex"
         )
-    return SourceSpec(cast(SourceKind, kind), target)
+    return SourceSpec(kind, target)
 
 
 def load_series(data: DataSection, agent_id: str) -> tuple[np.ndarray, np.ndarray | None]:

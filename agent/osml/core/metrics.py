@@ -6,7 +6,7 @@ every agent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -73,7 +73,8 @@ def ridge_probe_r2(
 
 
 def pairwise(
-    embeddings: Mapping[str, np.ndarray], fn=strict_alignment
+    embeddings: Mapping[str, np.ndarray],
+    fn: Callable[[np.ndarray, np.ndarray], float] = strict_alignment,
 ) -> dict[str, dict[str, float]]:
     """``fn`` for every ordered pair of agents, as a nested dict (diagonal included)."""
     ids = list(embeddings)

@@ -67,7 +67,8 @@ def osmosis_weights(
     logits -= logits.max(axis=0, keepdims=True)
     raw = np.exp(logits)
     raw[1:][~members] = 0.0
-    return raw / raw.sum(axis=0, keepdims=True)
+    weights: np.ndarray = raw / raw.sum(axis=0, keepdims=True)
+    return weights
 
 
 def osmosis_target(own: np.ndarray, neighbours: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -76,7 +77,8 @@ def osmosis_target(own: np.ndarray, neighbours: np.ndarray, weights: np.ndarray)
     stack = np.concatenate([own[None], _stack(neighbours, own.shape)])
     if weights.shape != stack.shape[:2]:
         raise ValueError(f"weights {weights.shape} do not match {stack.shape[:2]}")
-    return np.einsum("kn,knd->nd", weights, stack).astype(np.float32)
+    target: np.ndarray = np.einsum("kn,knd->nd", weights, stack).astype(np.float32)
+    return target
 
 
 def restore_spread(target: np.ndarray, own: np.ndarray) -> np.ndarray:
@@ -92,4 +94,5 @@ def restore_spread(target: np.ndarray, own: np.ndarray) -> np.ndarray:
     o = np.asarray(own, dtype=np.float64)
     mu = t.mean(axis=0)
     scale = o.std(axis=0) / np.maximum(t.std(axis=0), 1e-12)
-    return (mu + (t - mu) * scale).astype(np.float32)
+    restored: np.ndarray = (mu + (t - mu) * scale).astype(np.float32)
+    return restored

@@ -22,7 +22,8 @@ def same_step_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise ValueError(f"need two (steps, dim) arrays of one shape, got {a.shape} and {b.shape}")
     num = np.einsum("nd,nd->n", a, b)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return num / np.maximum(den, _EPS)
+    cos: np.ndarray = num / np.maximum(den, _EPS)
+    return cos
 
 
 def strict_alignment(a: np.ndarray, b: np.ndarray) -> float:

@@ -80,9 +80,8 @@ AgentKey = tuple[str, str]  # (context, agent_id)
 
 
 def _name(req: dict[str, Any], key: str) -> str:
-    value = req.get(key)
     try:
-        topics.check_name("context" if key == "context" else "agent id", value)
+        value = topics.check_name("context" if key == "context" else "agent id", req.get(key))
     except ValueError as exc:
         raise TrainerError(f"{key} must be a string that is one topic level ({exc})") from None
     # Names go into log lines and file names here: no control characters either.
