@@ -322,7 +322,7 @@ def read_statuses(url: str, names: set[str], timeout: float) -> dict[str, dict[s
     t = Transport(
         BrokerSettings(url=url),
         f"osml-soak-{os.getpid()}",
-        subscriptions=[f"{topics.ROOT}/+/+/status"],
+        subscriptions=[topics.status_filter()],
         persistent=False,
     )
     t.connect()
@@ -525,16 +525,11 @@ def summarize(
     reconnects = {n: r.reconnects for n, r in last.items()}
     eq_end = {n: r.equilibrium for n, r in last.items()}
     window = 20
-    eq_share = [
-        statistics.fmean(r.equilibrium for r in h[-window:])
-        for h in history.values()
-        if h
-    ]
+    eq_share = [statistics.fmean(r.equilibrium for r in h[-window:]) for h in history.values() if h]
     online = {n: statuses.get(n, {}).get("state") == "online" for n in history}
     first_version = {n: h[0].model_version for n, h in history.items() if h}
     training = {
-        n: r.trainer == "ok" and r.model_version > first_version[n]
-        for n, r in last.items()
+        n: r.trainer == "ok" and r.model_version > first_version[n] for n, r in last.items()
     }
 
     # Growth between the start sample (round ~2) and the end, per process that lived throughout.

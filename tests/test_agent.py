@@ -249,7 +249,8 @@ def assert_graceful_status(status: dict[str, Any], rnd: int) -> None:
 @pytest.fixture(scope="module")
 def premade_models(needs_torch: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An initial model (v1) per agent, as a deployment would ship it: ONNX file plus card."""
-    from osml.trainer.fit import EncoderTrainer, TrainerSettings
+    from osml.trainer.fit import EncoderTrainer
+    from osml.trainer.settings import TrainerSettings
 
     out = tmp_path_factory.mktemp("models")
     ds = load_dataset("generated:simple")

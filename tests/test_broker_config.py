@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from clihelp import run_command
 from osml.cli.broker import TUNING, broker, broker_conf, with_port
-from osml.errors import ConfigError, TransportError
+from osml.errors import BrokerRefusedError, ConfigError
 from osml.net.broker import free_port
 from osml.net.transport import BrokerSettings, Message, Transport
 from osml.ops.fleetfile import (
@@ -770,13 +770,13 @@ def test_bad_credentials_are_refused(acl_broker: AclBroker, case: str) -> None:
     user = "intruder" if case == "unknown user" else acl_broker.user("a")
     settings = BrokerSettings(url=acl_broker.url, username=user, password="not-the-password")
 
-    with pytest.raises(TransportError, match="refused"):
+    with pytest.raises(BrokerRefusedError, match="refused"):
         Transport(settings, "test-intruder", persistent=False).connect(timeout=5)
 
 
 @needs_mosquitto
 def test_anonymous_clients_are_refused(acl_broker: AclBroker) -> None:
-    with pytest.raises(TransportError, match="refused"):
+    with pytest.raises(BrokerRefusedError, match="refused"):
         Transport(BrokerSettings(url=acl_broker.url), "test-anon", persistent=False).connect(
             timeout=5
         )

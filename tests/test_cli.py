@@ -188,7 +188,7 @@ def test_context_that_cannot_be_a_topic_level(tmp_path: Path) -> None:
 def test_without_torch_the_install_hint_is_printed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "osml.trainer", None)  # as if the trainer extra were missing
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if the trainer extra were missing
 
     result = invoke("simulate", "--data", "generated:simple", "--out", str(tmp_path))
 

@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 import zstandard
 
+from osml.core.quantize import dequantize_int8, quantize_int8
 from osml.errors import FrameError, OsmlError
-from osml.wire.codec import (
-    FORMAT_VERSION,
-    Frame,
-    decode_frame,
-    dequantize_int8,
-    encode_frame,
-    quantize_int8,
-)
+from osml.wire.codec import FORMAT_VERSION, Frame, decode_frame, encode_frame
 
 
 def make_frame(n: int = 50, d: int = 5, seed: int = 0, **overrides: Any) -> Frame:

@@ -20,7 +20,8 @@ from osml.core.anchor import context_anchor
 from osml.errors import ExportError
 from osml.trainer.encoders import ARCHITECTURES, Encoder, build_encoder
 from osml.trainer.export import build_onnx, check_parity, export_onnx
-from osml.trainer.fit import EncoderTrainer, TrainerSettings
+from osml.trainer.fit import EncoderTrainer
+from osml.trainer.settings import TrainerSettings
 
 WINDOW, EMB = 10, 6
 MEANS = np.array([20.0, -3.0, 1000.0])

@@ -16,10 +16,10 @@ from osml.agent.modelcard import (
     card_path,
     read_card,
     sha256_hex,
-    write_atomic,
     write_model,
 )
 from osml.errors import ModelError, OsmlError
+from osml.files import write_atomic
 
 WINDOW, N_FEATURES, EMB = 8, 2, 5
 

@@ -1,19 +1,12 @@
-"""Tests for osml.core.metrics: alignment figures, spread, CKA and the ridge probe."""
+"""Tests for osml.core.metrics and osml.core.similarity: alignment, spread, CKA, ridge probe."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from osml.core.metrics import (
-    centered_alignment,
-    linear_cka,
-    pairwise,
-    paper_similarity,
-    ridge_probe_r2,
-    spread,
-    strict_alignment,
-)
+from osml.core.metrics import pairwise, paper_similarity, ridge_probe_r2, spread
+from osml.core.similarity import centered_alignment, linear_cka, strict_alignment
 
 
 def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:

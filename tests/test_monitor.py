@@ -13,9 +13,10 @@ import pytest
 from click.testing import Result
 
 from clihelp import run_command
+from osml.cli.monitor import monitor_command
 from osml.net.broker import MosquittoProcess, free_port
 from osml.net.transport import BrokerSettings, Message, Transport
-from osml.ops.monitor import DEFAULT_STALL_AFTER, FleetView, monitor, monitor_command, render_table
+from osml.ops.monitor import DEFAULT_STALL_AFTER, FleetView, monitor, render_table
 from osml.wire import topics
 
 CTX = "lab"

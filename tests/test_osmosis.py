@@ -1,4 +1,4 @@
-"""Tests for osml.core.osmosis: per-step weights and targets, against hand-computed values."""
+"""Tests for osml.core.osmosis: per-step osmosis weights and targets, against hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from osml.core.osmosis import osmosis_target, osmosis_weights, same_step_cosine
+from osml.core.osmosis import osmosis_target, osmosis_weights
+from osml.core.similarity import same_step_cosine
 
 E = math.e
 

@@ -28,12 +28,12 @@ from osml.agent.modelcard import (
     read_model,
     sha256_hex,
     staged_path,
-    write_atomic,
     write_model,
 )
 from osml.agent.records import RoundRecord
 from osml.agent.state import AgentState, append_round, load_state, read_rounds, save_state
 from osml.errors import ConfigError, ModelError
+from osml.files import write_atomic
 
 WINDOW, N_FEATURES, EMB = 8, 3, 16
 

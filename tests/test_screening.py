@@ -85,7 +85,7 @@ def test_honest_agents_keep_their_subcontext_next_to_an_adversary(attack: str) -
     """Generated simple context, agents 0 and 1 (correlated), adversary x linked to both."""
     from osml.agent.data import load_dataset
     from osml.ops.simulate import SimulationSettings, simulate
-    from osml.trainer import TrainerSettings
+    from osml.trainer.settings import TrainerSettings
 
     ds = load_dataset("generated:simple", seed=3)
     settings = SimulationSettings(rounds=6, seed=3, trainer=TrainerSettings(steps_per_round=80))

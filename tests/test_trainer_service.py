@@ -30,8 +30,9 @@ pytest.importorskip("torch", reason="torch not installed: pip install 'osml[trai
 
 import torch
 
-from osml.trainer.fit import EncoderTrainer, TrainerSettings
+from osml.trainer.fit import EncoderTrainer
 from osml.trainer.service import load_state, parse_settings, serve, state_arrays
+from osml.trainer.settings import TrainerSettings
 
 WINDOW, N_FEATURES, EMB = 8, 2, 4
 CONTEXT = "ctx-trainer"
@@ -462,8 +463,12 @@ def test_garbage_gets_error_and_server_keeps_serving(client: TrainerClient, payl
             "round",
         ),
         (
-            {"v": 1, "op": "initial_model", "agent_id": "a\x00", "context": "c", "version": 1},
+            {"v": 1, "op": "initial_model", "agent_id": "a\x07", "context": "c", "version": 1},
             "control",
+        ),
+        (
+            {"v": 1, "op": "initial_model", "agent_id": "a/b", "context": "c", "version": 1},
+            "topic level",
         ),
     ],
 )

@@ -9,13 +9,16 @@ loop) can catch one type and print one line::
     ├── FrameError       a frame from the network failed validation (never trusted)
     ├── ModelError       an ONNX model or its card is missing, corrupt or does not match
     ├── ExportError      the trainer could not export a model that matches torch (parity)
-    ├── TransportError   the MQTT broker refused us, cannot be reached, or dropped the session
+    ├── TransportError   the MQTT broker cannot be reached, dropped the session or refused us
+    │   └── BrokerRefusedError   the broker's CONNACK refused us (credentials, not authorised):
+    │                            retrying with the same settings cannot help
     └── TrainerError     the local trainer process is absent, died, or answered nonsense
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BrokerRefusedError",
     "ConfigError",
     "DataError",
     "ExportError",
@@ -61,6 +64,15 @@ class ExportError(OsmlError):
 
 class TransportError(OsmlError):
     """The MQTT broker refused the connection, cannot be reached, or a publish failed."""
+
+
+class BrokerRefusedError(TransportError):
+    """The broker answered the connection with a refusal that retrying cannot fix.
+
+    Raised only by :mod:`osml.net.transport`, when the CONNACK says the credentials are wrong, the
+    client is not authorised or banned, or the broker rejects the protocol version or client id.
+    A broker that is busy, unreachable or restarting raises a plain :class:`TransportError`.
+    """
 
 
 class TrainerError(OsmlError):

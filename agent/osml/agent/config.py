@@ -50,11 +50,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from osml.agent.sources import SourceSpec, parse_source
 from osml.core.topology import neighbours as topology_neighbours
 from osml.errors import ConfigError
 from osml.net.transport import BrokerSettings
+from osml.trainer.settings import ARCHITECTURE_NAMES, DEFAULT_ARCHITECTURE
 from osml.wire.signing import load_key
-from osml.wire.topics import check_level
+from osml.wire.topics import NameKind, check_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,9 +86,10 @@ class AgentSection:
     state_dir: str = "state"
 
     def __post_init__(self) -> None:
-        for key in ("id", "context"):
+        kinds: tuple[tuple[str, NameKind], ...] = (("id", "agent id"), ("context", "context"))
+        for key, kind in kinds:
             try:
-                check_level(getattr(self, key), key)
+                check_name(kind, getattr(self, key))
             except ValueError as exc:
                 raise _fail(f"agent.{key}", str(exc), "use a short name without / + #") from None
 
@@ -99,29 +102,20 @@ class DataSection:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        kind, _, rest = self.source.partition(":")
-        if kind not in ("csv", "paper", "generated") or not rest:
-            raise _fail(
-                "data.source",
-                f"{self.source!r} not understood",
-                "use csv:FILE, paper:DIR or generated:simple|complex",
-            )
-        if kind == "generated" and rest not in (
-            "simple",
-            "complex",
-            "simple+wobble",
-            "complex+wobble",
-        ):
-            raise _fail(
-                "data.source",
-                f"unknown generator {rest!r}",
-                "use generated:simple or generated:complex",
-            )
+        try:
+            parse_source(self.source)
+        except ValueError as exc:
+            raise ConfigError(f"data.source: {exc}") from None
+
+    @property
+    def spec(self) -> SourceSpec:
+        """The parsed :attr:`source`."""
+        return parse_source(self.source)
 
 
 @dataclass(frozen=True)
 class ModelSection:
-    architecture: str = "mlp"
+    architecture: str = DEFAULT_ARCHITECTURE
     window: int = 10
     embedding_dim: int = 5
     seed: int = 0
@@ -129,9 +123,11 @@ class ModelSection:
     path: str = ""  # an initial model (ONNX + card) to start from; default: the trainer makes one
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("mlp", "gru", "conv"):
+        if self.architecture not in ARCHITECTURE_NAMES:
             raise _fail(
-                "model.architecture", f"{self.architecture!r} unknown", "use mlp, gru or conv"
+                "model.architecture",
+                f"{self.architecture!r} unknown",
+                f"use {' or '.join(ARCHITECTURE_NAMES)}",
             )
         if self.window < 1 or self.embedding_dim < 1:
             raise _fail("model.window/embedding_dim", "must be >= 1", "set positive integers")
@@ -277,7 +273,7 @@ def _neighbours(raw: Any, agent_id: str) -> tuple[str, ...]:
             raise _fail("neighbours.ids", "has duplicates", "list each neighbour once")
         for i in ids:
             try:
-                check_level(i, "neighbour id")
+                check_name("agent id", i)
             except ValueError as exc:
                 raise _fail("neighbours.ids", str(exc), "fix the id") from None
         return tuple(ids)
@@ -362,9 +358,9 @@ def load_config(path: str | Path) -> AgentConfig:
             "[data]", "missing", 'add [data] source = "csv:FILE" (or paper:DIR / generated:simple)'
         )
     data = _section(DataSection, raw["data"], "data", base, ("test",))
-    kind, _, rest = data.source.partition(":")
-    if kind in ("csv", "paper") and not Path(rest).is_absolute():
-        data = DataSection(f"{kind}:{base / rest}", data.agent, data.test, data.seed)
+    resolved = str(data.spec.relative_to(base))
+    if resolved != data.source:
+        data = DataSection(resolved, data.agent, data.test, data.seed)
     model = _section(ModelSection, raw.get("model"), "model", base, ("path",))
     rounds = _section(RoundsSection, raw.get("rounds"), "rounds", base, ("eval_dir",))
     trainer_raw = _table(raw.get("trainer"), "trainer")

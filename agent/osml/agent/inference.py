@@ -39,9 +39,25 @@ class OnnxEncoder:
     session: ort.InferenceSession
 
     @classmethod
-    def from_bytes(cls, model: bytes, card: ModelCard, threads: int = 1) -> OnnxEncoder:
+    def from_bytes(
+        cls,
+        model: bytes,
+        card: ModelCard,
+        threads: int = 1,
+        *,
+        expect: tuple[int, int, int] | None = None,
+    ) -> OnnxEncoder:
+        """Verify ``model`` against its ``card`` (sha256, input/output names, a probe batch's
+        output shape) and, with ``expect``, the card's (window, n_features, embedding_dim)
+        against what the caller needs: the one place a model is checked before use."""
         if sha256_hex(model) != card.sha256:
             raise ModelError(f"model v{card.version}: sha256 does not match its card")
+        got = (card.window, card.n_features, card.embedding_dim)
+        if expect is not None and got != tuple(expect):
+            raise ModelError(
+                f"model v{card.version} is for (window, features, dim) {got}, "
+                f"this agent needs {tuple(expect)}"
+            )
         session = _session(model, threads)
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if [i.name for i in inputs] != [card.input_name] or [o.name for o in outputs] != [

@@ -14,7 +14,8 @@ that verifies - the old one or the new one:
 
 Until step 3 the old ``encoder.onnx`` stays where it was. :func:`read_model` takes the bytes that
 match the card: ``encoder.onnx``, or the staged file when a writer was stopped between 2 and 3.
-Every file goes through :func:`write_atomic` (temp file, fsync, rename, fsync of the directory).
+Every file goes through :func:`osml.files.write_atomic` (temp file, fsync, rename, fsync of the
+directory).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from osml.errors import ModelError
+from osml.files import fsync_dir, write_atomic
 
 __all__ = [
     "ModelCard",
@@ -36,7 +37,6 @@ __all__ = [
     "read_model",
     "sha256_hex",
     "staged_path",
-    "write_atomic",
     "write_model",
 ]
 
@@ -114,41 +114,6 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable. Best effort: some systems (Windows) cannot open a
-    directory and some file systems refuse fsync on one; the rename itself is atomic anyway."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, rename over ``path``, fsync the directory.
-
-    A reader (or a restart after SIGKILL or power loss) sees the old content or the new, never a mix.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
 def _stale_files(model_path: Path) -> list[Path]:
     """Staged models and temp files of earlier, interrupted :func:`write_model` calls on ``model_path``."""
     staged = re.escape(model_path.stem) + r"\.[0-9a-f]{16}" + re.escape(model_path.suffix)
@@ -177,7 +142,7 @@ def write_model(path: str | os.PathLike[str], model_bytes: bytes, card: ModelCar
     write_atomic(staged, model_bytes)
     write_atomic(card_path(target), card.to_json().encode())  # commit
     os.replace(staged, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     for stale in _stale_files(target):
         stale.unlink(missing_ok=True)
 

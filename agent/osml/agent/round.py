@@ -173,14 +173,7 @@ class AgentRound:
 
     def verify(self, model: bytes, card: ModelCard) -> OnnxEncoder:
         """The model as an encoder, if it verifies and fits this agent (else ModelError)."""
-        enc = OnnxEncoder.from_bytes(model, card)  # sha256, names, output shape
-        got = (card.window, card.n_features, card.embedding_dim)
-        if got != self.expected_shape():
-            raise ModelError(
-                f"model v{card.version} is for (window, features, dim) {got}, "
-                f"this agent needs {self.expected_shape()}"
-            )
-        return enc
+        return OnnxEncoder.from_bytes(model, card, expect=self.expected_shape())
 
     def install(self, model: bytes, card: ModelCard) -> None:
         enc = self.verify(model, card)

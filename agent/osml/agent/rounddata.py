@@ -176,9 +176,7 @@ def rows_for_steps(steps: np.ndarray, rows: np.ndarray) -> tuple[int, np.ndarray
     return first, block
 
 
-def align(
-    steps: np.ndarray, step_start: int, rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def align(steps: np.ndarray, step_start: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A neighbour's block of rows (starting at ``step_start``) matched to our ``steps``:
     ``(rows (len(steps), d) with zeros where it has nothing, present bool (len(steps),))``.
     A zero row in the block is a step the neighbour had no window for."""

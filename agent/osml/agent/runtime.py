@@ -33,11 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from osml.agent.config import AgentConfig
-from osml.agent.data import load_dataset, read_agent_csv, read_paper_dir, windows
+from osml.agent.data import windows
 from osml.agent.inference import OnnxEncoder
-from osml.agent.modelcard import ModelCard, card_path, write_atomic, write_model
+from osml.agent.modelcard import ModelCard, card_path, write_model
 from osml.agent.records import RoundRecord
 from osml.agent.round import AgentRound, RoundSettings
+from osml.agent.sources import load_series
 from osml.agent.state import append_round, load_state, save_state
 from osml.agent.trainer_client import TrainerClient
 from osml.agent.trainers import NoTrainer, SocketTrainer
@@ -45,30 +46,15 @@ from osml.backoff import delays as backoff_delays
 from osml.core.anchor import context_anchor
 from osml.core.learner import LearnerSettings, OsmoticLearner
 from osml.core.subcontext import SubcontextMemory
-from osml.errors import ModelError, TrainerError, TransportError
+from osml.errors import BrokerRefusedError, ModelError, TrainerError, TransportError
+from osml.files import write_atomic
 from osml.net.transport import Transport
 from osml.wire import topics
 from osml.wire.inbox import Inbox
 
-__all__ = ["AgentRuntime", "load_series"]
+__all__ = ["AgentRuntime"]
 
 log = logging.getLogger("osml.agent")
-
-
-def load_series(cfg: AgentConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """The agent's own (train, test) series from its data source."""
-    kind, _, rest = cfg.data.source.partition(":")
-    who = cfg.data.agent or cfg.agent.id
-    if kind == "csv":
-        train = read_agent_csv(rest)
-        test = read_agent_csv(cfg.data.test) if cfg.data.test else None
-        return train, test
-    ds = (
-        read_paper_dir(rest)
-        if kind == "paper"
-        else load_dataset(f"generated:{rest}", seed=cfg.data.seed)
-    )
-    return np.asarray(ds[who].train), np.asarray(ds[who].test)
 
 
 class AgentRuntime:
@@ -81,7 +67,7 @@ class AgentRuntime:
         self.ctx = cfg.agent.context
         self.state_dir = cfg.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        train, test = load_series(cfg)
+        train, test = load_series(cfg.data, cfg.agent.id)
         w = cfg.model.window
         self.train_windows = np.ascontiguousarray(windows(train, w))
         self.test_windows = (
@@ -138,13 +124,7 @@ class AgentRuntime:
 
     def _install(self, model: bytes, card: ModelCard) -> None:
         """Verify and install a model before the rounds start (the round installs later ones)."""
-        enc = OnnxEncoder.from_bytes(model, card)  # verifies sha256, names, output shape
-        got = (card.window, card.n_features, card.embedding_dim)
-        if got != self.expected_shape:
-            raise ModelError(
-                f"model v{card.version} is for (window, features, dim) {got}, "
-                f"this agent needs {self.expected_shape}"
-            )
+        enc = OnnxEncoder.from_bytes(model, card, expect=self.expected_shape)
         self._persist_model(model, card)
         self.encoder = enc
         log.info("agent %s: installed model v%d", self.id, card.version)
@@ -246,8 +226,8 @@ class AgentRuntime:
                 t.connect()
                 return t
             except TransportError as exc:
-                if _refused(exc) or stop.is_set():  # credentials or ACL: retrying won't help
-                    raise
+                if isinstance(exc, BrokerRefusedError) or stop.is_set():
+                    raise  # credentials or ACL: retrying cannot help
                 log.warning(
                     "agent %s: broker unreachable (%s); retrying in %.1fs", self.id, exc, delay
                 )
@@ -370,8 +350,3 @@ class AgentRuntime:
             if self.transport is not None:
                 self.transport.close()
         return 0
-
-
-def _refused(exc: TransportError) -> bool:
-    """True if the broker refused us (credentials, ACL): retrying cannot help."""
-    return "broker refused" in str(exc)

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from osml.agent.modelcard import write_atomic
 from osml.agent.records import RoundRecord
 from osml.errors import ConfigError
+from osml.files import write_atomic
 
 __all__ = ["ROUNDS_FILE", "AgentState", "append_round", "load_state", "read_rounds", "save_state"]
 

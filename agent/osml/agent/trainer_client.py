@@ -23,7 +23,6 @@ replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. Arrays a
 from __future__ import annotations
 
 import math
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,26 +31,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from osml.agent.modelcard import ModelCard, sha256_hex
+from osml.agent.modelcard import ModelCard
 from osml.errors import ModelError, TrainerError
-from osml.wire.ipc import pack_array, recv_msg, send_msg
+from osml.wire.ipc import PROTOCOL_VERSION, check_socket_path, pack_array, recv_msg, send_msg
 
-__all__ = ["MAX_SOCKET_PATH", "PROTOCOL_VERSION", "TrainerClient", "check_socket_path"]
-
-PROTOCOL_VERSION = 1
-
-# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
-MAX_SOCKET_PATH = 107
-
-
-def check_socket_path(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    if len(os.fsencode(p)) > MAX_SOCKET_PATH:
-        raise TrainerError(
-            f"socket path {str(p)!r} is {len(os.fsencode(p))} bytes; Unix sockets allow "
-            f"{MAX_SOCKET_PATH}, choose a shorter path"
-        )
-    return p
+__all__ = ["TrainerClient"]
 
 
 def _pack(name: str, a: npt.ArrayLike) -> dict[str, Any]:
@@ -240,10 +224,8 @@ class TrainerClient:
             card = ModelCard.from_json(card_json, where="card from the trainer")
         except ModelError as exc:
             raise TrainerError(f"trainer {op}: {exc}") from exc
-        if sha256_hex(model) != card.sha256:
-            raise ModelError(
-                f"trainer {op}: model v{card.version} does not match its card's sha256"
-            )
+        # The model itself is verified where it is installed (OnnxEncoder.from_bytes); here the
+        # trainer's answer must match what was asked of it.
         reg = self._registered[agent_id]
         want = (version, reg.architecture, reg.window, reg.n_features, reg.embedding_dim)
         got = (card.version, card.architecture, card.window, card.n_features, card.embedding_dim)

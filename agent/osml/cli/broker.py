@@ -33,7 +33,7 @@ import click
 from osml.cli.errors import one_line_errors
 from osml.errors import ConfigError, OsmlError
 from osml.net.broker import find_mosquitto
-from osml.ops.fleetfile import acl_text, check_username, load_fleet, passwords, write_password_file
+from osml.ops.fleetfile import acl_text, check_name, load_fleet, passwords, write_password_file
 from osml.wire.signing import new_key_hex
 
 __all__ = ["TUNING", "InitResult", "broker", "broker_conf", "init_broker_dir", "make_certs"]
@@ -409,7 +409,7 @@ def make_certs(
         except ValueError:
             raise ConfigError(f"--ip {ip!r}: not an IP address; use e.g. 192.168.1.10") from None
     for client in clients:
-        check_username(client, "--client")
+        check_name(client, "--client", "user name")
     if len(set(clients)) != len(clients):
         raise ConfigError("--client: an id is given twice; give each once")
     out.mkdir(parents=True, exist_ok=True)

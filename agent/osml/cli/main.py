@@ -8,6 +8,7 @@ traceback. torch is imported only inside the commands that train.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +20,12 @@ import click
 from osml import __version__
 from osml.cli.errors import one_line_errors
 from osml.errors import ConfigError
+from osml.trainer.settings import (
+    ARCHITECTURE_NAMES,
+    DEFAULT_ARCHITECTURE,
+    DEFAULT_OBJECTIVE,
+    OBJECTIVES,
+)
 
 if TYPE_CHECKING:
     from osml.ops.rows import ReportRound, RunResult
@@ -51,9 +58,9 @@ def parse_architectures(spec: str, agents: Sequence[str]) -> tuple[str, dict[str
     """``--architecture`` -> (default architecture, per-agent overrides).
 
     ``"conv"`` sets the default for every agent; ``"0=gru,1=conv"`` sets agents 0 and 1 (the others
-    keep ``mlp``); ``"conv,0=gru"`` does both. Names are checked later by TrainerSettings.
+    keep the default, ``mlp``); ``"conv,0=gru"`` does both. Names are checked later by TrainerSettings.
     """
-    default = "mlp"
+    default = DEFAULT_ARCHITECTURE
     overrides: dict[str, str] = {}
     defaults_seen = 0
     for part in (p.strip() for p in spec.split(",")):
@@ -222,17 +229,17 @@ _RUN_OPTIONS = [
     click.option(
         "--architecture",
         "architecture_spec",
-        default="mlp",
+        default=DEFAULT_ARCHITECTURE,
         show_default=True,
-        metavar="gru|mlp|conv",
+        metavar="|".join(ARCHITECTURE_NAMES),
         help="Encoder for every agent, or per agent as AGENT=ARCH pairs, e.g. 0=gru,1=conv "
         "(agents not named use mlp, or a bare name given too: conv,0=gru).",
     ),
     click.option(
         "--objective",
-        default="vc",
+        default=DEFAULT_OBJECTIVE,
         show_default=True,
-        metavar="vc|masked",
+        metavar="|".join(OBJECTIVES),
         help="Anti-collapse term: variance-covariance (vc) or masked reconstruction.",
     ),
     click.option(
@@ -311,12 +318,11 @@ def _prepare(
     default_arch, per_agent_arch = parse_architectures(architecture_spec, agent_ids)
     _check_wire_names(context, agent_ids)
     out = out_dir if out_dir is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    try:
-        from osml.trainer import TrainerSettings
-    except ImportError as exc:
-        click.echo(f"error: {TRAINER_HINT} ({exc})", err=True)
+    if importlib.util.find_spec("torch") is None:  # looked up, not imported: training needs it
+        click.echo(f"error: {TRAINER_HINT} (no module named 'torch')", err=True)
         sys.exit(2)
     from osml.ops.simulate import SimulationSettings
+    from osml.trainer.settings import TrainerSettings
 
     trainer = TrainerSettings(architecture=default_arch, objective=objective)
     for arch in set(per_agent_arch.values()):
@@ -364,16 +370,12 @@ def _finish(job: _Job, run: RunResult) -> None:
 
 
 def _check_wire_names(context: str, agent_ids: Sequence[str]) -> None:
-    """Context and agent ids travel in every frame: run the codec's own checks before training."""
-    import numpy as np
+    """Context and agent ids travel in every frame and topic: check them before training."""
+    from osml.wire import topics
 
-    from osml.wire.codec import Frame
-
-    probe = np.zeros((1, 1), dtype=np.float32)
+    topics.check_name("context", context)
     for agent in agent_ids:
-        Frame(
-            context=context, source=agent, round=0, step_start=0, model_version=0, embeddings=probe
-        )
+        topics.check_name("agent id", agent)
 
 
 def _print_files(out: Path, agents: list[str]) -> None:
@@ -615,7 +617,7 @@ def report_command(run_dir: Path, replot: bool) -> None:
 def _register_optional_commands() -> None:
     # Defined in their own modules (they import nothing heavy at module level).
     from osml.cli.broker import broker
-    from osml.ops.monitor import monitor_command
+    from osml.cli.monitor import monitor_command
 
     main.add_command(monitor_command)
     main.add_command(broker)

@@ -6,8 +6,8 @@ embeddings its neighbours sent for the same steps, it
 
 0. screens what each neighbour sent (:mod:`osml.core.screening`): constant, wildly scaled or copied
    embeddings are left out, the rest are rescaled to the agent's own median norm;
-1. measures each neighbour's affinity (linear CKA, :func:`osml.core.metrics.linear_cka`) and updates the
-   per-neighbour memory and sub-context (:mod:`osml.core.subcontext`);
+1. measures each neighbour's affinity (linear CKA, :func:`osml.core.similarity.linear_cka`) and
+   updates the per-neighbour memory and sub-context (:mod:`osml.core.subcontext`);
 2. computes the osmosis weights and target (:mod:`osml.core.osmosis`);
 3. tracks its own equilibrium (:mod:`osml.core.equilibrium`).
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from osml.core.equilibrium import EquilibriumDetector, relative_change
-from osml.core.metrics import linear_cka
 from osml.core.osmosis import osmosis_target, osmosis_weights, restore_spread
 from osml.core.screening import CopyDetector, ScreenSettings, screen
+from osml.core.similarity import linear_cka
 from osml.core.subcontext import SubcontextMemory, SubcontextPolicy
 
 __all__ = ["LearnerSettings", "OsmoticLearner", "RoundOutcome"]

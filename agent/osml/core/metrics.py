@@ -6,37 +6,18 @@ every agent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from osml.core.osmosis import same_step_cosine
+from osml.core.similarity import same_step_cosine, strict_alignment
 
 __all__ = [
-    "centered_alignment",
-    "linear_cka",
     "pairwise",
     "paper_similarity",
     "ridge_probe_r2",
     "spread",
-    "strict_alignment",
 ]
-
-
-def strict_alignment(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over steps of the plain cosine of same-step embeddings (no abs, no square)."""
-    return float(np.mean(same_step_cosine(a, b)))
-
-
-def centered_alignment(a: np.ndarray, b: np.ndarray) -> float:
-    """:func:`strict_alignment` after removing each agent's own mean embedding.
-
-    A constant offset shared by all embeddings inflates the plain cosine; this figure is blind
-    to it and only rewards agreement in what varies from step to step.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    return strict_alignment(a - a.mean(axis=0), b - b.mean(axis=0))
 
 
 def paper_similarity(embeddings: Sequence[np.ndarray]) -> float:
@@ -61,23 +42,6 @@ def spread(e: np.ndarray) -> float:
     if total == 0.0:
         return 0.0
     return float(np.mean(np.sum((e - e.mean(axis=0)) ** 2, axis=1)) / total)
-
-
-def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
-    """Linear centred kernel alignment of two representations of the same steps, in [0, 1].
-
-    Invariant to rotations and isotropic scaling of either side, so it says whether two agents'
-    embeddings carry the same information even when their embedding spaces are not (yet) aligned.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    cross = np.linalg.norm(a.T @ b) ** 2
-    den = np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b)
-    if den <= 0.0:
-        return 0.0
-    return float(cross / den)
 
 
 def ridge_probe_r2(
@@ -109,7 +73,8 @@ def ridge_probe_r2(
 
 
 def pairwise(
-    embeddings: Mapping[str, np.ndarray], fn=strict_alignment
+    embeddings: Mapping[str, np.ndarray],
+    fn: Callable[[np.ndarray, np.ndarray], float] = strict_alignment,
 ) -> dict[str, dict[str, float]]:
     """``fn`` for every ordered pair of agents, as a nested dict (diagonal included)."""
     ids = list(embeddings)

@@ -9,8 +9,8 @@ embeddings ``e_j(t)`` that its neighbours ``j`` sent for the *same* steps, the o
 
 where ``cos`` is the plain same-step cosine, ``T > 0`` the temperature and ``m_aj`` is 1 for the
 agent itself and for neighbours inside its sub-context, 0 for neighbours outside it (see
-:mod:`osml.core.subcontext`). So a neighbour that agrees at step t pulls more at that step; a neighbour
-outside the sub-context never pulls; an agent alone in its sub-context is pulled toward itself.
+:mod:`osml.core.subcontext`). So a neighbour that agrees at step t pulls more at that step; a
+neighbour outside the sub-context never pulls; an agent alone in its sub-context is pulled toward itself.
 
 A high temperature (the default 1.0) keeps weights near uniform inside the sub-context, which is
 what makes independently initialised encoders converge: at round 0 their embedding spaces are
@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["osmosis_target", "osmosis_weights", "restore_spread", "same_step_cosine"]
+from osml.core.similarity import same_step_cosine
+
+__all__ = ["osmosis_target", "osmosis_weights", "restore_spread"]
 
 _EPS = 1e-12
 
@@ -35,17 +37,6 @@ def _stack(neighbours: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[1:] != shape:
         raise ValueError(f"neighbours must be (k, {shape[0]}, {shape[1]}), got {arr.shape}")
     return arr
-
-
-def same_step_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine between row t of ``a`` and row t of ``b`` for every t: (n, d), (n, d) -> (n,)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"need two (steps, dim) arrays of one shape, got {a.shape} and {b.shape}")
-    num = np.einsum("nd,nd->n", a, b)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return num / np.maximum(den, _EPS)
 
 
 def osmosis_weights(
@@ -76,7 +67,8 @@ def osmosis_weights(
     logits -= logits.max(axis=0, keepdims=True)
     raw = np.exp(logits)
     raw[1:][~members] = 0.0
-    return raw / raw.sum(axis=0, keepdims=True)
+    weights: np.ndarray = raw / raw.sum(axis=0, keepdims=True)
+    return weights
 
 
 def osmosis_target(own: np.ndarray, neighbours: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -85,7 +77,8 @@ def osmosis_target(own: np.ndarray, neighbours: np.ndarray, weights: np.ndarray)
     stack = np.concatenate([own[None], _stack(neighbours, own.shape)])
     if weights.shape != stack.shape[:2]:
         raise ValueError(f"weights {weights.shape} do not match {stack.shape[:2]}")
-    return np.einsum("kn,knd->nd", weights, stack).astype(np.float32)
+    target: np.ndarray = np.einsum("kn,knd->nd", weights, stack).astype(np.float32)
+    return target
 
 
 def restore_spread(target: np.ndarray, own: np.ndarray) -> np.ndarray:
@@ -101,4 +94,5 @@ def restore_spread(target: np.ndarray, own: np.ndarray) -> np.ndarray:
     o = np.asarray(own, dtype=np.float64)
     mu = t.mean(axis=0)
     scale = o.std(axis=0) / np.maximum(t.std(axis=0), 1e-12)
-    return (mu + (t - mu) * scale).astype(np.float32)
+    restored: np.ndarray = (mu + (t - mu) * scale).astype(np.float32)
+    return restored

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from osml.wire.codec import quantize_int8
+from osml.core.quantize import quantize_int8
 
 __all__ = [
     "CopyDetector",

@@ -2,8 +2,8 @@
 
 Each agent decides alone, from the frames it receives, with no global view. Per neighbour it keeps
 an *affinity memory*: an exponential moving average, over rounds, of the linear CKA
-(:func:`osml.core.metrics.linear_cka`) between its own embeddings and the neighbour's for the same
-steps. CKA is blind to rotations and scale, so it measures whether the neighbour's data carries
+(:func:`osml.core.similarity.linear_cka`) between its own embeddings and the neighbour's for the
+same steps. CKA is blind to rotations and scale, so it measures whether the neighbour's data carries
 information about the agent's own before their embedding spaces are aligned, and it stays near 0
 for a neighbour whose data is unrelated noise however the encoders move.
 

@@ -3,8 +3,10 @@
 :class:`Transport` wraps one ``paho.mqtt.client.Client`` running its network loop in a thread:
 
 * :meth:`Transport.connect` opens the socket, waits for CONNACK and for the SUBACK of the
-  subscriptions, and turns every failure (refused credentials, closed port, DNS, timeout) into a
-  :class:`~osml.errors.TransportError`;
+  subscriptions, and turns every failure (closed port, DNS, timeout) into a
+  :class:`~osml.errors.TransportError`, and a CONNACK that refuses us for good (credentials, not
+  authorised) into its subclass :class:`~osml.errors.BrokerRefusedError`, which callers must not
+  retry;
 * after that, paho reconnects by itself with a short backoff, and every reconnect resubscribes
   (subscriptions are sent from ``on_connect``);
 * sessions are persistent by default (MQTT 5: ``clean_start=False`` plus a session expiry;
@@ -39,7 +41,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from osml.errors import ConfigError, TransportError
+from osml.errors import BrokerRefusedError, ConfigError, TransportError
 
 __all__ = ["BrokerSettings", "Message", "Transport", "TransportStats"]
 
@@ -60,6 +62,13 @@ _SCHEMES = {"mqtt": False, "mqtts": True}
 _PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 # CONNACK reason codes that mean "your credentials are wrong" (MQTT 5 134/135; 3.1.1 4/5).
 _AUTH_REFUSALS = {"Bad user name or password", "Not authorized"}
+# CONNACK refusals that the same settings will get again: BrokerRefusedError, never retried.
+_PERMANENT_REFUSALS = _AUTH_REFUSALS | {
+    "Banned",
+    "Bad authentication method",
+    "Client identifier not valid",
+    "Unsupported protocol version",
+}
 # Fixed header (<= 5) + topic length (2) + packet id (2) + v5 properties length (<= 4).
 _PUBLISH_OVERHEAD = 13
 
@@ -241,6 +250,7 @@ class Transport:
         self._session_up = threading.Event()  # CONNACK ok and subscriptions acknowledged
         self._settled = threading.Event()  # first CONNACK or SUBACK outcome, good or bad
         self._error: str | None = None  # why the first connection attempt failed
+        self._refused = False  # ... and whether the CONNACK refused us for good
         self._sub_mid: int | None = None
         self._connects = 0
         self._max_packet: int | None = None  # MQTT 5 broker's Maximum Packet Size
@@ -312,6 +322,7 @@ class Transport:
             with self._lock:
                 if self._connects == 0:
                     self._error = _describe(reason_code)
+                    self._refused = str(reason_code) in _PERMANENT_REFUSALS
             _log.warning("%s: %s", self.client_id, _describe(reason_code))
             self._settled.set()
             return
@@ -402,6 +413,7 @@ class Transport:
         self._settled.clear()
         with self._lock:
             self._error = None
+            self._refused = False
             self._connects = 0
         deadline = time.monotonic() + timeout
         self._client.connect_timeout = max(timeout, 0.1)
@@ -420,12 +432,14 @@ class Transport:
         self._client.loop_start()
         self._settled.wait(max(deadline - time.monotonic(), 0.0))
         with self._lock:
-            error = self._error
+            error, refused = self._error, self._refused
         if error is None and not self._session_up.is_set():
             error = f"no answer from broker {s.url} within {timeout:g} s"
         if error is not None:
             # After a refusal paho would retry forever: stop its thread before raising.
             self._shutdown()
+            if refused:
+                raise BrokerRefusedError(f"{self.client_id}: {error}")
             raise TransportError(f"{self.client_id}: {error}")
 
     def publish(

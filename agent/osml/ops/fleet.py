@@ -29,9 +29,10 @@ import numpy as np
 
 from osml.agent.data import Dataset, windows
 from osml.agent.records import RoundRecord
+from osml.agent.sources import SourceSpec
 from osml.agent.state import read_rounds
 from osml.agent.trainer_client import TrainerClient
-from osml.core.metrics import centered_alignment, strict_alignment
+from osml.core.similarity import centered_alignment, strict_alignment
 from osml.core.topology import neighbours as topology_neighbours
 from osml.errors import OsmlError, TransportError
 from osml.net.broker import MosquittoProcess, find_mosquitto, tail_lines
@@ -267,10 +268,6 @@ def _tail(path: Path) -> str:
     return " | ".join(tail_lines(path, 5).strip().splitlines())
 
 
-def _data_source(data_spec: str) -> str:
-    return data_spec if data_spec.startswith("generated:") else f"paper:{Path(data_spec).resolve()}"
-
-
 def run_fleet(
     data_spec: str,
     dataset: Dataset,
@@ -325,7 +322,7 @@ def run_fleet(
             )
         sockets = start_trainers(workdir, options.trainers, env, procs)
         key = write_signing_key(workdir / SIGNING_KEY_FILE) if options.sign else None
-        source = _data_source(data_spec)
+        source = str(SourceSpec.from_cli(data_spec))
         for i, aid in enumerate(ids):
             adir = workdir / "agents" / aid
             adir.mkdir(parents=True, exist_ok=True)
@@ -349,7 +346,7 @@ def run_fleet(
         monitor = Transport(
             BrokerSettings(url=url, protocol=options.protocol),
             f"osml-run-{os.getpid()}",
-            subscriptions=[f"{topics.ROOT}/{settings.context}/+/metrics"],
+            subscriptions=[topics.metrics_filter(settings.context)],
             persistent=False,
         )
         monitor.connect()

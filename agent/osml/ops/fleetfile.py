@@ -27,16 +27,16 @@ hold the rights of a namesake in another, so the context is part of the name. Th
 appears in a topic (the ACL lists topics per user, no ``%u`` patterns), so the ``.`` is harmless;
 two contexts that would produce the same name (``a.b``/``c`` and ``a``/``b.c``) are refused.
 
-Names in a fleet file are stricter than :func:`osml.wire.topics.check_level`: 1-64 characters from
-letters, digits, ``_``, ``-`` and ``.``, not starting with ``.`` or ``-``. They also end up in the
-password file (no ``:``), in ACL lines (no spaces) and in file names (``credentials/<user>.pass``).
+Names in a fleet file are stricter than topic levels (``fleet name`` in
+:func:`osml.wire.topics.check_name`): 1-64 characters from letters, digits, ``_``, ``-`` and ``.``,
+not starting with ``.`` or ``-``. They also end up in the password file (no ``:``), in ACL lines
+(no spaces) and in file names (``credentials/<user>.pass``).
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -58,35 +58,20 @@ __all__ = [
     "acl_text",
     "agent_username",
     "check_name",
-    "check_username",
     "load_fleet",
     "parse_fleet",
     "passwords",
     "write_password_file",
 ]
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-_NAME_RULE = "1-64 letters, digits, _ - or ., not starting with . or -"
-# A broker user name: a name, or <context>.<agent> made of two.
-_USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,128}")
 
-
-def check_name(value: Any, key: str) -> str:
-    """``value`` if it is a valid fleet name (see the module docstring), else ConfigError naming ``key``."""
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}; quote the name")
-    if not _NAME.fullmatch(value):
-        raise ConfigError(f"{key}: {value!r} is not a valid name; use {_NAME_RULE}")
-    return value
-
-
-def check_username(value: str, key: str) -> str:
-    """``value`` if it can be a broker user name (password file, ACL line, file name)."""
-    if not _USERNAME.fullmatch(value):
-        raise ConfigError(
-            f"{key}: {value!r} is not a valid user name; use letters, digits, _ - or ."
-        )
-    return value
+def check_name(value: Any, key: str, kind: topics.NameKind = "fleet name") -> str:
+    """``value`` if it is a valid ``kind`` (:func:`osml.wire.topics.check_name`), else a
+    ConfigError naming the fleet-file key or flag ``key``."""
+    try:
+        return topics.check_name(kind, value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def agent_username(context: str, agent: str) -> str:
@@ -354,7 +339,7 @@ def acl_text(fleet: Fleet, source: str = "") -> str:
         lines += [f"topic write {topics.inbox(ctx, nb, me)}" for nb in agent.neighbours]
         lines.append(f"topic write {topics.status(ctx, me)}")
         lines.append(f"topic write {topics.metrics(ctx, me)}")
-        lines.append(f"topic read {topics.ROOT}/{ctx}/{me}/in/#")
+        lines.append(f"topic read {topics.inbox_tree(ctx, me)}")
     if fleet.monitor is not None:
         mon = fleet.monitor
         lines += [
@@ -363,8 +348,8 @@ def acl_text(fleet: Fleet, source: str = "") -> str:
         ]
         lines.append(f"user {mon.user}")
         for ctx in mon.contexts:
-            lines.append(f"topic read {topics.ROOT}/{ctx}/+/status")
-            lines.append(f"topic read {topics.ROOT}/{ctx}/+/metrics")
+            lines.append(f"topic read {topics.status_filter(ctx)}")
+            lines.append(f"topic read {topics.metrics_filter(ctx)}")
     return "\n".join(lines) + "\n"
 
 
@@ -407,7 +392,7 @@ def write_password_file(path: str | Path, users: Mapping[str, str]) -> Path:
         )
     target = Path(path)
     for user, password in users.items():
-        check_username(user, "user")
+        check_name(user, "user", "user name")
         if not password or any(c in password for c in "\n\r\0"):
             raise ConfigError(f"password of {user!r}: empty or contains a line break; set another")
     fd, tmp_name = tempfile.mkstemp(prefix=".passwd-", dir=target.parent)

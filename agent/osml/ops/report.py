@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from osml.agent.modelcard import write_atomic
 from osml.errors import DataError
+from osml.files import write_atomic
 
 __all__ = [
     "ALIGNMENT_PLOT",

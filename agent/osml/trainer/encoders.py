@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from osml.trainer.settings import ARCHITECTURE_NAMES
+
 __all__ = ["ARCHITECTURES", "ConvEncoder", "Encoder", "GRUEncoder", "MLPEncoder", "build_encoder"]
 
 
@@ -91,11 +93,11 @@ class ConvEncoder(Encoder):
         return self.head(torch.cat([h.mean(dim=2), h[:, :, -1]], dim=1))
 
 
-ARCHITECTURES: dict[str, type[Encoder]] = {
-    "gru": GRUEncoder,
-    "mlp": MLPEncoder,
-    "conv": ConvEncoder,
+_CLASSES: dict[str, type[Encoder]] = {
+    cls.architecture: cls for cls in (GRUEncoder, MLPEncoder, ConvEncoder)
 }
+# One class per name in osml.trainer.settings (a KeyError here means the two disagree).
+ARCHITECTURES: dict[str, type[Encoder]] = {name: _CLASSES[name] for name in ARCHITECTURE_NAMES}
 
 
 def build_encoder(

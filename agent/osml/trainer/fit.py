@@ -2,57 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
 from osml.agent.modelcard import ModelCard
-from osml.trainer.encoders import ARCHITECTURES, build_encoder
+from osml.trainer.encoders import build_encoder
 from osml.trainer.export import export_onnx
 from osml.trainer.objectives import (
-    OBJECTIVES,
     alignment_loss,
     reconstruction_loss,
     variance_covariance_loss,
 )
+from osml.trainer.settings import TrainerSettings
 
-__all__ = ["EncoderTrainer", "TrainerSettings"]
-
-
-@dataclass(frozen=True)
-class TrainerSettings:
-    architecture: str = "mlp"
-    objective: str = "vc"
-    align_weight: float = 1.0
-    ssl_weight: float = 1.0
-    var_target: float = 0.1
-    steps_per_round: int = 150
-    batch_size: int = 256
-    learning_rate: float = 1e-2
-    mask_ratio: float = 0.3
-    cov_weight: float = 0.1
-    init_std: float = 1.0
-    hidden: int = 0  # 0: the architecture's default width
-    weight_decay: float = 0.0
-    input_noise: float = 0.1  # std of Gaussian jitter added to windows, in units of the feature std
-    per_dim_variance: bool = True
-    threads: int = 1
-
-    def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"architecture must be one of {sorted(ARCHITECTURES)}, got {self.architecture!r}"
-            )
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.steps_per_round < 1 or self.batch_size < 2 or self.learning_rate <= 0:
-            raise ValueError(
-                "steps_per_round >= 1, batch_size >= 2 and learning_rate > 0 are required"
-            )
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError("mask_ratio must be in (0, 1)")
+__all__ = ["EncoderTrainer"]
 
 
 class EncoderTrainer:
@@ -127,7 +91,7 @@ class EncoderTrainer:
         return reconstruction_loss(recon, self.encoder.normalise(xb), mask), emb
 
     def fit(self, windows: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        """``steps_per_round`` optimiser steps on (windows, osmosis targets); returns mean losses."""
+        """``steps_per_round`` optimiser steps on (windows, osmosis targets); the mean losses."""
         s = self.settings
         x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
         y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["OBJECTIVES", "alignment_loss", "reconstruction_loss", "variance_covariance_loss"]
+from osml.trainer.settings import OBJECTIVES
 
-OBJECTIVES = ("vc", "masked")
+__all__ = ["OBJECTIVES", "alignment_loss", "reconstruction_loss", "variance_covariance_loss"]
 
 
 def alignment_loss(emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

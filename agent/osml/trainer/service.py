@@ -41,20 +41,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from osml.agent.modelcard import ModelCard, sha256_hex, write_atomic
-from osml.agent.trainer_client import PROTOCOL_VERSION, check_socket_path
+from osml.agent.modelcard import ModelCard, sha256_hex
 from osml.errors import OsmlError, TrainerError
-from osml.trainer.encoders import ARCHITECTURES
+from osml.files import write_atomic
 from osml.trainer.export import export_onnx
-from osml.trainer.fit import EncoderTrainer, TrainerSettings
-from osml.wire.ipc import MAX_MESSAGE_BYTES, recv_msg, send_msg, unpack_array
+from osml.trainer.fit import EncoderTrainer
+from osml.trainer.settings import ARCHITECTURE_NAMES, TrainerSettings
+from osml.wire import topics
+from osml.wire.ipc import (
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    check_socket_path,
+    recv_msg,
+    send_msg,
+    unpack_array,
+)
 
 __all__ = ["TrainerService", "parse_settings", "serve"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-MAX_NAME_LEN = 128
 MAX_WINDOW = 4096
 MAX_FEATURES = 4096
 MAX_EMBEDDING_DIM = 4096
@@ -73,9 +80,11 @@ AgentKey = tuple[str, str]  # (context, agent_id)
 
 
 def _name(req: dict[str, Any], key: str) -> str:
-    value = req.get(key)
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_LEN:
-        raise TrainerError(f"{key} must be a string of 1-{MAX_NAME_LEN} characters")
+    try:
+        value = topics.check_name("context" if key == "context" else "agent id", req.get(key))
+    except ValueError as exc:
+        raise TrainerError(f"{key} must be a string that is one topic level ({exc})") from None
+    # Names go into log lines and file names here: no control characters either.
     if any(ord(c) < 32 for c in value):
         raise TrainerError(f"{key} must not contain control characters")
     return value
@@ -262,9 +271,9 @@ class TrainerService:
         t0 = time.perf_counter()
         agent_id, context = _name(req, "agent_id"), _name(req, "context")
         architecture = req.get("architecture")
-        if architecture not in ARCHITECTURES:
+        if architecture not in ARCHITECTURE_NAMES:
             raise TrainerError(
-                f"architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}"
+                f"architecture must be one of {sorted(ARCHITECTURE_NAMES)}, got {architecture!r}"
             )
         window = _int(req, "window", 1, MAX_WINDOW)
         n_features = _int(req, "n_features", 1, MAX_FEATURES)
@@ -538,7 +547,7 @@ class TrainerService:
             for k in ("version", "window", "n_features", "embedding_dim", "seed"):
                 if not isinstance(meta.get(k), int) or isinstance(meta.get(k), bool) or meta[k] < 0:
                     raise ValueError(f"{k} is not a non-negative integer")
-            if meta.get("architecture") not in ARCHITECTURES or not isinstance(
+            if meta.get("architecture") not in ARCHITECTURE_NAMES or not isinstance(
                 meta.get("settings"), dict
             ):
                 raise ValueError("architecture or settings missing")

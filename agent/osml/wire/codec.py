@@ -60,21 +60,18 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import numpy.typing as npt
 import zstandard
 
+from osml.core.quantize import dequantize_int8, quantize_int8
 from osml.errors import FrameError
-from osml.wire import signing
+from osml.wire import signing, topics
 
 __all__ = [
     "FORMAT_VERSION",
-    "MAX_NAME_LEN",
     "REASONS",
     "Frame",
     "decode_frame",
-    "dequantize_int8",
     "encode_frame",
-    "quantize_int8",
     "signed_bytes",
 ]
 
@@ -83,12 +80,7 @@ FORMAT_VERSION = 1
 
 SUPPORTED_VERSIONS = frozenset({FORMAT_VERSION})
 
-MAX_NAME_LEN = 128
-"""Maximum length in characters of a context or source name."""
-
 _MAX_INT = 2**63 - 1
-_FORBIDDEN_NAME_CHARS = frozenset("/+#\x00")
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # Key -> expected Python type after msgpack decoding. Order is the packing order.
 _INT_KEYS = ("v", "rnd", "s0", "n", "d", "mv", "ck", "nck")
@@ -108,63 +100,6 @@ REASONS = {
     "nonfinite": "NaN, infinite or negative scales, or values that overflow float32",
 }
 """Why :func:`decode_frame` rejects a frame: ``FrameError.reason`` -> description."""
-
-
-# --------------------------------------------------------------------------- quantization
-
-
-def quantize_int8(x: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Quantize a real ``(n, d)`` matrix to int8 with one symmetric float32 scale per row.
-
-    Returns ``(q, scale)`` with ``q`` int8 of shape ``(n, d)`` in ``[-127, 127]`` and ``scale``
-    float32 of shape ``(n,)``, ``scale[i] = max|x[i]| / 127``. An all-zero row gets scale 0 and
-    decodes to zeros. Raises :class:`ValueError` for a non-2-D, non-real or non-finite input, or
-    values beyond the float32 range.
-    """
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"expected a 2-D matrix, got shape {arr.shape}")
-    if arr.dtype.kind not in "fiu":
-        raise ValueError(f"expected a real-valued matrix, got dtype {arr.dtype}")
-    x64 = arr.astype(np.float64, copy=False)
-    if not np.isfinite(x64).all():
-        raise ValueError("matrix contains NaN or infinite values")
-    amax = np.max(np.abs(x64), axis=1, initial=0.0)
-    if amax.size and float(amax.max()) > _FLOAT32_MAX:
-        raise ValueError("matrix values exceed the float32 range")
-    scale = (amax / 127.0).astype(np.float32)
-    # Rounding the scale up could make 127 * scale overflow float32 on dequantization;
-    # step such scales one ulp towards zero (the max element then clips to 127).
-    too_big = scale.astype(np.float64) * 127.0 > _FLOAT32_MAX
-    if too_big.any():
-        scale[too_big] = np.nextafter(scale[too_big], np.float32(0))
-    divisor = np.where(scale > 0, scale.astype(np.float64), 1.0)
-    q = np.clip(np.rint(x64 / divisor[:, None]), -127, 127).astype(np.int8)
-    return q, scale
-
-
-def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Invert :func:`quantize_int8`: return ``q * scale[:, None]`` as float32 ``(n, d)``.
-
-    Raises :class:`ValueError` if the shapes or dtypes do not match or a scale is negative or
-    not finite.
-    """
-    q = np.asarray(q)
-    scale = np.asarray(scale)
-    if q.ndim != 2 or q.dtype != np.int8:
-        raise ValueError(f"q must be a 2-D int8 array, got {q.dtype} with shape {q.shape}")
-    if scale.dtype.kind != "f" or scale.shape != (q.shape[0],):
-        raise ValueError(
-            f"scale must be a float array of shape ({q.shape[0]},), "
-            f"got {scale.dtype} with shape {scale.shape}"
-        )
-    scale32 = scale.astype(np.float32, copy=False)
-    if not np.isfinite(scale32).all() or (scale32 < 0).any():
-        raise ValueError("scales must be finite and >= 0")
-    # A hostile scale can overflow float32; callers check finiteness, so do not warn here.
-    with np.errstate(over="ignore"):
-        out: np.ndarray = q.astype(np.float32) * scale32[:, None]
-    return out
 
 
 # --------------------------------------------------------------------------- frame
@@ -194,18 +129,8 @@ class Frame:
     n_chunks: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("context", "source"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-            if len(value) > MAX_NAME_LEN:
-                raise ValueError(f"{name} is longer than {MAX_NAME_LEN} characters")
-            bad = _FORBIDDEN_NAME_CHARS.intersection(value)
-            if bad:
-                raise ValueError(
-                    f"{name} {value!r} contains forbidden characters {sorted(bad)!r} "
-                    "(it is used as an MQTT topic level)"
-                )
+        topics.check_name("context", self.context)  # both are MQTT topic levels
+        topics.check_name("agent id", self.source)
         for name in ("version", "round", "step_start", "model_version", "chunk", "n_chunks"):
             value = getattr(self, name)
             if not _is_int(value):
@@ -385,7 +310,7 @@ def decode_frame(
             raw=False,
             strict_map_key=True,
             max_bin_len=max_frame_bytes,
-            max_str_len=4 * MAX_NAME_LEN,  # UTF-8 takes at most 4 bytes per character
+            max_str_len=4 * topics.MAX_NAME_LEN,  # UTF-8 takes at most 4 bytes per character
             max_array_len=16,
             max_map_len=32,
             max_ext_len=16,

@@ -20,8 +20,10 @@ failure raises :class:`~osml.errors.TrainerError`.
 from __future__ import annotations
 
 import math
+import os
 import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -30,7 +32,20 @@ import numpy.typing as npt
 
 from osml.errors import TrainerError
 
-__all__ = ["MAX_MESSAGE_BYTES", "MAX_NDIM", "pack_array", "recv_msg", "send_msg", "unpack_array"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "MAX_NDIM",
+    "MAX_SOCKET_PATH",
+    "PROTOCOL_VERSION",
+    "check_socket_path",
+    "pack_array",
+    "recv_msg",
+    "send_msg",
+    "unpack_array",
+]
+
+PROTOCOL_VERSION = 1
+"""The ``"v"`` every request carries; a trainer refuses requests of another version."""
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 """Default bound on one message's msgpack body."""
@@ -38,10 +53,24 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 MAX_NDIM = 8
 """Arrays of more dimensions than this are refused."""
 
+MAX_SOCKET_PATH = 107
+"""sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL."""
+
 _HEADER = struct.Struct(">I")
 
 # Wire dtype name -> numpy dtype (explicitly little-endian). float32 is all osml exchanges.
 _DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4")}
+
+
+def check_socket_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, or :class:`~osml.errors.TrainerError` if a Unix socket cannot have it."""
+    p = Path(path)
+    if len(os.fsencode(p)) > MAX_SOCKET_PATH:
+        raise TrainerError(
+            f"socket path {str(p)!r} is {len(os.fsencode(p))} bytes; Unix sockets allow "
+            f"{MAX_SOCKET_PATH}, choose a shorter path"
+        )
+    return p
 
 
 def send_msg(sock: socket.socket, obj: dict[str, Any]) -> None:
