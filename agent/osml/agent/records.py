@@ -23,6 +23,7 @@ class RoundRecord:
     round: int
     model_version: int = 0  # the model in use when the round ended (a new one may have arrived)
     embedded_with: int = 0  # the model version that embedded this round's frames
+    steps: int = 0  # windows embedded and sent this round
     subcontext: list[str] = field(default_factory=list)
     osmosis_weights: dict[str, float] = field(default_factory=dict)  # mean weight, self included
     affinity: dict[str, float] = field(default_factory=dict)  # this round's, per neighbour heard
@@ -68,6 +69,7 @@ _INTS = {
     "round",
     "model_version",
     "embedded_with",
+    "steps",
     "frames_in",
     "frames_out",
     "bytes_in",

@@ -39,6 +39,7 @@ import numpy as np
 from osml.agent.inference import OnnxEncoder
 from osml.agent.modelcard import ModelCard
 from osml.agent.records import RoundRecord
+from osml.agent.rounddata import RoundWindows, TrainingBuffer, align, rows_for_steps
 from osml.core.learner import OsmoticLearner, RoundOutcome
 from osml.errors import ModelError, TrainerError
 from osml.wire import topics
@@ -121,7 +122,6 @@ class RoundSettings:
     agent_id: str
     context: str
     neighbours: tuple[str, ...]
-    steps: int = 0  # windows per round, the latest ones (0: all)
     deadline: float = 10.0  # seconds to wait for the neighbours' frames
     train_wait: float = 30.0  # seconds to wait for the trainer's new model
     max_frame_bytes: int = 256 << 10
@@ -136,23 +136,23 @@ class AgentRound:
         settings: RoundSettings,
         *,
         encoder: OnnxEncoder,
-        train_windows: np.ndarray,
+        data: RoundWindows,
         learner: OsmoticLearner,
         inbox: Inbox,
         exchange: Exchange,
         trainer: Trainer,
-        window: int,
+        buffer: TrainingBuffer | None = None,
         on_install: Callable[[bytes, ModelCard], None] = lambda model, card: None,
         on_evaluate: Callable[[int, OnnxEncoder], None] = lambda rnd, encoder: None,
     ) -> None:
         self.settings = settings
         self.encoder = encoder
-        self.train_windows = train_windows
+        self.data = data
+        self.buffer = buffer if buffer is not None else TrainingBuffer()
         self.learner = learner
         self.inbox = inbox
         self.exchange = exchange
         self.trainer = trainer
-        self.window = window
         self.on_install = on_install
         self.on_evaluate = on_evaluate
         self.trainer_status = "none" if _is_none(trainer) else "unknown"
@@ -160,12 +160,17 @@ class AgentRound:
         self.bytes_out = 0
         self.own: np.ndarray | None = None  # this round's own embeddings, after begin()
         self._windows: np.ndarray | None = None
-        self._step_start = 0
+        self._steps = np.zeros(0, dtype=np.int64)
         self._started = 0.0
         self._embedded_with = 0
         self._losses: dict[str, float] | None = None
 
     # -- models -------------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> np.ndarray:
+        """The absolute step indices of this round's windows (after :meth:`begin`)."""
+        return self._steps
 
     def expected_shape(self) -> tuple[int, int, int]:
         c = self.encoder.card
@@ -210,30 +215,30 @@ class AgentRound:
 
     # -- the round ----------------------------------------------------------------------------
 
-    def round_windows(self) -> tuple[np.ndarray, int]:
-        """The round's windows (all, or the latest ``steps``) and the step index of the first
-        one's last row."""
-        n = self.settings.steps or len(self.train_windows)
-        first = len(self.train_windows) - n
-        return self.train_windows[first:], first + self.window - 1
-
     def begin(self, rnd: int) -> None:
-        """Take a finished model, embed the round's windows and send them to every neighbour."""
+        """Take a finished model, embed the round's windows and send them to every neighbour.
+
+        The frame covers the round's steps as one block from the first to the last; a step with
+        no window (a gap in a live stream) goes as a zero row, which receivers read as "no
+        data"."""
         self._started = time.monotonic()
         self._losses = None
         self.take_model(0.0)
-        self._windows, self._step_start = self.round_windows()
+        self._steps, self._windows = self.data.windows_for(rnd)
         self.own = self.encoder.encode(self._windows)
         self._embedded_with = self.encoder.version
         self.on_evaluate(rnd, self.encoder)
+        if not len(self._steps):
+            return  # nothing completed this round: nothing to send
         s = self.settings
+        step_start, block = rows_for_steps(self._steps, self.own)
         payloads = encode_chunks(
             context=s.context,
             source=s.agent_id,
             round=rnd,
-            step_start=self._step_start,
+            step_start=step_start,
             model_version=self.encoder.version,
-            embeddings=self.own,
+            embeddings=block,
             max_frame_bytes=s.max_frame_bytes,
             key=s.sign_key,
         )
@@ -276,19 +281,25 @@ class AgentRound:
         if stop is not None and stop.is_set():
             return None
         received: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
         for nb, f in frames.items():
-            if f.step_start == self._step_start and f.embeddings.shape == own.shape:
-                received[nb] = f.embeddings
+            rows, mask = align(self._steps, f.step_start, f.embeddings)
+            if mask.any():
+                received[nb], present[nb] = rows, mask
             else:
                 self.inbox.reject(
                     "steps",
-                    f"{nb} sent steps {f.step_start}+{f.n_steps}, "
-                    f"round {rnd} is {self._step_start}+{len(own)}",
+                    f"{nb} sent steps {f.step_start}+{f.n_steps}, none of round {rnd}'s "
+                    f"{len(own)} steps",
                 )
-        outcome = self.learner.step(own, received)
+        if not len(own):
+            return self._record(rnd, None, received)
+        outcome = self.learner.step(own, received, present, self._steps)
+        self.buffer.update(self._steps, windows_r, outcome.target)
         if self.trainer_status != "none" and not self.trainer.busy:
+            _, train_windows, targets = self.buffer.arrays()
             try:
-                self.trainer.submit(rnd, windows_r, outcome.target, self.encoder.version + 1)
+                self.trainer.submit(rnd, train_windows, targets, self.encoder.version + 1)
             except TrainerError as exc:
                 self.trainer_status = "unavailable"
                 log.warning(
@@ -315,21 +326,24 @@ class AgentRound:
         return dict(sorted(out.items()))
 
     def _record(
-        self, rnd: int, outcome: RoundOutcome, received: dict[str, np.ndarray]
+        self, rnd: int, outcome: RoundOutcome | None, received: dict[str, np.ndarray]
     ) -> RoundRecord:
+        """The round's record; ``outcome`` None for a round with no windows (nothing decided)."""
         stats = self.exchange.stats
+        me = self.settings.agent_id
         return RoundRecord(
             round=rnd,
             model_version=self.encoder.version,
             embedded_with=self._embedded_with,
-            subcontext=list(outcome.subcontext),
-            osmosis_weights=dict(outcome.weights),
-            affinity=dict(outcome.affinity),
-            affinity_memory=dict(outcome.memory),
-            equilibrium=bool(outcome.equilibrium),
-            embedding_change=outcome.change,
+            steps=len(self._steps),
+            subcontext=list(outcome.subcontext if outcome else self.learner.subcontext()),
+            osmosis_weights=dict(outcome.weights) if outcome else {me: 1.0},
+            affinity=dict(outcome.affinity) if outcome else {},
+            affinity_memory=dict(outcome.memory if outcome else self.learner.memory.affinity),
+            equilibrium=bool(outcome.equilibrium if outcome else False),
+            embedding_change=outcome.change if outcome else None,
             missing=sorted(set(self.settings.neighbours) - set(received)),
-            screened=dict(outcome.screened),
+            screened=dict(outcome.screened) if outcome else {},
             losses=self._losses,
             frames_in=self.inbox.frames_in,
             frames_out=self.frames_out,

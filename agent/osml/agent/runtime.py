@@ -38,6 +38,7 @@ from osml.agent.inference import OnnxEncoder
 from osml.agent.modelcard import ModelCard, card_path, write_model
 from osml.agent.records import RoundRecord
 from osml.agent.round import AgentRound, RoundSettings
+from osml.agent.rounddata import FileWindows, TrainingBuffer
 from osml.agent.sources import load_series
 from osml.agent.state import append_round, load_state, save_state
 from osml.agent.trainer_client import TrainerClient
@@ -257,19 +258,18 @@ class AgentRuntime:
                 agent_id=self.id,
                 context=self.ctx,
                 neighbours=tuple(self.cfg.neighbours),
-                steps=r.steps,
                 deadline=r.deadline,
                 train_wait=r.train_wait,
                 max_frame_bytes=r.max_frame_bytes,
                 sign_key=self._sign_key,
             ),
             encoder=encoder,
-            train_windows=self.train_windows,
+            data=FileWindows(self.train_windows, self.cfg.model.window, r.steps),
             learner=self.learner,
             inbox=self.inbox,
             exchange=transport,
             trainer=self.trainer,
-            window=self.cfg.model.window,
+            buffer=TrainingBuffer(capacity=max(1, len(self.train_windows))),
             on_install=self._persist_model,
             on_evaluate=self._save_eval,
         )

@@ -27,7 +27,10 @@ from osml.core.screening import CopyDetector, ScreenSettings, screen
 from osml.core.similarity import linear_cka
 from osml.core.subcontext import SubcontextMemory, SubcontextPolicy
 
-__all__ = ["LearnerSettings", "OsmoticLearner", "RoundOutcome"]
+__all__ = ["MIN_SHARED_STEPS", "LearnerSettings", "OsmoticLearner", "RoundOutcome"]
+
+# Fewer shared steps than this say nothing about a neighbour's affinity (linear CKA needs a few).
+MIN_SHARED_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -74,31 +77,61 @@ class OsmoticLearner:
             self.settings.equilibrium_tolerance, self.settings.equilibrium_patience
         )
         self._previous: np.ndarray | None = None
+        self._previous_steps: np.ndarray | None = None
         self._copies = CopyDetector(self.settings.screen.copy_memory)
         self.rounds = 0
 
-    def step(self, own: np.ndarray, received: Mapping[str, np.ndarray]) -> RoundOutcome:
-        """One round. ``received`` maps neighbour id -> (n, d) embeddings of the same n steps as
-        ``own``; neighbours that did not deliver in time are simply absent."""
+    def step(
+        self,
+        own: np.ndarray,
+        received: Mapping[str, np.ndarray],
+        present: Mapping[str, np.ndarray] | None = None,
+        steps: np.ndarray | None = None,
+    ) -> RoundOutcome:
+        """One round. ``received`` maps neighbour id -> (n, d) embeddings aligned to the n rows
+        of ``own``; neighbours that did not deliver in time are simply absent. ``present``
+        (neighbour -> bool (n,)) marks the rows a neighbour had data for (default: all); a
+        neighbour with fewer than :data:`MIN_SHARED_STEPS` such rows counts as not heard.
+        ``steps`` names the rows (absolute step indices) so that the change since the last
+        round is measured on the steps both rounds embedded."""
         own = np.asarray(own, dtype=np.float32)
-        heard = [nb for nb in self.neighbours if nb in received]
-        for nb in heard:
+        n = len(own)
+        masks: dict[str, np.ndarray] = {}
+        for nb in self.neighbours:
+            if nb not in received:
+                continue
             if received[nb].shape != own.shape:
                 raise ValueError(f"{nb} sent {received[nb].shape}, own embeddings are {own.shape}")
+            mask = np.ones(n, dtype=bool) if present is None or nb not in present else present[nb]
+            if int(mask.sum()) >= min(MIN_SHARED_STEPS, n) and n > 0:
+                masks[nb] = np.asarray(mask, dtype=bool)
+        heard = list(masks)
         mine = {nb: received[nb] for nb in heard}
-        kept, screened = screen(
-            own, mine, self.settings.screen, self._copies.copies(mine, self.agent_id, own)
-        )
+        copies = self._copies.copies(mine, self.agent_id, own)
+        kept: dict[str, np.ndarray] = {}
+        screened: dict[str, str] = {}
+        for nb in heard:
+            m = masks[nb]
+            ok, why = screen(own[m], {nb: mine[nb][m]}, self.settings.screen, copies)
+            screened.update(why)
+            if nb in ok:
+                full = np.zeros_like(own)
+                full[m] = ok[nb]
+                kept[nb] = full
         # A screened neighbour told us nothing usable this round: affinity 0, so one that stays
         # broken leaves the sub-context.
-        affinity = {nb: (linear_cka(own, kept[nb]) if nb in kept else 0.0) for nb in heard}
+        affinity = {
+            nb: (linear_cka(own[masks[nb]], kept[nb][masks[nb]]) if nb in kept else 0.0)
+            for nb in heard
+        }
         self.memory.observe(affinity, own_round=self.rounds + 1)
         heard = [nb for nb in heard if nb in kept]
         members = np.array([self.memory.is_member(nb) for nb in heard], dtype=bool)
         stack = (
             np.stack([kept[nb] for nb in heard]) if heard else np.zeros((0, *own.shape), np.float32)
         )
-        w = osmosis_weights(own, stack, members, self.settings.temperature)
+        rows = np.stack([masks[nb] for nb in heard]) if heard else np.zeros((0, n), dtype=bool)
+        w = osmosis_weights(own, stack, members, self.settings.temperature, present=rows)
         target = osmosis_target(own, stack, w)
         self.rounds += 1
         mode = self.settings.keep_spread
@@ -110,10 +143,7 @@ class OsmoticLearner:
             self.agent_id: float(mean_w[0]),
             **{nb: float(mean_w[1 + j]) for j, nb in enumerate(heard)},
         }
-        change = None
-        if self._previous is not None and self._previous.shape == own.shape:
-            change = relative_change(self._previous, own)
-        self._previous = own
+        change = self._change(own, steps)
         sub = self.memory.subcontext(self.agent_id)
         eq = self.equilibrium.update(change, sub)
         return RoundOutcome(
@@ -122,3 +152,18 @@ class OsmoticLearner:
 
     def subcontext(self) -> list[str]:
         return self.memory.subcontext(self.agent_id)
+
+    def _change(self, own: np.ndarray, steps: np.ndarray | None) -> float | None:
+        """Relative change of the own embeddings since the last round, on the steps both
+        rounds embedded (all rows when no steps are given); None when there are too few."""
+        prev, prev_steps = self._previous, self._previous_steps
+        cur = None if steps is None else np.asarray(steps, dtype=np.int64)
+        self._previous, self._previous_steps = own, cur
+        if prev is None:
+            return None
+        if cur is None or prev_steps is None:
+            return relative_change(prev, own) if prev.shape == own.shape else None
+        common, i, j = np.intersect1d(prev_steps, cur, return_indices=True)
+        if len(common) < min(MIN_SHARED_STEPS, len(own)) or len(common) == 0:
+            return None
+        return relative_change(prev[i], own[j])

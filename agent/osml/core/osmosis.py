@@ -44,11 +44,13 @@ def osmosis_weights(
     neighbours: np.ndarray,
     members: np.ndarray,
     temperature: float = 1.0,
+    present: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-step blend weights, self first: returns (1 + k, n) columns that sum to 1.
 
     ``own`` is (n, d); ``neighbours`` is (k, n, d) aligned on the same steps; ``members`` is a
-    boolean (k,) vector saying which neighbours are in the agent's sub-context.
+    boolean (k,) vector saying which neighbours are in the agent's sub-context; ``present``, if
+    given, a boolean (k, n) matrix of the steps each neighbour has data for (weight 0 elsewhere).
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
@@ -67,6 +69,8 @@ def osmosis_weights(
     logits -= logits.max(axis=0, keepdims=True)
     raw = np.exp(logits)
     raw[1:][~members] = 0.0
+    if present is not None:  # (k, n): a neighbour pulls only at the steps it sent data for
+        raw[1:][~np.asarray(present, dtype=bool).reshape(raw[1:].shape)] = 0.0
     weights: np.ndarray = raw / raw.sum(axis=0, keepdims=True)
     return weights
 

@@ -28,6 +28,7 @@ from osml.agent.data import Dataset, windows
 from osml.agent.inference import OnnxEncoder
 from osml.agent.records import RoundRecord
 from osml.agent.round import AgentRound, RoundSettings
+from osml.agent.rounddata import FileWindows, TrainingBuffer
 from osml.core.anchor import context_anchor
 from osml.core.learner import LearnerSettings, OsmoticLearner
 from osml.core.topology import neighbours as topology_neighbours
@@ -139,11 +140,12 @@ def simulate(
     wall0 = time.time()
     agents: dict[str, AgentRound] = {}
     tests: dict[str, np.ndarray] = {}
+    trains: dict[str, np.ndarray] = {}
     evals: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
 
     def evaluator(aid: str) -> Callable[[int, OnnxEncoder], None]:
         def on_evaluate(rnd: int, encoder: OnnxEncoder) -> None:
-            train_w = agents[aid].train_windows
+            train_w = trains[aid]
             evals.setdefault(rnd, {})[aid] = (encoder.encode(train_w), encoder.encode(tests[aid]))
 
         return on_evaluate
@@ -163,6 +165,7 @@ def simulate(
         )
         train_w = np.ascontiguousarray(windows(data.train, settings.window))
         tests[aid] = np.ascontiguousarray(windows(data.test, settings.window))
+        trains[aid] = train_w
         trainer = LocalTrainer(fit, aid, settings.context)
         first = trainer.initial(train_w)
         agents[aid] = AgentRound(
@@ -175,7 +178,7 @@ def simulate(
                 max_frame_bytes=1 << 30,  # one frame per round, as the report counts bytes
             ),
             encoder=OnnxEncoder.from_bytes(first.model, first.card),
-            train_windows=train_w,
+            data=FileWindows(train_w, settings.window),
             learner=OsmoticLearner(aid, links[aid], settings.learner),
             inbox=Inbox(
                 context=settings.context,
@@ -186,13 +189,13 @@ def simulate(
             ),
             exchange=hub.exchange(aid),
             trainer=trainer,
-            window=settings.window,
+            buffer=TrainingBuffer(capacity=max(1, len(train_w))),
             on_evaluate=evaluator(aid),
         )
         agents[aid].trainer_status = "ok"
     for a in adversaries:
         hub.exchange(a)
-    train_last = {a: ag.train_windows[:, -1, :] for a, ag in agents.items()}
+    train_last = {a: trains[a][:, -1, :] for a in agents}
     test_last = {a: tests[a][:, -1, :] for a in agents}
 
     rows: list[ReportRound] = []

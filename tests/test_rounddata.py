@@ -1,0 +1,138 @@
+"""Round windows by absolute step, the training buffer, and matching neighbours by step index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from osml.agent.rounddata import (
+    FileWindows,
+    LiveWindows,
+    TrainingBuffer,
+    align,
+    rows_for_steps,
+)
+from osml.agent.streams.readings import Reading
+from osml.agent.streams.steps import StepSeries
+from osml.core.learner import OsmoticLearner
+
+
+def test_file_windows_are_named_by_the_row_of_their_last_step() -> None:
+    wins = np.arange(20 * 3 * 1, dtype=np.float32).reshape(20, 3, 1)
+
+    ends, got = FileWindows(wins, window=3).windows_for(0)
+    assert ends.tolist() == list(range(2, 22)) and np.array_equal(got, wins)
+
+    ends, got = FileWindows(wins, window=3, steps=5).windows_for(7)
+    assert ends.tolist() == [17, 18, 19, 20, 21] and np.array_equal(got, wins[-5:])
+
+
+def test_rows_for_steps_fills_gaps_with_zero_rows_and_align_reads_them_as_absent() -> None:
+    steps = np.array([10, 11, 14], dtype=np.int64)
+    rows = np.array([[1, 2], [3, 4], [5, 6]], dtype=np.float32)
+
+    start, block = rows_for_steps(steps, rows)
+    assert start == 10 and block.shape == (5, 2)
+    assert np.array_equal(block[[0, 1, 4]], rows) and not block[2:4].any()
+
+    mine = np.array([9, 10, 12, 14, 15], dtype=np.int64)
+    got, present = align(mine, start, block)
+    assert present.tolist() == [False, True, False, True, False]
+    assert np.array_equal(got[1], rows[0]) and np.array_equal(got[3], rows[2])
+    assert not got[~present].any()
+
+
+def test_training_buffer_keeps_the_latest_target_per_step_and_drops_the_oldest() -> None:
+    buf = TrainingBuffer(capacity=3)
+    w = np.zeros((2, 4, 1), dtype=np.float32)
+    buf.update(np.array([1, 2]), w, np.array([[1.0], [2.0]], dtype=np.float32))
+    buf.update(np.array([2, 3]), w, np.array([[20.0], [3.0]], dtype=np.float32))
+    buf.update(np.array([4]), w[:1], np.array([[4.0]], dtype=np.float32))
+
+    steps, wins, targets = buf.arrays()
+    assert steps.tolist() == [2, 3, 4] and len(buf) == 3
+    assert targets[:, 0].tolist() == [20.0, 3.0, 4.0] and wins.shape == (3, 4, 1)
+
+
+class _ListSource:
+    """A stand-in stream (pure unit test): hands out the readings it was given."""
+
+    def __init__(self) -> None:
+        self.pending: list[Reading] = []
+
+    def drain(self, max_items: int | None = None) -> list[Reading]:
+        out, self.pending = self.pending, []
+        return out
+
+
+def test_live_windows_give_each_round_the_windows_completed_since_the_last() -> None:
+    src = _ListSource()
+    series = StepSeries(1.0, 1, capacity=64, grace=0.0)
+    live = LiveWindows(src, series, window=3, data_clock=True)  # type: ignore[arg-type]
+    src.pending = [Reading(1000.0 + k + 0.5, np.array([float(k)])) for k in range(6)]
+
+    ends, wins = live.windows_for(0)
+    assert ends.tolist() == [1002, 1003, 1004]  # step 1005 is still open
+    assert wins[0, :, 0].tolist() == [0.0, 1.0, 2.0]
+
+    src.pending = [Reading(1000.0 + k + 0.5, np.array([float(k)])) for k in range(6, 9)]
+    ends, _ = live.windows_for(1)
+    assert ends.tolist() == [1005, 1006, 1007]
+
+
+def test_live_windows_replay_a_bounded_number_of_older_steps() -> None:
+    src = _ListSource()
+    series = StepSeries(1.0, 1, capacity=64, grace=0.0)
+    live = LiveWindows(src, series, window=2, replay=2, data_clock=True)  # type: ignore[arg-type]
+    src.pending = [Reading(k + 0.5, np.array([float(k)])) for k in range(5)]
+    assert live.windows_for(0)[0].tolist() == [1, 2, 3]
+    src.pending = [Reading(k + 0.5, np.array([float(k)])) for k in range(5, 7)]
+    assert live.windows_for(1)[0].tolist() == [2, 3, 4, 5]
+
+
+def _pair(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n, 4)).astype(np.float32) + 3.0
+    return a, (a + 0.01 * rng.normal(size=a.shape)).astype(np.float32)
+
+
+def test_learner_with_every_row_present_matches_the_learner_without_masks() -> None:
+    own, nb = _pair(40)
+    plain, masked = OsmoticLearner("a", ["b"]), OsmoticLearner("a", ["b"])
+
+    p = plain.step(own, {"b": nb})
+    m = masked.step(own, {"b": nb}, {"b": np.ones(40, dtype=bool)}, np.arange(40))
+
+    assert np.array_equal(p.target, m.target) and p.affinity == m.affinity
+
+
+def test_a_neighbour_pulls_only_at_the_steps_it_sent() -> None:
+    own, nb = _pair(40)
+    present = np.zeros(40, dtype=bool)
+    present[:30] = True
+    learner = OsmoticLearner("a", ["b"])
+    for _ in range(4):  # past the warm-up, so the plain blend shows
+        out = learner.step(own, {"b": np.where(present[:, None], nb, 0)}, {"b": present})
+
+    assert out.affinity["b"] > 0.9 and "b" in out.subcontext
+    assert np.allclose(out.target[30:], own[30:])  # nobody else had those steps
+    assert not np.allclose(out.target[:30], own[:30])
+
+
+def test_too_few_shared_steps_count_as_not_heard() -> None:
+    own, nb = _pair(40)
+    present = np.zeros(40, dtype=bool)
+    present[:3] = True
+
+    out = OsmoticLearner("a", ["b"]).step(own, {"b": nb}, {"b": present})
+
+    assert out.affinity == {} and set(out.weights) == {"a"}
+
+
+def test_change_is_measured_on_the_steps_two_rounds_share() -> None:
+    own, _ = _pair(40)
+    learner = OsmoticLearner("a", [])
+    learner.step(own[:30], {}, steps=np.arange(30))
+    out = learner.step(own[10:], {}, steps=np.arange(10, 40))
+
+    assert out.change == pytest.approx(0.0)
