@@ -26,11 +26,11 @@ Deviation, **novelty** mode (the device is alone, or no member has a row for the
 distance from own(t) to the coordinate-wise median of the device's last ``novelty_window``
 clean embeddings, both divided by the round's own median norm. The median of a window, not the
 nearest recent embedding: windows overlap from step to step, so a nearest neighbour is almost
-always the previous step and would hide a slow drift or a stuck sensor's first steps. Novelty deviations are computed (and
-calibrated) for every new step, in both modes, so the calibration is warm when a device is left
-alone, which a faulty device often is (its neighbours' affinity to it drops). Novelty sees what
-leaves the device's recent range (a spike, a jump far off); a fault that stays inside it (a
-stuck value, a small offset) needs neighbours to be seen.
+always the previous step and would hide a slow drift or a stuck sensor's first steps. Novelty
+deviations are computed (and calibrated) for every new step, in both modes, so the calibration is
+warm when a device is left alone, which a faulty device often is (its neighbours' affinity to it
+drops). Novelty sees what leaves the device's recent range (a spike, a jump far off); a fault that
+stays inside it (a stuck value, a small offset) needs neighbours to be seen.
 
 Calibration, per mode: the last ``history`` clean deviations of *new* steps (a step later than
 any seen before: rounds that re-embed older windows do not count them twice). With their median
