@@ -44,13 +44,16 @@ neighbours have defaults)::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from osml.agent.sources import SourceSpec, parse_source
+from osml.agent.streams.spec import is_stream_spec, parse_stream_spec
 from osml.core.topology import neighbours as topology_neighbours
 from osml.errors import ConfigError
 from osml.net.transport import BrokerSettings
@@ -100,12 +103,63 @@ class DataSection:
     agent: str = ""
     test: str = ""
     seed: int = 0
+    # Live sources (mqtt:TOPIC, tail:FILE, exec:COMMAND, stdin) only, see docs/agent.md:
+    broker: str = ""  # mqtt: read readings from this broker URL (default: the agent's own)
+    features: int = 0  # values per reading (required for a live source)
+    step_seconds: float = 1.0  # step k covers [k*s, (k+1)*s) on the Unix epoch
+    max_gap: int = 2  # steps without readings filled forward; a longer gap breaks windows
+    grace: float = -1.0  # seconds a step stays open after its end (-1: one step)
+    aggregate: str = "mean"  # readings of one step: mean, last or median
+    capacity: int = 4096  # steps held in memory
+    max_ahead_s: float = 10.0  # readings further ahead of the clock are refused (future)
+    max_behind_s: float = 3600.0  # ... further behind it (past)
+    max_disorder_s: float = 60.0  # ... older than the newest by more than this (disorder)
+    stall_after: float = (
+        0.0  # seconds without a reading before the source is "stalled" (0: 10 steps)
+    )
+    # The data's clock: "wall" on a device; "replay" for a recording played back `replay_speed`
+    # times faster, data time = replay_start + (time.time() - replay_origin) * replay_speed.
+    clock: str = "wall"
+    replay_speed: float = 1.0
+    replay_start: float = 0.0
+    replay_origin: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.live:
+            parse_stream_spec(self.source)  # ConfigError naming data.source
+            if self.features < 1:
+                raise _fail(
+                    "data.features", "is required for a live source", "set the values per reading"
+                )
+            if self.step_seconds <= 0 or self.max_gap < 0 or self.capacity < 8:
+                raise _fail(
+                    "data.step_seconds/max_gap/capacity",
+                    "out of range",
+                    "step_seconds > 0, max_gap >= 0, capacity >= 8",
+                )
+            if self.clock not in ("wall", "replay") or self.replay_speed < 1:
+                raise _fail(
+                    "data.clock",
+                    f"{self.clock!r} / speed {self.replay_speed}",
+                    'use "wall", or "replay" with replay_speed >= 1',
+                )
+            for name in ("max_ahead_s", "max_behind_s", "max_disorder_s", "stall_after"):
+                if getattr(self, name) < 0:
+                    raise _fail(f"data.{name}", "must be >= 0", "use seconds")
+            return
         try:
             parse_source(self.source)
         except ValueError as exc:
             raise ConfigError(f"data.source: {exc}") from None
+
+    @property
+    def live(self) -> bool:
+        """True for a live sensor source (not a recorded file)."""
+        return is_stream_spec(self.source)
+
+    @property
+    def step_grace(self) -> float:
+        return self.step_seconds if self.grace < 0 else self.grace
 
     @property
     def spec(self) -> SourceSpec:
@@ -144,6 +198,13 @@ class RoundsSection:
     interval: float = 0.0
     max_frame_bytes: int = 256 * 1024
     eval_dir: str = ""  # write per-round train/test embeddings here (osml run uses it)
+    # Live sources: round r covers the data time [r*period, (r+1)*period) and runs once that
+    # has passed (every agent of a context must use the same period).
+    period: float = 0.0  # seconds per round (0: 10 steps)
+    replay: int = -1  # older steps a round embeds again (-1: one window)
+    max_windows: int = 512  # windows per round at most
+    buffer: int = 4096  # windows (with their latest targets) a training job draws on
+    max_lag: int = 8  # rounds behind the clock before an agent skips to the current one
 
     def __post_init__(self) -> None:
         if self.count < 0 or self.steps < 0:
@@ -152,6 +213,12 @@ class RoundsSection:
             raise _fail("rounds.deadline", "timings must be positive", "e.g. deadline = 10.0")
         if self.max_frame_bytes < 1024:
             raise _fail("rounds.max_frame_bytes", "too small", "use at least 1024")
+        if self.period < 0 or self.max_windows < 1 or self.buffer < 1 or self.max_lag < 1:
+            raise _fail(
+                "rounds.period/max_windows/buffer/max_lag",
+                "out of range",
+                "period >= 0, max_windows, buffer and max_lag >= 1",
+            )
 
 
 @dataclass(frozen=True)
@@ -239,6 +306,9 @@ def _section(cls: type, raw: Any, name: str, base: Path, paths: tuple[str, ...] 
             )
         if f.name in paths and v and not Path(v).is_absolute():
             values[f.name] = str(base / v)  # relative paths are relative to the config file
+        if want.startswith("float") and not math.isfinite(v):
+            # tomllib reads nan and inf, and nan passes every range check.
+            raise _fail(f"{name}.{f.name}", f"{v!r} is not a finite number", "write a number")
         if want.startswith("float") and isinstance(v, int):
             values[f.name] = float(v)
     try:
@@ -358,9 +428,10 @@ def load_config(path: str | Path) -> AgentConfig:
             "[data]", "missing", 'add [data] source = "csv:FILE" (or paper:DIR / generated:simple)'
         )
     data = _section(DataSection, raw["data"], "data", base, ("test",))
-    resolved = str(data.spec.relative_to(base))
-    if resolved != data.source:
-        data = DataSection(resolved, data.agent, data.test, data.seed)
+    if not data.live:
+        resolved = str(data.spec.relative_to(base))
+        if resolved != data.source:
+            data = dataclasses.replace(data, source=resolved)
     model = _section(ModelSection, raw.get("model"), "model", base, ("path",))
     rounds = _section(RoundsSection, raw.get("rounds"), "rounds", base, ("eval_dir",))
     trainer_raw = _table(raw.get("trainer"), "trainer")

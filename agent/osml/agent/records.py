@@ -42,6 +42,13 @@ class RoundRecord:
     rejected: dict[str, int] = field(default_factory=dict)  # refused frames by reason
     reconnects: int = 0
     dropped_out: int = 0
+    # Live sources: the anomaly score of the round's steps (the largest z, steps flagged, and
+    # "consensus" or "novelty"), and the sensor source's health (bad readings by reason).
+    anomaly_z: float | None = None
+    anomalies: int = 0
+    anomaly_mode: str = ""
+    source_stalled: bool = False
+    source_rejected: dict[str, int] = field(default_factory=dict)
     trainer: str = "unknown"  # ok | busy | unavailable | bad-model | none (inference only)
     round_s: float = 0.0  # seconds the round took
     time: float = 0.0  # Unix time the round ended
@@ -78,6 +85,7 @@ _INTS = {
     "invalid_frames",
     "reconnects",
     "dropped_out",
+    "anomalies",
 }
 _FLOAT_MAPS = {"osmosis_weights", "affinity", "affinity_memory"}
 
@@ -110,18 +118,18 @@ def _check(name: str, value: object) -> Any:
         ):
             raise bad
         return dict(value)
-    if name == "rejected":
+    if name in ("rejected", "source_rejected"):
         if not isinstance(value, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
             for k, v in value.items()
         ):
             raise bad
         return dict(value)
-    if name == "equilibrium":
+    if name in ("equilibrium", "source_stalled"):
         if not isinstance(value, bool):
             raise bad
         return value
-    if name == "embedding_change":
+    if name in ("embedding_change", "anomaly_z"):
         if value is None:
             return None
         if not _number(value):
@@ -131,7 +139,7 @@ def _check(name: str, value: object) -> Any:
         if not _number(value):
             raise bad
         return float(value)  # type: ignore[arg-type]
-    if name == "trainer":
+    if name in ("trainer", "anomaly_mode"):
         if not isinstance(value, str):
             raise bad
         return value

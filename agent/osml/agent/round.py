@@ -159,6 +159,9 @@ class AgentRound:
         self.frames_out = 0
         self.bytes_out = 0
         self.own: np.ndarray | None = None  # this round's own embeddings, after begin()
+        # The neighbours' rows matched to this round's steps, and where they had data (finish()).
+        self.received: dict[str, np.ndarray] = {}
+        self.present: dict[str, np.ndarray] = {}
         self._windows: np.ndarray | None = None
         self._steps = np.zeros(0, dtype=np.int64)
         self._started = 0.0
@@ -292,6 +295,7 @@ class AgentRound:
                     f"{nb} sent steps {f.step_start}+{f.n_steps}, none of round {rnd}'s "
                     f"{len(own)} steps",
                 )
+        self.received, self.present = received, present
         if not len(own):
             return self._record(rnd, None, received)
         outcome = self.learner.step(own, received, present, self._steps)

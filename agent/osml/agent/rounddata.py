@@ -80,6 +80,7 @@ class LiveWindows:
         series: StepSeries,
         window: int,
         *,
+        period: float = 0.0,
         replay: int = 0,
         max_windows: int = 512,
         data_clock: bool = False,
@@ -90,6 +91,7 @@ class LiveWindows:
         self.source = source
         self.series = series
         self.window = window
+        self.period = period
         self.replay = replay
         self.max_windows = max_windows
         self.data_clock = data_clock
@@ -119,10 +121,26 @@ class LiveWindows:
         now = self.now()
         return step_of(now, self.series.step_seconds) if math.isfinite(now) else None
 
+    def round_steps(self, rnd: int) -> tuple[int, int]:
+        """The first and last step of round ``rnd``'s period (``period`` > 0)."""
+        s = self.series.step_seconds
+        return math.ceil(rnd * self.period / s - 1e-9), math.ceil(
+            (rnd + 1) * self.period / s - 1e-9
+        ) - 1
+
     def windows_for(self, rnd: int) -> tuple[np.ndarray, np.ndarray]:
+        """With a ``period``: the windows ending in round ``rnd``'s period plus the ``replay``
+        steps before it (every agent of the context picks the same steps); without: those
+        completed since the last call plus the replay."""
         self.pump()
-        since = None if self._last_end is None else self._last_end - self.replay
-        ends, wins = self.series.windows(self.window, since_step=since)
+        if self.period > 0:
+            lo, hi = self.round_steps(rnd)
+            ends, wins = self.series.windows(self.window, since_step=lo - 1 - self.replay)
+            keep = ends <= hi
+            ends, wins = ends[keep], wins[keep]
+        else:
+            since = None if self._last_end is None else self._last_end - self.replay
+            ends, wins = self.series.windows(self.window, since_step=since)
         if len(ends) > self.max_windows:
             ends, wins = ends[-self.max_windows :], wins[-self.max_windows :]
         if len(ends):

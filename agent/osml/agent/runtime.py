@@ -26,25 +26,34 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from osml.agent.config import AgentConfig
 from osml.agent.data import windows
+from osml.agent.embstore import EmbeddingStore
 from osml.agent.inference import OnnxEncoder
 from osml.agent.modelcard import ModelCard, card_path, write_model
 from osml.agent.records import RoundRecord
 from osml.agent.round import AgentRound, RoundSettings
-from osml.agent.rounddata import FileWindows, TrainingBuffer
+from osml.agent.rounddata import FileWindows, LiveWindows, TrainingBuffer
 from osml.agent.sources import load_series
 from osml.agent.state import append_round, load_state, save_state
+from osml.agent.streams.readings import ReadingLimits
+from osml.agent.streams.sources import open_source
+from osml.agent.streams.steps import StepSeries
 from osml.agent.trainer_client import TrainerClient
 from osml.agent.trainers import NoTrainer, SocketTrainer
 from osml.backoff import delays as backoff_delays
 from osml.core.anchor import context_anchor
+from osml.core.anomaly import AnomalyDetector
 from osml.core.learner import LearnerSettings, OsmoticLearner
 from osml.core.subcontext import SubcontextMemory
 from osml.errors import BrokerRefusedError, ModelError, TrainerError, TransportError
@@ -68,13 +77,27 @@ class AgentRuntime:
         self.ctx = cfg.agent.context
         self.state_dir = cfg.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        train, test = load_series(cfg.data, cfg.agent.id)
         w = cfg.model.window
-        self.train_windows = np.ascontiguousarray(windows(train, w))
-        self.test_windows = (
-            np.ascontiguousarray(windows(test, w)) if test is not None and len(test) >= w else None
-        )
-        self.train_data = np.asarray(train, dtype=np.float32)
+        self.live: LiveWindows | None = None
+        self.anomaly: AnomalyDetector | None = None
+        self.store: EmbeddingStore | None = None
+        if cfg.data.live:
+            # A live sensor stream: no windows yet; they arrive step by step.
+            self.n_features = cfg.data.features
+            self.train_windows = np.zeros((0, w, self.n_features), dtype=np.float32)
+            self.test_windows: np.ndarray | None = None
+            self.train_data = np.zeros((0, self.n_features), dtype=np.float32)
+            self.live = self._open_live(cfg)
+        else:
+            train, test = load_series(cfg.data, cfg.agent.id)
+            self.train_windows = np.ascontiguousarray(windows(train, w))
+            self.test_windows = (
+                np.ascontiguousarray(windows(test, w))
+                if test is not None and len(test) >= w
+                else None
+            )
+            self.train_data = np.asarray(train, dtype=np.float32)
+            self.n_features = int(self.train_windows.shape[2])
         self.state = load_state(self.state_dir, self.id, self.ctx)
         self.learner = OsmoticLearner(self.id, list(cfg.neighbours), learner)
         if self.state.memory:
@@ -116,7 +139,7 @@ class AgentRuntime:
 
     @property
     def expected_shape(self) -> tuple[int, int, int]:
-        return (self.cfg.model.window, self.train_windows.shape[2], self.cfg.model.embedding_dim)
+        return (self.cfg.model.window, self.n_features, self.cfg.model.embedding_dim)
 
     def _persist_model(self, model: bytes, card: ModelCard) -> None:
         write_model(self.model_path, model, card)
@@ -137,13 +160,83 @@ class AgentRuntime:
             context=self.ctx,
             architecture=self.cfg.model.architecture,
             window=self.cfg.model.window,
-            n_features=self.train_windows.shape[2],
+            n_features=self.n_features,
             embedding_dim=self.cfg.model.embedding_dim,
             seed=self.cfg.model.seed,
-            train_data=self.train_data,
+            train_data=self._train_data(),
             anchor=anchor,
             settings={"architecture": self.cfg.model.architecture, **self.cfg.trainer.settings},
         )
+
+    # -- live sources -------------------------------------------------------------------------
+
+    def _clock(self) -> Callable[[], float]:
+        """The data's clock: the wall clock, or a recording's replay clock."""
+        d = self.cfg.data
+        if d.clock == "replay":
+            start, origin, speed = d.replay_start, d.replay_origin, d.replay_speed
+            return lambda: start + (time.time() - origin) * speed
+        return time.time
+
+    def _open_live(self, cfg: AgentConfig) -> LiveWindows:
+        d = cfg.data
+        clock = self._clock()
+        broker = self.cfg.broker if not d.broker else replace(self.cfg.broker, url=d.broker)
+        source = open_source(
+            d.source,
+            broker=broker,
+            client_id=f"osml-{self.ctx}-{self.id}-source",
+            limits=ReadingLimits(
+                n_features=d.features,
+                max_ahead_s=d.max_ahead_s,
+                max_behind_s=d.max_behind_s,
+                max_disorder_s=d.max_disorder_s,
+            ),
+            clock=clock,
+        )
+        series = StepSeries(
+            d.step_seconds,
+            d.features,
+            capacity=d.capacity,
+            max_gap=d.max_gap,
+            grace=d.step_grace,
+            aggregate=d.aggregate,
+        )
+        r = cfg.rounds
+        return LiveWindows(
+            source,
+            series,
+            cfg.model.window,
+            period=self.period,
+            replay=cfg.model.window if r.replay < 0 else r.replay,
+            max_windows=r.max_windows,
+            clock=clock,
+        )
+
+    @property
+    def period(self) -> float:
+        """Seconds of data time per round (live sources)."""
+        return self.cfg.rounds.period or 10 * self.cfg.data.step_seconds
+
+    def _train_data(self) -> np.ndarray:
+        """What the trainer normalises inputs by: the file's training series, or the steps a
+        live stream has delivered so far (TrainerError until there are a few windows' worth)."""
+        if self.live is None:
+            return self.train_data
+        _steps, values, _filled, gap = self.live.series.held()
+        observed = np.asarray(values[~gap], dtype=np.float32)
+        if len(observed) < 2 * self.cfg.model.window:
+            raise TrainerError(
+                f"only {len(observed)} steps of data so far; the trainer needs "
+                f"{2 * self.cfg.model.window}"
+            )
+        return observed
+
+    def _first_windows(self) -> np.ndarray:
+        if self.live is None:
+            return self.train_windows
+        _ends, wins = self.live.series.windows(self.cfg.model.window)
+        return wins
 
     def _ensure_model(self, stop: threading.Event) -> None:
         # The card alone is enough: a first install killed after its commit has only the staged
@@ -165,6 +258,15 @@ class AgentRuntime:
                 self.cfg.model.path,
             )
             return
+        while self.live is not None and self.encoder is None and not stop.is_set():
+            # A live agent's first model waits for a few windows of data (the trainer sets its
+            # input scaling from them).
+            self.live.pump()
+            try:
+                self._train_data()
+                break
+            except TrainerError:
+                stop.wait(0.1)
         for delay in backoff_delays(0.5, 10.0):
             if stop.is_set():
                 return
@@ -172,7 +274,7 @@ class AgentRuntime:
                 self._register_with_trainer()
                 if self.encoder is None:
                     model, card = self.client.initial_model(
-                        self.id, self.train_windows, self.state.model_version + 1
+                        self.id, self._first_windows(), self.state.model_version + 1
                     )
                     self._install(model, card)
                 self.trainer_status = "ok"
@@ -238,7 +340,7 @@ class AgentRuntime:
     # -- the loop -----------------------------------------------------------------------------
 
     def _save_eval(self, rnd: int, encoder: OnnxEncoder) -> None:
-        if not self.cfg.rounds.eval_dir:
+        if not self.cfg.rounds.eval_dir or self.live is not None:
             return
         out = Path(self.cfg.rounds.eval_dir)
         parts = [("train", self.train_windows)] + (
@@ -264,17 +366,120 @@ class AgentRuntime:
                 sign_key=self._sign_key,
             ),
             encoder=encoder,
-            data=FileWindows(self.train_windows, self.cfg.model.window, r.steps),
+            data=(
+                self.live
+                if self.live is not None
+                else FileWindows(self.train_windows, self.cfg.model.window, r.steps)
+            ),
             learner=self.learner,
             inbox=self.inbox,
             exchange=transport,
             trainer=self.trainer,
-            buffer=TrainingBuffer(capacity=max(1, len(self.train_windows))),
+            buffer=TrainingBuffer(
+                capacity=r.buffer if self.live is not None else max(1, len(self.train_windows))
+            ),
             on_install=self._persist_model,
             on_evaluate=self._save_eval,
         )
         agent_round.trainer_status = self.trainer_status
         return agent_round
+
+    def _run_live(self, agent_round: AgentRound, stop: threading.Event) -> None:
+        """Rounds paced by the data's clock: round r covers [r*period, (r+1)*period) and runs
+        once that period (plus the step grace) has passed. No coordinator: every agent derives
+        the round from its clock, so a restarted or late agent is simply in the current round
+        (it skips ahead when more than ``rounds.max_lag`` rounds behind)."""
+        assert self.live is not None and self.transport is not None
+        live, period = self.live, self.period
+        grace = self.cfg.data.step_grace
+        count, done = self.cfg.rounds.count, 0
+        speed = self.cfg.data.replay_speed if self.cfg.data.clock == "replay" else 1.0
+        status_topic = topics.status(self.ctx, self.id)
+        last_status = time.monotonic()
+        self.anomaly = (
+            AnomalyDetector.from_dict(self.state.anomaly)
+            if self.state.anomaly
+            else (AnomalyDetector())
+        )
+        self.store = EmbeddingStore(self.state_dir / "embeddings", self.cfg.model.embedding_dim)
+        while not stop.is_set() and (count == 0 or done < count):
+            live.pump()
+            now = live.now()
+            current = math.floor(now / period)
+            rnd = self.state.next_round
+            if rnd == 0 or current - rnd > self.cfg.rounds.max_lag:
+                if rnd:
+                    log.warning(
+                        "agent %s: %d rounds behind the clock; skipping to round %d",
+                        self.id,
+                        current - rnd,
+                        current,
+                    )
+                rnd = self.state.next_round = current
+            wait = ((rnd + 1) * period + grace - now) / speed
+            if wait > 0:
+                if time.monotonic() - last_status > 5.0:  # still alive while waiting
+                    self.transport.publish(status_topic, self._status("online"), retain=True)
+                    last_status = time.monotonic()
+                stop.wait(min(wait, 0.25))
+                continue
+            record = agent_round.run(rnd, stop)
+            if record is None:
+                break
+            record = self._score(agent_round, record)
+            self._commit(record)
+            done += 1
+            self.transport.publish(
+                topics.metrics(self.ctx, self.id), json.dumps(record.to_json()).encode(), qos=0
+            )
+            self.transport.publish(status_topic, self._status("online"), retain=True)
+            last_status = time.monotonic()
+            log.info(
+                "agent %s: round %d steps=%d sub=%s heard=%d/%d model=v%d anomalies=%d z=%s",
+                self.id,
+                rnd,
+                record.steps,
+                ",".join(record.subcontext),
+                len(self.cfg.neighbours) - len(record.missing),
+                len(self.cfg.neighbours),
+                self.state.model_version,
+                record.anomalies,
+                "-" if record.anomaly_z is None else f"{record.anomaly_z:.1f}",
+            )
+
+    def _score(self, agent_round: AgentRound, record: RoundRecord) -> RoundRecord:
+        """The round's anomaly scores and source health, kept in the record and the store."""
+        assert self.live is not None and self.anomaly is not None and self.store is not None
+        stats = self.live.source.stats
+        after = self.cfg.data.stall_after or 10 * self.cfg.data.step_seconds
+        extra: dict[str, Any] = {
+            "source_stalled": self.live.source.stalled(self.live.now(), after),
+            "source_rejected": dict(stats.bad),
+        }
+        own, steps = agent_round.own, agent_round.steps
+        if own is not None and len(steps):
+            members = {
+                nb: agent_round.received[nb]
+                for nb in record.subcontext
+                if nb != self.id and nb in agent_round.received
+            }
+            masks = {nb: agent_round.present[nb] for nb in members}
+            scores = self.anomaly.score(steps, own, members, masks=masks)
+            self.store.append(
+                steps,
+                steps.astype(np.float64) * self.cfg.data.step_seconds,
+                own,
+                z=scores.z.astype(np.float32),
+                flagged=scores.flagged,
+            )
+            z = scores.z[np.isfinite(scores.z)]
+            extra.update(
+                anomaly_z=float(z.max()) if len(z) else None,
+                anomalies=int(scores.flagged.sum()),
+                anomaly_mode=scores.mode,
+            )
+            self.state.anomaly = self.anomaly.to_dict()
+        return replace(record, **extra)
 
     def _commit(self, record: RoundRecord) -> None:
         """The round is done only now: a SIGKILL before this redoes it on restart."""
@@ -299,7 +504,14 @@ class AgentRuntime:
                 return 1
             self.round = agent_round = self._make_round(self.transport, self.encoder)
             self.transport.publish(status_topic, self._status("online"), retain=True)
-            while not stop.is_set() and (count == 0 or self.state.next_round < count):
+            if self.live is not None:
+                self._run_live(agent_round, stop)
+                count = 0
+            while (
+                self.live is None
+                and not stop.is_set()
+                and (count == 0 or self.state.next_round < count)
+            ):
                 started = time.monotonic()
                 jump = self.inbox.catch_up(self.state.next_round)
                 if jump is not None:
@@ -347,6 +559,8 @@ class AgentRuntime:
             self.transport.publish(status_topic, self._status("offline"), retain=True)
         finally:
             self.trainer.close()
+            if self.live is not None:
+                self.live.source.stop()
             if self.transport is not None:
                 self.transport.close()
         return 0

@@ -39,6 +39,7 @@ class AgentState:
     subcontext: list[str] = field(default_factory=list)
     equilibrium: dict[str, Any] = field(default_factory=dict)  # EquilibriumDetector.to_dict()
     learner_rounds: int = 0
+    anomaly: dict[str, Any] = field(default_factory=dict)  # AnomalyDetector.to_dict() (live)
     format: int = STATE_FORMAT
 
 

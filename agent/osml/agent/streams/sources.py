@@ -574,6 +574,7 @@ def open_source(
     client_id: str | None = None,
     limits: ReadingLimits | None = None,
     max_queued: int = 10_000,
+    clock: Callable[[], float] = time.time,
 ) -> StreamSource:
     """The (not yet started) source for a stream spec. ``mqtt:`` needs ``broker`` (the agent's
     own, or the one in ``[data] broker``) and should get a stable ``client_id``."""
@@ -584,9 +585,11 @@ def open_source(
                 f"data.source: {str(s)!r} needs a broker; pass the agent's broker settings "
                 f"or set [data] broker"
             )
-        return MqttSource(s.target, broker, client_id, limits=limits, max_queued=max_queued)
+        return MqttSource(
+            s.target, broker, client_id, limits=limits, max_queued=max_queued, clock=clock
+        )
     if s.kind == "tail":
-        return TailSource(s.target, limits=limits, max_queued=max_queued)
+        return TailSource(s.target, limits=limits, max_queued=max_queued, clock=clock)
     if s.kind == "exec":
-        return ExecSource(s.argv, limits=limits, max_queued=max_queued)
-    return StdinSource(limits=limits, max_queued=max_queued)
+        return ExecSource(s.argv, limits=limits, max_queued=max_queued, clock=clock)
+    return StdinSource(limits=limits, max_queued=max_queued, clock=clock)
