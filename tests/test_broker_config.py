@@ -29,10 +29,11 @@ from click.testing import Result
 from paho.mqtt.enums import CallbackAPIVersion
 
 from clihelp import run_command
-from osml.cli.broker import TUNING, broker, broker_conf, with_port
+from osml.cli.broker import broker
 from osml.errors import BrokerRefusedError, ConfigError
 from osml.net.broker import free_port
 from osml.net.transport import BrokerSettings, Message, Transport
+from osml.ops.brokers import TUNING, broker_conf, with_port
 from osml.ops.fleetfile import (
     Fleet,
     acl_text,

@@ -12,7 +12,9 @@ from click.testing import Result
 
 from clihelp import run_command
 from osml import __version__
-from osml.cli.main import main, parse_agents, parse_architectures, progress_line
+from osml.cli.main import main
+from osml.cli.options import parse_agents, parse_architectures
+from osml.cli.progress import progress_line
 from osml.errors import ConfigError
 
 

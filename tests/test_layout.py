@@ -209,7 +209,7 @@ def test_cli_reaches_torch_modules_only_lazily() -> None:
 _PROBE = """
 import json, sys
 import osml, osml.cli, osml.ops.fleet, osml.ops.monitor, osml.agent.runtime
-from osml.cli import main
+from osml.cli.main import main
 codes = []
 for args in (["run", "--help"], ["agent", "--help"], ["--help"]):
     try:
