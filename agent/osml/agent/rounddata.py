@@ -110,9 +110,11 @@ class LiveWindows:
         readings = self.source.drain()
         for r in readings:
             self._newest = max(self._newest, r.t)
-        now = self.now()
+        # A batch arrived before now: add it in arrival order, then let the clock close steps
+        # (closing first would turn the batch's own earlier readings into "late" ones).
         for r in readings:
-            self.series.add(r, None if self.data_clock else now)
+            self.series.add(r, None)
+        now = self.now()
         if math.isfinite(now):
             self.series.advance(now)
         return len(readings)

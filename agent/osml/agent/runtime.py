@@ -499,6 +499,9 @@ class AgentRuntime:
         status_topic = topics.status(self.ctx, self.id)
         count = self.cfg.rounds.count
         try:
+            if self.live is not None:
+                self.live.source.start()  # its reader thread connects/opens/starts on its own
+                log.info("agent %s: reading %s", self.id, self.cfg.data.source)
             self._ensure_model(stop)
             if self.encoder is None:
                 return 1
