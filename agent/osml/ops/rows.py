@@ -19,13 +19,8 @@ from typing import Any
 import numpy as np
 
 from osml.agent.records import RoundRecord
-from osml.core.metrics import (
-    centered_alignment,
-    paper_similarity,
-    ridge_probe_r2,
-    spread,
-    strict_alignment,
-)
+from osml.core.metrics import paper_similarity, ridge_probe_r2, spread
+from osml.core.similarity import centered_alignment, strict_alignment
 
 __all__ = ["FIGURES", "FinalSection", "ReportRound", "RunResult", "evaluate", "report_round"]
 
