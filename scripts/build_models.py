@@ -83,7 +83,8 @@ def build(architecture: str, seed: int) -> Built:
     """The initial encoder an agent of ``generated:simple`` gets for ``architecture``."""
     import torch
 
-    from osml.trainer.fit import EncoderTrainer, TrainerSettings
+    from osml.trainer.fit import EncoderTrainer
+    from osml.trainer.settings import TrainerSettings
 
     defaults = ModelSection()
     series = np.asarray(load_dataset(DATASET, seed=DATA_SEED)[AGENT].train, dtype=np.float32)

@@ -237,15 +237,15 @@ class Fleet:
         return {a: p.poll() for a, p in self.agents.items()}
 
     def result(self, started: float) -> dict[str, Any]:
-        result: dict[str, Any] = assemble(
+        # The report as JSON-ready data, as broker_restart gets it from run_fleet.
+        return assemble(
             self.workdir,
             self.dataset,
             self.ids,
             self.links,
             self.settings,
             time.perf_counter() - started,
-        )
-        return result
+        ).report()
 
     def stop(self) -> None:
         try:
@@ -443,8 +443,8 @@ def agent_sigkill(env: Env) -> tuple[bool, str]:
     )
     first = rounds_after[0] if rounds_after else None
     return ok, (
-        f"killed after round {before[-1]['round']}, resumed at {first} "
-        f"(model v{before[-1]['model_version']} -> v{after[0]['model_version'] if after else '?'}) "
+        f"killed after round {before[-1].round}, resumed at {first} "
+        f"(model v{before[-1].model_version} -> v{after[0].model_version if after else '?'}) "
         " "
         f"exit {codes}  missing {missing}/{expected} frames  final {groups_text(result['final'])}"
     )
@@ -486,7 +486,7 @@ def trainer_sigkill(env: Env) -> tuple[bool, str]:
         and subcontexts_ok(result["final"], f.data)
     )
     return ok, (
-        f"killed after round {min(r['round'] for r in at_kill.values())}  rounds without trainer "
+        f"killed after round {min(r.round for r in at_kill.values())}  rounds without trainer "
         f"{down}  "
         f"model v(kill -> end) {versions}  exit {codes}  final {groups_text(result['final'])}"
     )

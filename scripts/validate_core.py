@@ -23,9 +23,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TypedDict
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT.parent / "shared" / "reference-data" / "osml-paper"
+
+
+class Reached(TypedDict):
+    """The first round that met the alignment thresholds, and the run's wall time by then."""
+
+    round: int
+    elapsed_s: float | None
+
+
+# Functional syntax: "pass" is a keyword.
+Grade = TypedDict(
+    "Grade",
+    {"pass": bool, "checks": dict[str, bool], "notes": list[str], "reached": Reached | None},
+)
 
 
 def _checks(rep: dict, final: dict, scenario: str) -> tuple[dict[str, bool], list[str]]:
@@ -80,12 +95,12 @@ def _checks(rep: dict, final: dict, scenario: str) -> tuple[dict[str, bool], lis
     return checks, notes
 
 
-def grade(run: Path, scenario: str) -> dict[str, object]:
+def grade(run: Path, scenario: str) -> Grade:
     rep = json.loads((run / "report.json").read_text())
     checks, notes = _checks(rep, rep["final"], scenario)
     # First round whose models already meet the alignment thresholds (sub-contexts included), and
     # the wall time the run had spent by then (imports excluded: elapsed_s starts after them).
-    reached = None
+    reached: Reached | None = None
     for i, entry in enumerate(rep["rounds"]):
         view = dict(entry)
         view["subcontexts"] = rep["rounds"][i - 1]["subcontexts"] if i > 0 else entry["subcontexts"]

@@ -169,9 +169,8 @@ def test_trainer_gives_a_default_agent_the_committed_model(path: Path) -> None:
     # The models are what an agent's own trainer builds as v1, asked the way the runtime asks
     # (osml.agent.runtime: _register_with_trainer, then initial_model).
     pytest.importorskip("torch")
-    from osml.agent.trainer_client import PROTOCOL_VERSION
     from osml.trainer.service import TrainerService
-    from osml.wire.ipc import pack_array
+    from osml.wire.ipc import PROTOCOL_VERSION, pack_array
 
     card = read_card(path)
     defaults = ModelSection()

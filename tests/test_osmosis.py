@@ -1,4 +1,4 @@
-"""Tests for osml.core.osmosis: per-step osmosis weights and targets, against hand-computed values."""
+"""Tests for osml.core.osmosis: per-step osmosis weights and targets, against values by hand."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ def test_killed_before_the_commit_loads_the_previous_model(
 ) -> None:
     path = tmp_path / "model.onnx"
     write_model(path, models[0], card_for(models[0], 1))
-    real_write = modelcard.write_atomic
+    real_write = write_atomic  # the function modelcard calls, before it is patched
 
     def crash_on_card(target: Path, data: bytes) -> None:
         if Path(target) == card_path(path):

@@ -74,7 +74,7 @@ def test_lazy_names_are_the_library_objects() -> None:
 
 def test_unknown_names_raise_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
-        _ = osml.no_such_name  # type: ignore[attr-defined]
+        _ = osml.no_such_name
 
 
 def test_import_osml_loads_neither_torch_nor_paho_nor_onnxruntime() -> None:

@@ -33,7 +33,9 @@ def test_mean_per_step_and_completion_by_a_later_reading() -> None:
     assert s.latest_step is None  # the first step is still open
     s.add(r(T0 + 1.2, 5, 50))
     k0 = step_of(T0, 1.0)
-    assert s.latest_step == k0 and s.open_step == k0 + 1
+    # Declared, so that mypy forgets the "is None" above (a property, changed by add()).
+    latest: int | None = s.latest_step
+    assert latest == k0 and s.open_step == k0 + 1
     steps, values, filled, gap = s.held()
     assert steps.tolist() == [k0]
     np.testing.assert_allclose(values, [[2, 20]])
@@ -47,7 +49,8 @@ def test_completion_by_time_with_grace() -> None:
     assert s.latest_step is None
     assert s.add(r(T0 + 0.9, 3), now=T0 + 1.4) is None
     s.advance(T0 + 1.5)
-    assert s.latest_step == step_of(T0, 1.0)
+    latest: int | None = s.latest_step  # declared: advance() changed it since the "is None"
+    assert latest == step_of(T0, 1.0)
     assert s.add(r(T0 + 0.95, 100), now=T0 + 1.6) == "late"
     np.testing.assert_allclose(s.held()[1], [[2.0]])
     assert s.late == 1

@@ -225,7 +225,7 @@ def test_tcp_nodelay_is_set(mosquitto: MosquittoProcess, make_transport: MakeTra
 
     sock = t._client.socket()  # white-box: paho exposes the socket, osml does not
 
-    assert sock is not None
+    assert isinstance(sock, socket.socket)
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 

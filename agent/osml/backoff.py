@@ -21,7 +21,7 @@ __all__ = ["delays", "full_jitter"]
 
 
 def delays(first: float = 0.5, cap: float = 10.0, factor: float = 2.0) -> Iterator[float]:
-    """``first``, ``first * factor``, ... growing geometrically up to ``cap``, then ``cap`` forever."""
+    """``first``, ``first * factor``, ...: geometric growth up to ``cap``, then ``cap`` forever."""
     if not (math.isfinite(first) and math.isfinite(cap) and math.isfinite(factor)):
         raise ValueError("first, cap and factor must be finite")
     if first <= 0 or cap < first or factor < 1:

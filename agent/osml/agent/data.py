@@ -374,14 +374,15 @@ def load_dataset(spec: str, *, seed: int = 0) -> Dataset:
     """Load a dataset from a spec.
 
     ``generated:simple`` or ``generated:complex`` generate a synthetic dataset with ``seed``
-    (see :func:`osml.agent.synthetic.generate`); anything else must be a directory in the paper format.
+    (see :func:`osml.agent.synthetic.generate`); anything else must be a directory in the paper
+    format.
     """
     if spec.startswith("generated:"):
         # imported here: osml.agent.synthetic builds Dataset objects, so it imports this module
-        from osml.agent.synthetic import generate
+        from osml.agent.synthetic import generate, is_kind
 
         kind, plus, option = spec.removeprefix("generated:").partition("+")
-        if kind in ("simple", "complex") and (not plus or option == "wobble"):
+        if is_kind(kind) and (not plus or option == "wobble"):
             return generate(kind, seed=seed, wobble=bool(plus))
         raise DataError(
             f"unknown generated dataset {spec!r}: use one of {', '.join(GENERATED_SPECS)}"

@@ -65,7 +65,8 @@ class OnnxEncoder:
         ]:
             raise ModelError(
                 f"model v{card.version}: expects input '{card.input_name}' and output "
-                f"'{card.output_name}', the graph has {[i.name for i in inputs]} -> {[o.name for o in outputs]}"
+                f"'{card.output_name}', the graph has {[i.name for i in inputs]} -> "
+                f"{[o.name for o in outputs]}"
             )
         enc = cls(card, model, session)
         # A probe batch of 2 catches a graph whose batch dimension was frozen at export.
@@ -75,17 +76,22 @@ class OnnxEncoder:
             raise
         except Exception as exc:  # onnxruntime's own error types
             raise ModelError(
-                f"model v{card.version} does not run on windows of shape (2, {card.window}, {card.n_features}): {exc}"
+                f"model v{card.version} does not run on windows of shape "
+                f"(2, {card.window}, {card.n_features}): {exc}"
             ) from exc
         if probe.shape != (2, card.embedding_dim):
             raise ModelError(
-                f"model v{card.version}: output shape {probe.shape}, card says (2, {card.embedding_dim})"
+                f"model v{card.version}: output shape {probe.shape}, "
+                f"card says (2, {card.embedding_dim})"
             )
         return enc
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], threads: int = 1) -> OnnxEncoder:
-        """The model at ``path`` and its card (see :func:`osml.agent.modelcard.read_model`), verified."""
+        """The model at ``path`` and its card, verified.
+
+        See :func:`osml.agent.modelcard.read_model` for the files read.
+        """
         model, card = read_model(path)
         return cls.from_bytes(model, card, threads)
 

@@ -115,7 +115,10 @@ def sha256_hex(data: bytes) -> str:
 
 
 def _stale_files(model_path: Path) -> list[Path]:
-    """Staged models and temp files of earlier, interrupted :func:`write_model` calls on ``model_path``."""
+    """Staged models and temp files left by interrupted :func:`write_model` calls.
+
+    Only the ones for ``model_path``.
+    """
     staged = re.escape(model_path.stem) + r"\.[0-9a-f]{16}" + re.escape(model_path.suffix)
     written = "|".join([staged, re.escape(model_path.name), re.escape(card_path(model_path).name)])
     staged_re, temp_re = (

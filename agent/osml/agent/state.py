@@ -4,11 +4,11 @@
     state_dir/model.onnx (+ .card.json)   the model in use, verified against its card on load
     state_dir/rounds.jsonl        one JSON line per finished round (what `osml run` reports)
 
-state.json and the model pair are written atomically (temp file, fsync, rename; the model's card
-is its commit point, see :mod:`osml.agent.modelcard`), so a SIGKILL or power cut at any moment leaves
+state.json and the model pair are written atomically (temp file, fsync, rename; the model's card is
+its commit point, see :mod:`osml.agent.modelcard`), so a SIGKILL or power cut at any moment leaves
 either the old or the new version, never half of one. rounds.jsonl is appended to and fsynced; a
-kill in the middle of an append can leave a torn last line, which :func:`read_rounds` skips and
-the next :func:`append_round` cuts off before it writes.
+kill in the middle of an append can leave a torn last line, which :func:`read_rounds` skips and the
+next :func:`append_round` cuts off before it writes.
 """
 
 from __future__ import annotations

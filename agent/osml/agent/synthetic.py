@@ -31,22 +31,28 @@ Shared by both kinds::
 
 The paper's agent 1 is agent 0 plus a constant except on a few runs of steps where a sine of
 amplitude 0.5 and period about 20 steps is added; ``b`` reproduces that when asked for
-(``wobble=True``), which is why corr(x0, x1) is then about 0.97 rather than 1. In the paper's complex file ``Agent4[0]`` is exactly
-``10`` when ``Agent3[0] < -12`` and ``2`` otherwise.
+(``wobble=True``), which is why corr(x0, x1) is then about 0.97 rather than 1. In the paper's
+complex file ``Agent4[0]`` is exactly ``10`` when ``Agent3[0] < -12`` and ``2`` otherwise.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeGuard, get_args
 
 import numpy as np
 
 from osml.agent.data import AgentData, Dataset
 from osml.errors import ConfigError
 
-__all__ = ["Kind", "generate"]
+__all__ = ["Kind", "generate", "is_kind"]
 
 Kind = Literal["simple", "complex"]
+
+
+def is_kind(name: str) -> TypeGuard[Kind]:
+    """True if ``name`` names a generated dataset (``simple`` or ``complex``)."""
+    return name in get_args(Kind)
+
 
 # smooth base signal s (agents 0 and 1)
 _PHI = 0.96

@@ -231,7 +231,8 @@ class TrainerClient:
         got = (card.version, card.architecture, card.window, card.n_features, card.embedding_dim)
         if got != want:
             raise ModelError(
-                f"trainer {op}: model card (version, architecture, window, n_features, embedding_dim) "
+                f"trainer {op}: model card "
+                f"(version, architecture, window, n_features, embedding_dim) "
                 f"= {got}, expected {want}"
             )
         return model, card

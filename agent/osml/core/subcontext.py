@@ -20,7 +20,9 @@ serialises to plain JSON-able dicts for the agent's state directory.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["SubcontextMemory", "SubcontextPolicy", "decide_member", "update_memory"]
 
@@ -106,10 +108,11 @@ class SubcontextMemory:
 
     @classmethod
     def from_dict(
-        cls, data: dict[str, object], policy: SubcontextPolicy | None = None
+        cls, data: Mapping[str, Any], policy: SubcontextPolicy | None = None
     ) -> SubcontextMemory:
+        """Rebuild from :meth:`to_dict`'s output, as decoded from JSON (hence ``Any`` values)."""
         mem = cls(policy=policy or SubcontextPolicy())
-        mem.affinity = {str(k): float(v) for k, v in dict(data.get("affinity", {})).items()}  # type: ignore[arg-type]
-        mem.seen = {str(k): int(v) for k, v in dict(data.get("seen", {})).items()}  # type: ignore[arg-type]
-        mem.members = {str(k): bool(v) for k, v in dict(data.get("members", {})).items()}  # type: ignore[arg-type]
+        mem.affinity = {str(k): float(v) for k, v in dict(data.get("affinity", {})).items()}
+        mem.seen = {str(k): int(v) for k, v in dict(data.get("seen", {})).items()}
+        mem.members = {str(k): bool(v) for k, v in dict(data.get("members", {})).items()}
         return mem

@@ -186,7 +186,8 @@ class MosquittoProcess:
                 code = self._proc.returncode
                 self._proc = None
                 raise TransportError(
-                    f"mosquitto exited with code {code} while starting on {self.host}:{self.port}:\n"
+                    f"mosquitto exited with code {code} while starting on "
+                    f"{self.host}:{self.port}:\n"
                     f"{tail_lines(out_path)}\n{tail_lines(self.log_path)}".rstrip()
                 )
             if _accepts(self.host, self.port):
@@ -200,7 +201,10 @@ class MosquittoProcess:
             time.sleep(0.02)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Terminate the broker (SIGTERM, then SIGKILL after ``timeout``) and reap it. Idempotent."""
+        """Terminate the broker (SIGTERM, then SIGKILL after ``timeout``) and reap it.
+
+        Idempotent.
+        """
         proc, self._proc = self._proc, None
         if proc is None:
             return

@@ -86,18 +86,19 @@ def _amqtt_classes() -> tuple[type, type]:
     * ``_OsmlBroker`` closes the listener and the client sockets before amqtt's own shutdown
       (see ``osml_shutdown``), closes every client socket when its handler ends (amqtt 0.12.1
       leaks the ones that close before sending CONNECT) and logs handler errors instead of
-      letting asyncio print them; it sends retained messages only for filters the client itself subscribed to
-      (amqtt 0.12.1 replays, on connect, retained messages for every filter in the broker).
+      letting asyncio print them; it sends retained messages only for filters the client itself
+      subscribed to (amqtt 0.12.1 replays, on connect, retained messages for every filter in the
+      broker).
     """
     _quiet_amqtt()
     from amqtt.broker import Broker
     from amqtt.plugins.base import BaseAuthPlugin
 
-    class _OsmlOpenAuthPlugin(BaseAuthPlugin):
+    class _OsmlOpenAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untyped (Any)
         async def authenticate(self, *, session: Any) -> bool:
             return True
 
-    class _OsmlBroker(Broker):  # type: ignore[misc]
+    class _OsmlBroker(Broker):  # type: ignore[misc]  # amqtt is untyped (Any)
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.osml_connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
@@ -291,7 +292,8 @@ class EmbeddedBroker:
                 f"the embedded MQTT broker did not open {self.host}:{self.port} within "
                 f"{timeout:g} s"
             )
-        error = self._error
+        # Declared, not inferred: the broker thread may have set it since start() cleared it.
+        error: BaseException | None = self._error
         if error is not None:
             self.stop()
             cause = error.__cause__ or error
@@ -300,7 +302,10 @@ class EmbeddedBroker:
             ) from error
 
     def stop(self, timeout: float = _SHUTDOWN_TIMEOUT + 2.0) -> None:
-        """Shut the broker down (clients see the connection drop) and join its thread. Idempotent."""
+        """Shut the broker down (clients see the connection drop) and join its thread.
+
+        Idempotent.
+        """
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop_requested.set()

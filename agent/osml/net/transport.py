@@ -336,12 +336,13 @@ class Transport:
             self._settled.set()
             return
         # MQTT 5: resend retained messages only for new subscriptions, not on every reconnect.
+        topics: list[tuple[str, SubscribeOptions]] | list[tuple[str, int]]
         if self._v5:
             topics = [(t, SubscribeOptions(qos=1, retainHandling=1)) for t in self.subscriptions]
         else:
             topics = [(t, 1) for t in self.subscriptions]
         try:
-            _rc, mid = client.subscribe(topics)  # type: ignore[arg-type]
+            _rc, mid = client.subscribe(topics)
         except ValueError as exc:  # filters are checked in __init__; never kill paho's thread
             with self._lock:
                 self._error = f"cannot subscribe to {self.subscriptions}: {exc}"
@@ -419,7 +420,8 @@ class Transport:
         self._client.connect_timeout = max(timeout, 0.1)
         kwargs: dict[str, Any] = {}
         if self._v5:
-            props = Properties(PacketTypes.CONNECT)
+            # paho leaves Properties.__init__ unannotated.
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = s.session_expiry if self.persistent else 0
             kwargs = {"clean_start": not self.persistent, "properties": props}
         try:

@@ -312,8 +312,8 @@ def run_fleet(
             url = broker.url
             options = dataclasses.replace(options, protocol=EmbeddedBroker.protocol)
             notice(
-                f"no mosquitto binary: using the embedded pure-Python broker on {url} (MQTT 3.1.1, slower; "
-                "apt-get install mosquitto for real runs)"
+                f"no mosquitto binary: using the embedded pure-Python broker on {url} "
+                "(MQTT 3.1.1, slower; apt-get install mosquitto for real runs)"
             )
         else:
             raise TransportError(

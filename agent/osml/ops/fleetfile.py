@@ -1,4 +1,4 @@
-"""The fleet file: which agents exist, who their neighbours are, and the broker files derived from it.
+"""The fleet file: which agents exist, who their neighbours are, the broker files derived from it.
 
 A fleet file is TOML (see ``broker-config/fleet.example.toml``)::
 
@@ -17,9 +17,9 @@ A fleet file is TOML (see ``broker-config/fleet.example.toml``)::
     south = ["north", "east"]
     east = ["south"]
 
-:func:`load_fleet` turns it into frozen :class:`Fleet` objects (one :class:`~osml.errors.ConfigError`
-naming the key on any problem). :func:`acl_text` writes the Mosquitto ACL, :func:`passwords` and
-:func:`write_password_file` the password file.
+:func:`load_fleet` turns it into frozen :class:`Fleet` objects (one
+:class:`~osml.errors.ConfigError` naming the key on any problem). :func:`acl_text` writes the
+Mosquitto ACL, :func:`passwords` and :func:`write_password_file` the password file.
 
 Broker user names. Each agent connects as ``<context>.<agent id>`` (:func:`agent_username`), e.g.
 ``greenhouse.0``. Agent ids are only unique within a context, and an agent of one context must not

@@ -62,9 +62,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class _MessageLike(Protocol):
-    topic: str
-    payload: bytes
-    retain: bool
+    # Read-only properties, so that frozen messages (osml.net.transport.Message) match too.
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def retain(self) -> bool: ...
 
 
 # ------------------------------------------------------------------------ untrusted values

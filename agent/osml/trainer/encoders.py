@@ -13,6 +13,8 @@ size is shared.
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import numpy as np
 import torch
 from torch import nn
@@ -24,6 +26,12 @@ __all__ = ["ARCHITECTURES", "ConvEncoder", "Encoder", "GRUEncoder", "MLPEncoder"
 
 class Encoder(nn.Module):
     architecture = "base"
+    # Buffers registered in __init__ (nn.Module's __getattr__ would type them as Tensor | Module).
+    in_mean: torch.Tensor
+    in_std: torch.Tensor
+    offset: torch.Tensor
+    # Every architecture ends in a linear head (set by the subclass; the trainer rescales it).
+    head: nn.Linear
 
     def __init__(self, window: int, n_features: int, embedding_dim: int) -> None:
         super().__init__()
@@ -60,7 +68,8 @@ class GRUEncoder(Encoder):
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
         _, h = self.gru(z)
-        return self.head(h[-1])
+        out: torch.Tensor = self.head(h[-1])
+        return out
 
 
 class MLPEncoder(Encoder):
@@ -72,7 +81,8 @@ class MLPEncoder(Encoder):
         self.head = nn.Linear(hidden, embedding_dim)
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.tanh(self.hidden(z.flatten(1))))
+        out: torch.Tensor = self.head(torch.tanh(self.hidden(z.flatten(1))))
+        return out
 
 
 class ConvEncoder(Encoder):
@@ -90,14 +100,18 @@ class ConvEncoder(Encoder):
         h = torch.relu(self.conv1(z.transpose(1, 2)))
         h = torch.relu(self.conv2(h))
         # Mean over time plus the last step: position-free summary and the freshest reading.
-        return self.head(torch.cat([h.mean(dim=2), h[:, :, -1]], dim=1))
+        out: torch.Tensor = self.head(torch.cat([h.mean(dim=2), h[:, :, -1]], dim=1))
+        return out
 
 
-_CLASSES: dict[str, type[Encoder]] = {
+# The union (not type[Encoder]) is what tells the type checker that each built-in class takes an
+# optional fourth argument, the width, which build_encoder passes on.
+_EncoderClass: TypeAlias = type[GRUEncoder | MLPEncoder | ConvEncoder]
+_CLASSES: dict[str, _EncoderClass] = {
     cls.architecture: cls for cls in (GRUEncoder, MLPEncoder, ConvEncoder)
 }
 # One class per name in osml.trainer.settings (a KeyError here means the two disagree).
-ARCHITECTURES: dict[str, type[Encoder]] = {name: _CLASSES[name] for name in ARCHITECTURE_NAMES}
+ARCHITECTURES: dict[str, _EncoderClass] = {name: _CLASSES[name] for name in ARCHITECTURE_NAMES}
 
 
 def build_encoder(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
 import numpy as np
 import onnx
@@ -50,7 +51,8 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], output: str, **attrs: object) -> str:
+    # Any, as in onnx.helper.make_node: the attribute values (ints, lists of ints) go straight on.
+    def op(self, op_type: str, inputs: list[str], output: str, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
         return output
 
@@ -75,9 +77,11 @@ def _gru_graph(g: _Graph, enc: GRUEncoder) -> None:
     hidden = enc.gru.hidden_size
     # torch stacks gates as (reset, update, new); ONNX as (update, reset, hidden).
     order = np.r_[hidden : 2 * hidden, 0:hidden, 2 * hidden : 3 * hidden]
-    w = _np(enc.gru.weight_ih_l0)[order][None]
-    r = _np(enc.gru.weight_hh_l0)[order][None]
-    b = np.concatenate([_np(enc.gru.bias_ih_l0)[order], _np(enc.gru.bias_hh_l0)[order]])[None]
+    # nn.GRU sets its per-layer weights as dynamic attributes; get_parameter gives them a type.
+    param = enc.gru.get_parameter
+    w = _np(param("weight_ih_l0"))[order][None]
+    r = _np(param("weight_hh_l0"))[order][None]
+    b = np.concatenate([_np(param("bias_ih_l0"))[order], _np(param("bias_hh_l0"))[order]])[None]
     g.nodes.append(
         helper.make_node(
             "GRU",
@@ -112,6 +116,7 @@ def _mlp_graph(g: _Graph, enc: MLPEncoder) -> None:
 def _conv_graph(g: _Graph, enc: ConvEncoder) -> None:
     x = g.op("Transpose", [_normalise(g, enc)], "channels_first", perm=[0, 2, 1])
     for i, conv in enumerate((enc.conv1, enc.conv2), start=1):
+        assert conv.bias is not None  # ConvEncoder builds its convolutions with a bias
         x = g.op(
             "Conv",
             [x, g.const(f"conv{i}_w", _np(conv.weight)), g.const(f"conv{i}_b", _np(conv.bias))],
@@ -153,7 +158,8 @@ def build_onnx(enc: Encoder) -> bytes:
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="osml"
     )
     model.ir_version = IR_VERSION
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def _torch_export(enc: Encoder) -> bytes:
@@ -170,6 +176,7 @@ def _torch_export(enc: Encoder) -> bytes:
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},),
             verbose=False,
         )
+    assert program is not None  # with dynamo=True, torch.onnx.export always returns the program
     buf = io.BytesIO()
     onnx.save_model(program.model_proto, buf)  # weights inline: no external .data file
     return buf.getvalue()
@@ -192,7 +199,8 @@ def check_parity(enc: Encoder, model: bytes, windows: np.ndarray, tolerance: flo
     diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
     if not diff <= tolerance:
         raise ExportError(
-            f"{enc.architecture} export differs from torch by {diff:.3g} (> {tolerance:g}) on {len(x)} windows"
+            f"{enc.architecture} export differs from torch by {diff:.3g} (> {tolerance:g}) "
+            f"on {len(x)} windows"
         )
     return diff
 

@@ -109,7 +109,8 @@ class EncoderTrainer:
             align = alignment_loss(emb, yb)
             loss = s.align_weight * align + s.ssl_weight * ssl
             self.optim.zero_grad(set_to_none=True)
-            loss.backward()
+            # torch leaves Tensor.backward unannotated.
+            loss.backward()  # type: ignore[no-untyped-call]
             self.optim.step()
             totals["align"] += align.item()
             totals["ssl"] += ssl.item()

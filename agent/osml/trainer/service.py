@@ -1,11 +1,11 @@
 """The trainer process: serves the agents of one host over a Unix-domain socket.
 
-Agents never import torch; they send training jobs here (:class:`osml.agent.trainer_client.TrainerClient`,
-framing in :mod:`osml.wire.ipc`). One thread per connection, one request per connection. Each agent
-(key: context and agent id) owns an :class:`~osml.trainer.fit.EncoderTrainer` and a lock, so the
-jobs of one agent run one after the other while different agents train concurrently (torch runs
-single-threaded per job). Building an encoder touches torch's global RNG, so that part is
-serialised across agents.
+Agents never import torch; they send training jobs here
+(:class:`osml.agent.trainer_client.TrainerClient`, framing in :mod:`osml.wire.ipc`). One thread per
+connection, one request per connection. Each agent (key: context and agent id) owns an
+:class:`~osml.trainer.fit.EncoderTrainer` and a lock, so the jobs of one agent run one after the
+other while different agents train concurrently (torch runs single-threaded per job). Building an
+encoder touches torch's global RNG, so that part is serialised across agents.
 
 After every job the agent's state - encoder weights and buffers, decoder, AdamW moments and the
 batch sampler's generator - is checkpointed under ``state_dir`` as an ``.npz`` (plain arrays, no
@@ -130,7 +130,8 @@ def parse_settings(raw: object, architecture: str) -> TrainerSettings:
         values[key] = value
     if values.get("architecture", architecture) != architecture:
         raise TrainerError(
-            f"bad trainer settings: architecture {values['architecture']!r} contradicts the registered {architecture!r}"
+            f"bad trainer settings: architecture {values['architecture']!r} contradicts "
+            f"the registered {architecture!r}"
         )
     values["architecture"] = architecture
     if values.get("threads", 1) < 1:
@@ -244,7 +245,8 @@ class TrainerService:
         try:
             if req.get("v") != PROTOCOL_VERSION:
                 raise TrainerError(
-                    f"protocol version {req.get('v')!r} not supported (this trainer speaks {PROTOCOL_VERSION})"
+                    f"protocol version {req.get('v')!r} not supported "
+                    f"(this trainer speaks {PROTOCOL_VERSION})"
                 )
             op = req.get("op")
             handler = self._ops.get(op) if isinstance(op, str) else None
@@ -322,7 +324,8 @@ class TrainerService:
                     resumed = True
                 else:
                     log.warning(
-                        "%s/%s: the saved encoder does not fit the new registration; starting afresh",
+                        "%s/%s: the saved encoder does not fit the new registration; "
+                        "starting afresh",
                         context,
                         agent_id,
                     )
@@ -371,14 +374,16 @@ class TrainerService:
             targets = unpack_array(req.get("targets"), 2, "targets")
             if targets.shape != (len(windows), tr.encoder.embedding_dim):
                 raise TrainerError(
-                    f"targets must have shape ({len(windows)}, {tr.encoder.embedding_dim}), got {targets.shape}"
+                    f"targets must have shape ({len(windows)}, {tr.encoder.embedding_dim}), "
+                    f"got {targets.shape}"
                 )
             before = state_arrays(tr)
             try:
                 losses = tr.fit(windows, targets)
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise TrainerError(
-                        f"round {rnd} diverged (losses {losses}); the agent's trainer state was rolled back"
+                        f"round {rnd} diverged (losses {losses}); "
+                        "the agent's trainer state was rolled back"
                     )
                 model, card = self._export(tr, windows, version, key)
             except BaseException:
@@ -471,7 +476,8 @@ class TrainerService:
         enc = tr.encoder
         if len(windows) < 2 or windows.shape[1:] != (enc.window, enc.n_features):
             raise TrainerError(
-                f"windows must have shape (n >= 2, {enc.window}, {enc.n_features}), got {windows.shape}"
+                f"windows must have shape (n >= 2, {enc.window}, {enc.n_features}), "
+                f"got {windows.shape}"
             )
         return windows
 
@@ -539,9 +545,8 @@ class TrainerService:
         try:
             meta = json.loads(path.read_text())
             if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(
-                    f"format {meta.get('format') if isinstance(meta, dict) else None!r} not supported"
-                )
+                found = meta.get("format") if isinstance(meta, dict) else None
+                raise ValueError(f"format {found!r} not supported")
             if (meta.get("context"), meta.get("agent_id")) != key:
                 raise ValueError("it belongs to another agent")
             for k in ("version", "window", "n_features", "embedding_dim", "seed"):

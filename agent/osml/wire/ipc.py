@@ -160,7 +160,8 @@ def unpack_array(
     dtype = _DTYPES[dtype_name]
     if math.prod(shape) * dtype.itemsize != len(data):
         raise TrainerError(
-            f"{name}: shape {shape} needs {math.prod(shape) * dtype.itemsize} bytes, got {len(data)}"
+            f"{name}: shape {shape} needs {math.prod(shape) * dtype.itemsize} bytes, "
+            f"got {len(data)}"
         )
     arr = np.frombuffer(data, dtype=dtype).reshape(shape).astype(np.float32)  # copy: writable
     if not np.isfinite(arr).all():

@@ -6,9 +6,9 @@ be from someone else. With signing on, every frame carries a 32-byte tag
 
     sig = HMAC-SHA256(key, b"osml-frame-v1\\n" + canonical bytes of the frame without sig)
 
-(:func:`osml.wire.codec.signed_bytes` gives the canonical bytes), and an agent rejects frames that have
-no tag or a wrong one *before* it decompresses or decodes their payload. The key is shared by the
-agents of one context, so it proves "written by a holder of this context's key", not "by agent
+(:func:`osml.wire.codec.signed_bytes` gives the canonical bytes), and an agent rejects frames that
+have no tag or a wrong one *before* it decompresses or decodes their payload. The key is shared by
+the agents of one context, so it proves "written by a holder of this context's key", not "by agent
 X": an agent that holds the key can still sign as another; the ACL, which binds the topic to the
 broker user, covers that case (see docs/security.md).
 
@@ -72,7 +72,8 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
         ) from None
     if len(key) < KEY_BYTES:
         raise ConfigError(
-            f"{p}: the signing key has {len(key)} bytes; use at least {KEY_BYTES} ({2 * KEY_BYTES} hex digits)"
+            f"{p}: the signing key has {len(key)} bytes; "
+            f"use at least {KEY_BYTES} ({2 * KEY_BYTES} hex digits)"
         )
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         _log.warning("%s: signing key is accessible by group or others; chmod 600 it", p)

@@ -1,7 +1,8 @@
 """The MQTT topic layout and the rules for the names in it, in one place.
 
     osml/<context>/<dst>/in/<src>   a frame from agent <src> to agent <dst> (the inbox of <dst>);
-                                    QoS 1, not retained. <dst> subscribes to osml/<context>/<dst>/in/+
+                                    QoS 1, not retained. <dst> subscribes to
+                                    osml/<context>/<dst>/in/+
     osml/<context>/<id>/status      retained JSON: online/offline, round, model version,
                                     sub-context, equilibrium; the broker publishes the last will
                                     {"state": "offline"} here when an agent vanishes
