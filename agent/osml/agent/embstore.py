@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from osml.agent.modelcard import write_atomic
+from osml.files import write_atomic
 
 __all__ = ["SEGMENT_OVERHEAD", "EmbeddingRows", "EmbeddingStore", "bound_bytes"]
 

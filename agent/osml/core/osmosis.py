@@ -10,7 +10,8 @@ embeddings ``e_j(t)`` that its neighbours ``j`` sent for the *same* steps, the o
 where ``cos`` is the plain same-step cosine, ``T > 0`` the temperature and ``m_aj`` is 1 for the
 agent itself and for neighbours inside its sub-context, 0 for neighbours outside it (see
 :mod:`osml.core.subcontext`). So a neighbour that agrees at step t pulls more at that step; a
-neighbour outside the sub-context never pulls; an agent alone in its sub-context is pulled toward itself.
+neighbour outside the sub-context never pulls; an agent alone in its sub-context is pulled
+toward itself.
 
 A high temperature (the default 1.0) keeps weights near uniform inside the sub-context, which is
 what makes independently initialised encoders converge: at round 0 their embedding spaces are
