@@ -19,6 +19,8 @@ Examples:
   osml run --data path/to/complex-context --rounds 15 --topology ring
   osml run --data generated:simple --broker mqtt://127.0.0.1:1883 --context lab
   osml run --data generated:complex --trainers 2 --sign
+  osml run --data generated:complex --live --speed 50 --max-skew 0.5 --drop-readings 0.05
+  osml run --data generated:simple --live --inject-fault 1:stuck@300
 
 \b
 Starts a private Mosquitto on a free loopback port (unless --broker is given),
@@ -70,6 +72,65 @@ state and log.
     help="Sign every frame (HMAC-SHA256) with a fresh key in OUT/fleet/signing.key (mode 0600); "
     "agents require signatures.",
 )
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Replay the data's training rows as live sensor streams (one feeder per device "
+    "through a real source); the final models are evaluated on the test rows as usual.",
+)
+@click.option(
+    "--source",
+    "live_source",
+    type=click.Choice(["mqtt", "tail", "exec"]),
+    default="mqtt",
+    show_default=True,
+    help="--live: how readings reach each agent: an MQTT topic, a file it tails, or a command.",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=1.0),
+    default=50.0,
+    show_default=True,
+    help="--live: times real time.",
+)
+@click.option(
+    "--period",
+    "period_steps",
+    type=click.IntRange(min=1),
+    default=40,
+    show_default=True,
+    help="--live: steps per round.",
+)
+@click.option(
+    "--max-skew",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="--live: each device's clock off by up to this many seconds (one step is 1 s).",
+)
+@click.option(
+    "--jitter",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="--live: seconds of random spread of each reading within its step.",
+)
+@click.option(
+    "--drop-readings",
+    type=click.FloatRange(0.0, 0.99),
+    default=0.0,
+    show_default=True,
+    help="--live: share of readings never sent.",
+)
+@click.option(
+    "--inject-fault",
+    "faults",
+    multiple=True,
+    metavar="AGENT:KIND@STEP",
+    help="--live: corrupt one device's stream from row STEP on; KIND is stuck, spike, "
+    "offset[:STD], noise[:STD] or switch:OTHER (the device starts seeing OTHER's signal). "
+    "Repeatable.",
+)
 @one_line_errors
 def run_command(
     broker_url: str | None,
@@ -78,6 +139,14 @@ def run_command(
     protocol: str,
     trainers: int,
     sign: bool,
+    live: bool,
+    live_source: str,
+    speed: float,
+    period_steps: int,
+    max_skew: float,
+    jitter: float,
+    drop_readings: float,
+    faults: tuple[str, ...],
     **flags: Any,
 ) -> None:
     """Run a fleet on this machine: every agent its own process, talking over MQTT.
@@ -89,6 +158,23 @@ def run_command(
     if flags.get("context") == "sim":
         flags["context"] = "run"
     job = prepare(**flags)
+    from osml.ops.live import LiveOptions
+
+    live_options = (
+        LiveOptions(
+            speed=speed,
+            period_steps=period_steps,
+            source=live_source,
+            max_skew=max_skew,
+            jitter=jitter,
+            drop_readings=drop_readings,
+            faults=faults,
+        )
+        if live
+        else None
+    )
+    if not live and faults:
+        raise click.UsageError("--inject-fault needs --live")
     options = FleetOptions(
         broker_url=broker_url,
         drop_rate=drop_rate,
@@ -96,9 +182,11 @@ def run_command(
         protocol=protocol,
         trainers=trainers,
         sign=sign,
+        live=live_options,
     )
     how = (
         ", agents as processes over MQTT"
+        + (f", live {live_source} streams at {speed:g}x" if live else "")
         + (f" ({drop_rate:.0%} frames dropped)" if drop_rate else "")
         + (", signed frames" if sign else "")
     )

@@ -38,6 +38,7 @@ from osml.errors import OsmlError, TransportError
 from osml.net.broker import MosquittoProcess, find_mosquitto, tail_lines
 from osml.net.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.net.transport import BrokerSettings, Transport
+from osml.ops.live import LiveOptions, LiveReplay, assemble_live
 from osml.ops.rows import FIGURES, FinalSection, ReportRound, RunResult, evaluate, report_round
 from osml.ops.simulate import SimulationSettings
 from osml.wire import topics
@@ -74,6 +75,7 @@ class FleetOptions:
         default_factory=dict
     )  # more [trainer.settings] keys
     sign: bool = False  # sign frames with a fresh per-run key, and require signatures
+    live: LiveOptions | None = None  # replay the data as live sensor streams (osml run --live)
 
     def __post_init__(self) -> None:
         if self.trainers < 1:
@@ -121,9 +123,11 @@ def agent_toml(
     socket: Path,
     options: FleetOptions,
     signing_key: Path | None = None,
+    live_data: Sequence[str] | None = None,
 ) -> str:
     """The config file of one agent of the fleet (``eval_dir``: where it saves per-round
-    evaluations, None for none; ``signing_key``: the ``[signing]`` key file)."""
+    evaluations, None for none; ``signing_key``: the ``[signing]`` key file; ``live_data``: the
+    ``[data]`` table of a live source, replacing the file source)."""
     tset = settings.trainer
     arch = settings.architectures.get(agent_id, getattr(tset, "architecture", "mlp"))
     objective = getattr(tset, "objective", "vc")
@@ -131,6 +135,8 @@ def agent_toml(
     extra_rounds = ([f"steps = {options.steps}"] if options.steps else []) + (
         [f"interval = {options.interval}"] if options.interval else []
     )
+    if options.live is not None:
+        extra_rounds.append(f"period = {options.live.period}")
     trainer_extra = [
         f"{k} = {_toml_value(v)}" for k, v in options.trainer_settings.items() if k != "objective"
     ]
@@ -153,10 +159,15 @@ def agent_toml(
             "[neighbours]",
             "ids = [" + ", ".join(_q(n) for n in links) + "]",
             "",
-            "[data]",
-            f"source = {_q(data_source)}",
-            f"agent = {_q(agent_id)}",
-            f"seed = {data_seed}",
+            *(
+                live_data
+                or [
+                    "[data]",
+                    f"source = {_q(data_source)}",
+                    f"agent = {_q(agent_id)}",
+                    f"seed = {data_seed}",
+                ]
+            ),
             "",
             "[model]",
             f"architecture = {_q(arch)}",
@@ -293,6 +304,7 @@ def run_fleet(
         shutil.rmtree(workdir / sub, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     broker: MosquittoProcess | EmbeddedBroker | None = None
+    replay: LiveReplay | None = None
     procs: list[FleetProcess] = []
     monitor: Transport | None = None
     env = {"PYTHONUNBUFFERED": "1", **options.env}
@@ -323,6 +335,24 @@ def run_fleet(
         sockets = start_trainers(workdir, options.trainers, env, procs)
         key = write_signing_key(workdir / SIGNING_KEY_FILE) if options.sign else None
         source = str(SourceSpec.from_cli(data_spec))
+        live = options.live
+        if live is not None:
+            replay = LiveReplay(
+                data_spec,
+                dataset,
+                ids,
+                live,
+                context=settings.context,
+                seed=settings.seed,
+                window=settings.window,
+                rounds=settings.rounds,
+                workdir=workdir,
+            )
+            options = dataclasses.replace(options, count=replay.rounds)
+            notice(
+                f"live: {live.source} streams at {live.speed:g}x, "
+                f"{replay.rounds} rounds of {live.period_steps} steps"
+            )
         for i, aid in enumerate(ids):
             adir = workdir / "agents" / aid
             adir.mkdir(parents=True, exist_ok=True)
@@ -341,6 +371,7 @@ def run_fleet(
                     sockets[i % len(sockets)],
                     options,
                     key,
+                    replay.data_lines(aid, dataset[aid].n_features) if replay else None,
                 )
             )
         monitor = Transport(
@@ -367,6 +398,8 @@ def run_fleet(
                     env,
                 )
             )
+        if replay is not None:
+            replay.start(BrokerSettings(url=url, protocol=options.protocol))
         seen: dict[int, dict[str, RoundRecord]] = {}
         shown = -1
         sent_before = {a: 0 for a in ids}
@@ -390,6 +423,25 @@ def run_fleet(
             except ValueError:
                 continue
             seen.setdefault(rec.round, {})[parsed[1]] = rec
+            if replay is not None:  # live rounds are numbered by the clock: show them in order
+                done = sorted(k for k, v in seen.items() if len(v) == len(ids))
+                for k in done:
+                    recs = seen.pop(k)
+                    shown += 1
+                    row = report_round(
+                        shown,
+                        {f: {} for f in FIGURES},
+                        subcontexts,
+                        {a: r.embedded_with for a, r in recs.items()},
+                        recs,
+                        sent_before,
+                        wall0,
+                    )
+                    if progress:
+                        progress(row)
+                    subcontexts = row.subcontexts
+                    sent_before = {a: r.bytes_out for a, r in recs.items()}
+                continue
             while progress and len(seen.get(shown + 1, {})) == len(ids):
                 shown += 1
                 recs = seen.pop(shown)
@@ -409,12 +461,19 @@ def run_fleet(
             if p.popen.returncode != 0:
                 raise OsmlError(f"{p.name} exited with code {p.popen.returncode}: {_tail(p.log)}")
     finally:
+        if replay is not None:
+            replay.stop()
         if monitor is not None:
             monitor.close()
         stop_processes(procs)
         if broker is not None:
             broker.stop()
-    return assemble(workdir, dataset, ids, links, settings, time.perf_counter() - t0, wall0)
+    elapsed = time.perf_counter() - t0
+    if replay is not None:
+        return assemble_live(
+            workdir, dataset, ids, links, settings.window, settings.topology, elapsed, wall0
+        )
+    return assemble(workdir, dataset, ids, links, settings, elapsed, wall0)
 
 
 def _live_figures(workdir: Path, ids: Sequence[str], rnd: int) -> dict[str, Any]:
