@@ -16,6 +16,7 @@ import click
 from osml import __version__
 from osml.cli.agent import agent_command
 from osml.cli.broker import broker
+from osml.cli.embed import embed_command
 from osml.cli.monitor import monitor_command
 from osml.cli.progress import LINE_WIDTH
 from osml.cli.report import report_command
@@ -49,6 +50,7 @@ for _command in (
     agent_command,
     trainer_command,
     report_command,
+    embed_command,
     monitor_command,
     broker,
 ):
