@@ -365,3 +365,25 @@ def test_cli_help_has_examples() -> None:
     assert result.exit_code == 0
     assert "osml monitor --broker mqtt://127.0.0.1:1883 --context lab" in result.output
     assert "--stall-after" in result.output
+
+
+def test_live_agents_get_an_anomaly_column() -> None:
+    view = FleetView(CTX)
+    view.update(metrics("0", round=5, anomaly_z=1.2, anomalies=0, anomaly_mode="consensus"), NOW)
+    view.update(metrics("1", round=5, anomaly_z=9.5, anomalies=3, anomaly_mode="consensus"), NOW)
+    view.update(metrics("2", round=5, source_stalled=True, anomaly_mode="novelty"), NOW)
+
+    rows = view.rows(NOW, 60)
+    lines = render_table(rows, width=100).splitlines()
+
+    assert "anomaly" in lines[0]
+    assert "z 1.2" in lines[1] and "ANOM 3" in lines[2] and "src?" in lines[3]
+    assert rows[1]["anomalies"] == 3 and rows[1]["anomaly_z"] == 9.5
+    assert all(len(line) <= 100 for line in lines)
+
+
+def test_file_fleets_have_no_anomaly_column() -> None:
+    view = FleetView(CTX)
+    view.update(metrics("0", round=5), NOW)
+
+    assert "anomaly" not in render_table(view.rows(NOW, 60), width=100).splitlines()[0]

@@ -130,6 +130,7 @@ class AgentRuntime:
             max_frame_bytes=max(cfg.rounds.max_frame_bytes, 1 << 20),
         )
         self._idle_rounds = 0
+        self._last_record: RoundRecord | None = None
 
     # -- model handling -----------------------------------------------------------------------
 
@@ -309,9 +310,22 @@ class AgentRuntime:
                 "equilibrium": self.learner.equilibrium.at_equilibrium,
                 "trainer": self.round.trainer_status if self.round else self.trainer_status,
                 "mode": "inference-only" if self.cfg.inference_only else "training",
+                **self._live_status(),
                 "time": time.time(),
             }
         ).encode()
+
+    def _live_status(self) -> dict[str, Any]:
+        """A live agent's source health and latest anomaly score, for its status."""
+        if self.live is None:
+            return {}
+        after = self.cfg.data.stall_after or 10 * self.cfg.data.step_seconds
+        rec = self._last_record
+        return {
+            "source": "stalled" if self.live.source.stalled(self.live.now(), after) else "ok",
+            "anomaly_z": rec.anomaly_z if rec else None,
+            "anomalies": rec.anomalies if rec else 0,
+        }
 
     def _connect(self, stop: threading.Event) -> Transport:
         t = Transport(
@@ -427,6 +441,7 @@ class AgentRuntime:
             if record is None:
                 break
             record = self._score(agent_round, record)
+            self._last_record = record
             self._commit(record)
             done += 1
             self.transport.publish(

@@ -272,6 +272,11 @@ class FleetView:
             "missing": _ids(rec.missing) if rec else None,
             "reconnects": rec.reconnects if rec else None,
             "round_s": rec.round_s if rec else None,
+            # Live sources: the largest anomaly z of the last round, its flagged steps, and
+            # whether the sensor source has gone quiet.
+            "anomaly_z": rec.anomaly_z if rec else None,
+            "anomalies": rec.anomalies if rec and rec.anomaly_mode else None,
+            "source_stalled": rec.source_stalled if rec else None,
             "last_seen": agent.last_seen,
             "last_seen_age_s": None if age is None else round(age, 3),
         }
@@ -350,10 +355,22 @@ _COLUMNS: list[tuple[str, bool, int]] = [
     ("frames i/o", True, 10),
     ("bytes i/o", True, 9),
     ("errors", True, 6),
+    ("anomaly", True, 7),  # only with live sources, in place of "bytes i/o"
     ("trainer", False, 7),
     ("last seen", True, 9),
 ]
 _SUB = 5  # index of the sub-context column, which takes whatever width is left
+
+
+def _anomaly_text(row: Mapping[str, Any]) -> str:
+    """``ANOM 7`` when the last round flagged steps, ``z 2.1`` otherwise, ``src?`` for a stalled
+    sensor source, ``-`` for an agent without a live source."""
+    if row.get("source_stalled"):
+        return "src?"
+    flagged, z = row.get("anomalies"), row.get("anomaly_z")
+    if flagged:
+        return f"ANOM {flagged}"
+    return "-" if z is None else f"z {z:.1f}"
 
 
 def render_table(rows: Sequence[Mapping[str, Any]], width: int = 100, color: bool = False) -> str:
@@ -362,8 +379,13 @@ def render_table(rows: Sequence[Mapping[str, Any]], width: int = 100, color: boo
     Offline agents say ``OFFLINE`` and stalled ones ``STALLED`` in the state column; with
     ``color`` their whole line is also red or yellow (and ``online`` green). ``affinity`` is
     the mean affinity memory with the agent's sub-context peers; ``errors`` counts late plus
-    invalid frames; frames and bytes are cumulative in/out.
+    invalid frames; ``anomaly`` the last round's flagged steps (or its largest z); frames and bytes are cumulative in/out.
     """
+    columns = _COLUMNS
+    live = any(
+        r.get("anomaly_z") is not None or r.get("anomalies") is not None or r.get("source_stalled")
+        for r in rows
+    )
     cells: list[list[str]] = []
     for row in rows:
         eq = row.get("equilibrium")
@@ -381,32 +403,39 @@ def render_table(rows: Sequence[Mapping[str, Any]], width: int = 100, color: boo
                 _pair(row.get("frames_in"), row.get("frames_out")),
                 _pair(row.get("bytes_in"), row.get("bytes_out")),
                 "-" if row.get("errors") is None else str(row["errors"]),
+                _anomaly_text(row),
                 _fit(str(row.get("trainer") or "-"), 11),
                 _ago(row.get("last_seen_age_s")),
             ]
         )
+    # Agents with a live source show their anomaly score in place of the bytes column (the
+    # table stays within its width); the others show no anomaly column.
+    drop_name = "bytes i/o" if live else "anomaly"
+    drop = next(i for i, c in enumerate(_COLUMNS) if c[0] == drop_name)
+    columns = [c for i, c in enumerate(_COLUMNS) if i != drop]
+    cells = [[v for i, v in enumerate(c) if i != drop] for c in cells]
     widths = [
         max([minimum, len(header), *(len(c[i]) for c in cells)])
-        for i, (header, _right, minimum) in enumerate(_COLUMNS)
+        for i, (header, _right, minimum) in enumerate(columns)
     ]
     fixed = sum(w for i, w in enumerate(widths) if i != _SUB)
-    gap = 2 if fixed + 2 * (len(_COLUMNS) - 1) + widths[_SUB] + 6 <= width else 1
-    room = width - fixed - gap * (len(_COLUMNS) - 1)
+    gap = 2 if fixed + 2 * (len(columns) - 1) + widths[_SUB] + 6 <= width else 1
+    room = width - fixed - gap * (len(columns) - 1)
     longest = max((len(_subcontext_text(r.get("subcontext"), 10_000)) for r in rows), default=0)
-    widths[_SUB] = max(_COLUMNS[_SUB][2], min(room, longest))
+    widths[_SUB] = max(columns[_SUB][2], min(room, longest))
     for c, row in zip(cells, rows):
         c[_SUB] = _subcontext_text(row.get("subcontext"), widths[_SUB])
 
     def line(values: Sequence[str], online: bool = False) -> str:
         parts = [
             v.rjust(w) if right else v.ljust(w)
-            for v, w, (_h, right, _m) in zip(values, widths, _COLUMNS)
+            for v, w, (_h, right, _m) in zip(values, widths, columns)
         ]
         if online:
             parts[1] = parts[1].replace("online", f"{_GREEN}online{_RESET}")
         return (" " * gap).join(parts).rstrip()
 
-    lines = [line([h for h, _r, _m in _COLUMNS])]
+    lines = [line([h for h, _r, _m in columns])]
     for c in cells:
         text = line(c, online=color and c[1] == "online")
         if color and c[1] == "OFFLINE":
