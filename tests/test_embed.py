@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clihelp import run_command
 
+from clihelp import run_command
 from osml.agent.data import load_dataset, windows
 from osml.agent.inference import OnnxEncoder
 from osml.cli.main import main

@@ -379,7 +379,8 @@ def render_table(rows: Sequence[Mapping[str, Any]], width: int = 100, color: boo
     Offline agents say ``OFFLINE`` and stalled ones ``STALLED`` in the state column; with
     ``color`` their whole line is also red or yellow (and ``online`` green). ``affinity`` is
     the mean affinity memory with the agent's sub-context peers; ``errors`` counts late plus
-    invalid frames; ``anomaly`` the last round's flagged steps (or its largest z); frames and bytes are cumulative in/out.
+    invalid frames; ``anomaly`` the last round's flagged steps (or its largest z); frames and
+    bytes are cumulative in/out.
     """
     columns = _COLUMNS
     live = any(
