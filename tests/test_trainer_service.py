@@ -601,8 +601,10 @@ def test_client_verifies_returned_model(
     client = TrainerClient(path, timeout=5)
     assert init(client) == 0
     assert client.initial_model("a1", WINDOWS, 1)[1].version == 1
+    # A corrupted model reaches the agent, which verifies every model in one place before use.
+    corrupted, its_card = client.initial_model("a1", WINDOWS, 1)
     with pytest.raises(ModelError, match="sha256"):
-        client.initial_model("a1", WINDOWS, 1)
+        OnnxEncoder.from_bytes(corrupted, its_card)
     with pytest.raises(ModelError, match="expected"):
         client.initial_model("a1", WINDOWS, 1)
     with pytest.raises(TrainerError, match="JSON"):
