@@ -6,6 +6,7 @@ Every process is stopped by PID when the test ends; waits are bounded polls, nev
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from osml.agent.records import RoundRecord
 from osml.agent.state import read_rounds
 from osml.agent.trainer_client import TrainerClient
 from osml.net.broker import MosquittoProcess
+from osml.net.transport import BrokerSettings, Transport
 from osml.ops.feeders import FileFeeder
 from osml.ops.replay import ReplayPlan, replay_rows
 
@@ -122,6 +124,7 @@ def live_config(
         "features = 1",
         f"step_seconds = {STEP}",
         'clock = "replay"',
+        f'publish_topic = "results/{ctx}/{agent}"',
         f"replay_speed = {SPEED}",
         f"replay_start = {plan.start_time}",
         f"replay_origin = {at}",
@@ -174,6 +177,13 @@ def test_agents_on_replayed_live_streams_exchange_by_step_and_score_anomalies(
         for a, c in configs.items()
     }
     feeders = [FileFeeder(rows[a], plan, a, path=feeds[a]) for a in IDS]
+    results = Transport(
+        BrokerSettings(url=mosquitto.url),
+        f"results-reader-{ctx}",
+        persistent=False,
+        subscriptions=[f"results/{ctx}/0"],
+    )
+    results.connect()
     try:
         for f in feeders:
             f.start(at=at)
@@ -187,9 +197,17 @@ def test_agents_on_replayed_live_streams_exchange_by_step_and_score_anomalies(
             except subprocess.TimeoutExpired:
                 pytest.fail(f"agent {a} still running:\n{procs.log_of(p)}")
             assert code == 0, procs.log_of(p)
+        published = []
+        while (msg := results.get(timeout=0.5)) is not None:
+            published.append(json.loads(msg.payload))
     finally:
+        results.close()
         for f in feeders:
             f.stop()
+    # The live embeddings and scores of every round, on the local results topic.
+    assert len(published) == ROUNDS
+    assert all(len(m["steps"]) == len(m["embeddings"]) == len(m["z"]) > 0 for m in published)
+    assert published[-1]["agent"] == "0" and len(published[-1]["embeddings"][0]) == 5
 
     recs: dict[str, list[RoundRecord]] = {
         a: read_rounds(c.parent / "state") for a, c in configs.items()

@@ -119,6 +119,9 @@ class DataSection:
     )
     # The data's clock: "wall" on a device; "replay" for a recording played back `replay_speed`
     # times faster, data time = replay_start + (time.time() - replay_origin) * replay_speed.
+    # Publish each round's embeddings and anomaly scores as JSON on this topic of the data
+    # broker (the device's local one; "" = don't): results for local consumers.
+    publish_topic: str = ""
     clock: str = "wall"
     replay_speed: float = 1.0
     replay_start: float = 0.0

@@ -58,7 +58,7 @@ from osml.core.learner import LearnerSettings, OsmoticLearner
 from osml.core.subcontext import SubcontextMemory
 from osml.errors import BrokerRefusedError, ModelError, TrainerError, TransportError
 from osml.files import write_atomic
-from osml.net.transport import Transport
+from osml.net.transport import BrokerSettings, Transport
 from osml.wire import topics
 from osml.wire.inbox import Inbox
 
@@ -131,6 +131,7 @@ class AgentRuntime:
         )
         self._idle_rounds = 0
         self._last_record: RoundRecord | None = None
+        self.results: Transport | None = None  # [data] publish_topic, live agents only
 
     # -- model handling -----------------------------------------------------------------------
 
@@ -179,10 +180,47 @@ class AgentRuntime:
             return lambda: start + (time.time() - origin) * speed
         return time.time
 
+    def _data_broker(self) -> BrokerSettings:
+        d = self.cfg.data
+        return self.cfg.broker if not d.broker else replace(self.cfg.broker, url=d.broker)
+
+    def _open_results(self) -> None:
+        """Connect the results publisher (``[data] publish_topic``); a failure is logged, not
+        fatal: results are a convenience, the rounds go on without them."""
+        if self.live is None or not self.cfg.data.publish_topic:
+            return
+        results = Transport(
+            self._data_broker(), f"osml-{self.ctx}-{self.id}-results", persistent=False
+        )
+        try:
+            results.connect()
+            self.results = results
+        except TransportError as exc:
+            log.warning("agent %s: not publishing results (%s)", self.id, exc)
+
+    def _publish_results(self, steps: np.ndarray, own: np.ndarray, scores: Any) -> None:
+        if self.results is None:
+            return
+        s = self.cfg.data.step_seconds
+        payload = {
+            "agent": self.id,
+            "context": self.ctx,
+            "model_version": self.state.model_version,
+            "steps": steps.tolist(),
+            "time": (steps.astype(np.float64) * s).tolist(),
+            "embeddings": np.round(own.astype(np.float64), 6).tolist(),
+            "z": [None if not math.isfinite(z) else round(float(z), 4) for z in scores.z],
+            "flagged": [bool(f) for f in scores.flagged],
+        }
+        try:
+            self.results.publish(self.cfg.data.publish_topic, json.dumps(payload).encode(), qos=0)
+        except TransportError as exc:
+            log.warning("agent %s: results not published (%s)", self.id, exc)
+
     def _open_live(self, cfg: AgentConfig) -> LiveWindows:
         d = cfg.data
         clock = self._clock()
-        broker = self.cfg.broker if not d.broker else replace(self.cfg.broker, url=d.broker)
+        broker = self._data_broker()
         source = open_source(
             d.source,
             broker=broker,
@@ -487,6 +525,7 @@ class AgentRuntime:
                 z=scores.z.astype(np.float32),
                 flagged=scores.flagged,
             )
+            self._publish_results(steps, own, scores)
             z = scores.z[np.isfinite(scores.z)]
             extra.update(
                 anomaly_z=float(z.max()) if len(z) else None,
@@ -516,6 +555,7 @@ class AgentRuntime:
         try:
             if self.live is not None:
                 self.live.source.start()  # its reader thread connects/opens/starts on its own
+                self._open_results()
                 log.info("agent %s: reading %s", self.id, self.cfg.data.source)
             self._ensure_model(stop)
             if self.encoder is None:
@@ -579,6 +619,8 @@ class AgentRuntime:
             self.trainer.close()
             if self.live is not None:
                 self.live.source.stop()
+            if self.results is not None:
+                self.results.close()
             if self.transport is not None:
                 self.transport.close()
         return 0
