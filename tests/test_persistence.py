@@ -413,3 +413,14 @@ def test_state_written_before_the_equilibrium_memory_still_loads(tmp_path: Path)
     )
     state = load_state(tmp_path, "a", "c")
     assert state.next_round == 7 and state.equilibrium == {"streak": 4}
+
+
+def test_rounds_file_is_rotated_so_its_size_stays_bounded(tmp_path: Path) -> None:
+    for r in range(200):
+        append_round(tmp_path, RoundRecord(round=r), max_bytes=4096)
+
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["rounds.jsonl", "rounds.jsonl.1"]
+    assert all((tmp_path / f).stat().st_size < 4096 + 1024 for f in files)
+    rounds = [r.round for r in read_rounds(tmp_path)]
+    assert rounds == list(range(rounds[0], 200)) and rounds[0] > 0  # the newest, in order

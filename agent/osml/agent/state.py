@@ -2,7 +2,8 @@
 
     state_dir/state.json          round, model version, affinity memory, sub-context, equilibrium
     state_dir/model.onnx (+ .card.json)   the model in use, verified against its card on load
-    state_dir/rounds.jsonl        one JSON line per finished round (what `osml run` reports)
+    state_dir/rounds.jsonl        one JSON line per finished round (what `osml run` reports),
+                                  rotated to rounds.jsonl.1 past ROUNDS_MAX_BYTES
 
 state.json and the model pair are written atomically (temp file, fsync, rename; the model's card is
 its commit point, see :mod:`osml.agent.modelcard`), so a SIGKILL or power cut at any moment leaves
@@ -27,6 +28,7 @@ __all__ = ["ROUNDS_FILE", "AgentState", "append_round", "load_state", "read_roun
 
 STATE_FORMAT = 1
 ROUNDS_FILE = "rounds.jsonl"
+ROUNDS_MAX_BYTES = 8 << 20  # rounds.jsonl is rotated past this size (one older file is kept)
 
 
 @dataclass
@@ -83,14 +85,22 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def append_round(state_dir: Path, record: RoundRecord) -> None:
+def append_round(state_dir: Path, record: RoundRecord, max_bytes: int = ROUNDS_MAX_BYTES) -> None:
     """Append one round's record to rounds.jsonl and fsync it.
 
     A previous append killed half-way leaves a last line without its newline: it is completed
-    when it parses, cut off otherwise, so the new record never lands glued to a torn one.
+    when it parses, cut off otherwise, so the new record never lands glued to a torn one. Once
+    the file holds ``max_bytes``, it becomes ``rounds.jsonl.1`` (replacing the previous one) and a
+    new file begins: the records take at most about twice ``max_bytes`` on disk, for ever.
     """
     line = (json.dumps(record.to_json(), sort_keys=True) + "\n").encode()
-    with open(state_dir / ROUNDS_FILE, "a+b") as fh:
+    path = state_dir / ROUNDS_FILE
+    try:
+        if path.stat().st_size >= max_bytes:
+            os.replace(path, path.with_name(ROUNDS_FILE + ".1"))  # atomic: a kill keeps both
+    except FileNotFoundError:
+        pass
+    with open(path, "a+b") as fh:
         end = fh.seek(0, os.SEEK_END)
         if end:
             fh.seek(max(0, end - 1))
@@ -108,12 +118,17 @@ def append_round(state_dir: Path, record: RoundRecord) -> None:
 
 
 def read_rounds(state_dir: Path) -> list[RoundRecord]:
-    """The records in ``state_dir/rounds.jsonl``, oldest first ([] when there is none yet).
+    """The records in ``state_dir/rounds.jsonl`` (after those of the rotated
+    ``rounds.jsonl.1``, if any), oldest first ([] when there is none yet).
 
     A torn last line (an agent killed in the middle of an append) is skipped; a bad line anywhere
     else is real damage and raises :class:`~osml.errors.ConfigError`.
     """
-    path = state_dir / ROUNDS_FILE
+    older = state_dir / (ROUNDS_FILE + ".1")
+    return (_read_file(older) if older.exists() else []) + _read_file(state_dir / ROUNDS_FILE)
+
+
+def _read_file(path: Path) -> list[RoundRecord]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
