@@ -38,7 +38,7 @@ import numpy as np
 
 from osml.files import write_atomic
 
-__all__ = ["SEGMENT_OVERHEAD", "EmbeddingRows", "EmbeddingStore", "bound_bytes"]
+__all__ = ["SEGMENT_OVERHEAD", "EmbeddingRows", "EmbeddingStore", "bound_bytes", "read_store"]
 
 log = logging.getLogger("osml.agent")
 
@@ -280,3 +280,23 @@ class EmbeddingStore:
                 except FileNotFoundError:
                     continue
         return total
+
+
+def read_store(
+    directory: str | os.PathLike[str], dim: int, segment_rows: int = 1024
+) -> EmbeddingRows:
+    """Every row of the store in ``directory``, read-only: for another process (a monitor, a
+    user's script) while the agent writes. Touches no file; a segment being replaced or
+    evicted meanwhile is skipped."""
+    folder = Path(directory)
+    try:
+        names = sorted(p for p in folder.iterdir() if _SEGMENT.fullmatch(p.name))
+    except FileNotFoundError:
+        return EmbeddingRows.empty(dim)
+    parts = []
+    for path in names:
+        try:
+            parts.append(_decode(path, dim, segment_rows))
+        except (FileNotFoundError, ValueError):
+            continue
+    return _latest_per_step(_concat(parts, dim))

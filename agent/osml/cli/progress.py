@@ -34,8 +34,9 @@ def progress_line(entry: Mapping[str, Any], rounds: int, width: int = LINE_WIDTH
     """One round of :func:`osml.ops.simulate.simulate` as a line (wrapped to ``width`` columns).
 
     ``round  3/10    12.4s   14.1 kB  eq 0/4  {0,1} 0.99/0.89  {M0}  {M1}``: round, elapsed time,
-    bytes sent in the round, agents at equilibrium, then per sub-context its mean strict/centered
-    alignment (a singleton has none).
+    bytes sent in the round, agents at equilibrium (live sources: the agents that flagged
+    anomalous steps, ``anom 1:7``), then per sub-context its mean strict/centered alignment (a
+    singleton has none).
     """
     n_agents = len(entry.get("strict_alignment") or entry.get("subcontexts") or {})
     sent = entry.get("bytes_sent")
@@ -47,6 +48,10 @@ def progress_line(entry: Mapping[str, Any], rounds: int, width: int = LINE_WIDTH
     elapsed = entry.get("elapsed_s")
     elapsed_text = f"{float(elapsed):7.1f}s" if isinstance(elapsed, (int, float)) else "      -s"
     head = f"round {entry.get('round', '?'):>2}/{rounds}  {elapsed_text}  {sent_text}  {eq_text:<7}"
+    anomalies = entry.get("anomalies")
+    if isinstance(anomalies, Mapping):  # live sources: who flagged steps this round
+        flagged = [f"{a}:{n}" for a, n in sorted(anomalies.items()) if n]
+        head += "  anom " + (",".join(flagged) if flagged else "-")
 
     groups = []
     for group in _groups(entry.get("subcontexts") or {}):

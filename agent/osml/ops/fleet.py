@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from osml.agent.data import Dataset, windows
+from osml.agent.embstore import read_store
 from osml.agent.records import RoundRecord
 from osml.agent.sources import SourceSpec
 from osml.agent.state import read_rounds
@@ -430,7 +431,7 @@ def run_fleet(
                     shown += 1
                     row = report_round(
                         shown,
-                        {f: {} for f in FIGURES},
+                        _store_figures(workdir, ids, recs, settings.embedding_dim),
                         subcontexts,
                         {a: r.embedded_with for a, r in recs.items()},
                         recs,
@@ -474,6 +475,34 @@ def run_fleet(
             workdir, dataset, ids, links, settings.window, settings.topology, elapsed, wall0
         )
     return assemble(workdir, dataset, ids, links, settings, elapsed, wall0)
+
+
+def _store_figures(
+    workdir: Path, ids: Sequence[str], recs: Mapping[str, RoundRecord], dim: int
+) -> dict[str, Any]:
+    """Strict and centred alignment of a live round, for the live display: on the steps every
+    agent embedded this round, read from their embedding stores (the report evaluates the final
+    models on the test rows instead)."""
+    figures: dict[str, Any] = {k: {} for k in FIGURES}
+    n = min((r.steps for r in recs.values()), default=0)
+    if n < 2:
+        return figures
+    rows = {}
+    for a in ids:
+        got = read_store(workdir / "agents" / a / "state" / "embeddings", dim)
+        got = got.take(slice(max(len(got) - n, 0), None))
+        rows[a] = dict(zip(got.step.tolist(), got.vector))
+    common = sorted(set.intersection(*(set(r) for r in rows.values())))
+    if len(common) < 2:
+        return figures
+    emb = {a: np.stack([rows[a][k] for k in common]) for a in ids}
+    figures["strict_alignment"] = {
+        a: {b: strict_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
+    }
+    figures["centered_alignment"] = {
+        a: {b: centered_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
+    }
+    return figures
 
 
 def _live_figures(workdir: Path, ids: Sequence[str], rnd: int) -> dict[str, Any]:

@@ -53,6 +53,8 @@ class ReportRound:
     late_frames: dict[str, int] | None = None
     trainer: dict[str, str] | None = None
     round_s: dict[str, float] | None = None
+    # Live sources only: steps each agent flagged as anomalous this round.
+    anomalies: dict[str, int] | None = None
     elapsed_s: float | None = None
 
     @property
@@ -204,6 +206,11 @@ def report_round(
         late_frames={a: r.late_frames for a, r in recs.items()},
         trainer={a: r.trainer for a, r in recs.items()},
         round_s={a: r.round_s for a, r in recs.items()},
+        anomalies=(
+            {a: r.anomalies for a, r in recs.items()}
+            if any(r.anomaly_mode for r in recs.values())
+            else None
+        ),
         elapsed_s=(
             round(max(r.time for r in recs.values()) - started, 3)
             if started is not None and recs
