@@ -477,3 +477,48 @@ def test_a_bad_signing_key_is_one_line_naming_the_file(
 def test_previous_key_needs_a_current_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="signing.previous_key_file"):
         load(tmp_path, MINIMAL + '[signing]\nprevious_key_file = "old.key"\n')
+
+
+LIVE = """\
+[agent]
+id = "0"
+context = "lab"
+
+[neighbours]
+ids = ["1"]
+
+[data]
+source = "mqtt:sensors/0"
+features = 3
+step_seconds = 0.5
+"""
+
+
+def test_a_live_source_needs_its_width_and_gets_the_step_defaults(tmp_path: Path) -> None:
+    cfg = load(tmp_path, LIVE)
+    assert cfg.data.live and cfg.data.features == 3 and cfg.data.step_grace == 0.5
+    assert cfg.data.clock == "wall" and cfg.rounds.period == 0.0
+
+    with pytest.raises(ConfigError, match="data.features"):
+        load(tmp_path, LIVE.replace("features = 3\n", ""))
+    with pytest.raises(ConfigError, match="data.source"):
+        load(tmp_path, LIVE.replace("mqtt:sensors/0", "mqtt:"))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_float_setting_must_be_finite(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="rounds.deadline"):
+        load(tmp_path, MINIMAL + f"\n[rounds]\ndeadline = {value}\n")
+
+
+def test_mqtt_readings_need_the_devices_own_broker_when_the_agent_logs_in(
+    tmp_path: Path,
+) -> None:
+    login = (
+        LIVE + '\n[broker]\nurl = "mqtt://broker.lan:1883"\nusername = "lab.0"\npassword = "x"\n'
+    )
+    with pytest.raises(ConfigError, match="data.broker"):
+        load(tmp_path, login)
+
+    cfg = load(tmp_path, login.replace("step_seconds = 0.5", 'broker = "mqtt://127.0.0.1:1883"'))
+    assert cfg.data.broker == "mqtt://127.0.0.1:1883" and cfg.broker.username == "lab.0"

@@ -317,7 +317,7 @@ def _section(cls: type, raw: Any, name: str, base: Path, paths: tuple[str, ...] 
     try:
         return cls(**values)
     except TypeError as exc:
-        raise _fail(f"[{name}]", str(exc), "see the example in osml/config.py") from None
+        raise _fail(f"[{name}]", str(exc), "see the example in osml/agent/config.py") from None
 
 
 def _table(raw: Any, name: str) -> dict[str, Any]:
@@ -468,4 +468,13 @@ def load_config(path: str | Path) -> AgentConfig:
         SigningSection, raw.get("signing"), "signing", base, ("key_file", "previous_key_file")
     )
     signing.keys()  # fail now, with the file named, rather than at the first frame
+    if data.live and data.source.startswith("mqtt:") and not data.broker and broker.username:
+        # A second connection with the agent's user name would replace the agent's own session
+        # (client id = user name on a broker made by osml broker init), and its ACL has no
+        # sensor topics: raw readings belong on the device's own broker anyway.
+        raise _fail(
+            "data.broker",
+            "is needed for an mqtt: source when [broker] has a user name",
+            'set it to the device\'s local Mosquitto, e.g. broker = "mqtt://127.0.0.1:1883"',
+        )
     return AgentConfig(agent, broker, nbs, data, model, rounds, trainer, float(drop), signing)

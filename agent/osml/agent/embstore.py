@@ -6,7 +6,7 @@ A row is (step int64, time float64, vector float32[dim], z float32, flagged bool
 and ``flagged`` False when no anomaly score came with the row. Rows go into the newest segment;
 when it is full, a new one is started, and when there are more than ``max_segments`` the oldest
 are deleted. Every :meth:`EmbeddingStore.append` rewrites the newest segment (at most
-``segment_rows`` rows) with :func:`osml.agent.modelcard.write_atomic` (temp file, fsync, rename),
+``segment_rows`` rows) with :func:`osml.files.write_atomic` (temp file, fsync, rename),
 so a SIGKILL at any moment leaves the old segment or the new one. A segment that is unreadable
 all the same (torn by a copy, a full disk, a bad sector) or holds other shapes is skipped on read.
 

@@ -181,8 +181,12 @@ class AgentRuntime:
         return time.time
 
     def _data_broker(self) -> BrokerSettings:
+        """Where readings (mqtt:) and results are read and published: ``[data] broker``, the
+        device's local Mosquitto (plain, no credentials), or else the agent's own broker."""
         d = self.cfg.data
-        return self.cfg.broker if not d.broker else replace(self.cfg.broker, url=d.broker)
+        if d.broker:
+            return BrokerSettings(url=d.broker, protocol=self.cfg.broker.protocol)
+        return self.cfg.broker
 
     def _open_results(self) -> None:
         """Connect the results publisher (``[data] publish_topic``); a failure is logged, not

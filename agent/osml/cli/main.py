@@ -41,6 +41,10 @@ def main() -> None:
     Try it without a broker:
       osml simulate --data generated:simple --rounds 10 --out runs/demo
       osml report runs/demo
+
+    \b
+    On a device: osml agent --config agent.toml (with osml trainer on hosts that train);
+    watch a fleet with osml monitor; embed a recording with osml embed.
     """
 
 

@@ -24,8 +24,10 @@ Examples:
 \b
 Columns: round = rounds finished; eq = at equilibrium; affinity = mean affinity
 memory with the agent's sub-context peers (not a test alignment); frames/bytes
-are cumulative in/out; errors = late + invalid frames. OFFLINE: the agent said so
-or vanished (last will); STALLED: online but silent for --stall-after seconds.
+are cumulative in/out; errors = late + invalid frames; anomaly (agents with a live
+sensor source, in place of bytes) = ANOM n steps flagged last round, else its largest
+z, src? when the sensor source went quiet. OFFLINE: the agent said so or vanished
+(last will); STALLED: online but silent for --stall-after seconds.
 """
 
 

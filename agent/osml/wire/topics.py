@@ -4,10 +4,12 @@
                                     QoS 1, not retained. <dst> subscribes to
                                     osml/<context>/<dst>/in/+
     osml/<context>/<id>/status      retained JSON: online/offline, round, model version,
-                                    sub-context, equilibrium; the broker publishes the last will
-                                    {"state": "offline"} here when an agent vanishes
-    osml/<context>/<id>/metrics     JSON per round: alignment, weights, frames and bytes in/out,
-                                    late/dropped frames, trainer state; QoS 0, not retained
+                                    sub-context, equilibrium, trainer, mode (and, for live
+                                    sources, source health and anomaly score); the broker
+                                    publishes the last will {"state": "offline"} here when an
+                                    agent vanishes
+    osml/<context>/<id>/metrics     the round's RoundRecord as JSON (osml.agent.records); QoS 0,
+                                    not retained
 
 Names (:func:`check_name`): contexts and agent ids are single topic levels, 1-128 characters
 without ``/``, ``+``, ``#`` or NUL. Broker user names and the names in a fleet file are stricter,
