@@ -474,3 +474,28 @@ def test_broker_start_failure_reports_the_log(tmp_path: Path) -> None:
         assert broken.pid is None
     finally:
         broken.stop()
+
+
+def _open_inet_sockets() -> int:
+    """Descriptors of this process that are sockets (paho's wake-up pair is two of them)."""
+    fds = os.listdir("/proc/self/fd")
+    return sum(
+        1
+        for fd in fds
+        if os.path.exists(f"/proc/self/fd/{fd}")
+        and os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    )
+
+
+def test_closing_a_transport_closes_all_its_sockets(mosquitto: MosquittoProcess) -> None:
+    # Prepare: one transport opened and closed first, so lazily made resources are settled.
+    with Transport(BrokerSettings(mosquitto.url), "sockets-warmup", persistent=False):
+        pass
+    before = _open_inet_sockets()
+
+    with Transport(BrokerSettings(mosquitto.url), "sockets-counted", persistent=False) as t:
+        assert _open_inet_sockets() >= before + 1  # the connection (and paho's wake-up pair)
+        t.publish("osml/sockets/test", b"x", qos=1)
+
+    # No garbage collection here: the sockets must be closed by close() itself.
+    assert _open_inet_sockets() == before

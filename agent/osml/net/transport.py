@@ -544,6 +544,17 @@ class Transport:
                 sock.close()
             except OSError:
                 pass
+        # loop_start() makes a loopback socket pair to wake its thread, and loop_stop() leaves it
+        # open until the client is freed (paho 2.2 Client.__del__). Our callbacks tie the client
+        # and this object in a cycle, so that waits for the garbage collector, which may finalise
+        # the sockets first (ResourceWarning: unclosed socket) and meanwhile holds two descriptors
+        # per closed transport: close the pair now.
+        reset = getattr(self._client, "_reset_sockets", None)
+        if callable(reset):
+            try:
+                reset()
+            except OSError:
+                pass
 
     def __enter__(self) -> Transport:
         self.connect()
