@@ -11,6 +11,8 @@ or its module holds torch as a global) or else ``unit``, so that
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from types import ModuleType
 
 import pytest
 
+from agentprocs import Procs
 from osml.net.broker import MosquittoProcess, find_mosquitto
 
 _NO_BROKER = "mosquitto not installed (Debian: apt-get install -y mosquitto)"
@@ -85,3 +88,23 @@ def unique_context() -> Callable[[str], str]:
         return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
     return make
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    """``osml`` subprocesses for the test (``procs.start([...], log)``), all stopped by PID."""
+    group = Procs()
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short directory for Unix sockets (sun_path holds 107 bytes; tmp_path can be longer)."""
+    path = Path(tempfile.mkdtemp(prefix="osml-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

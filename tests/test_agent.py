@@ -14,17 +14,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from agentprocs import Procs
 from osml.agent.config import load_config
 from osml.agent.data import load_dataset, windows
 from osml.agent.inference import OnnxEncoder
@@ -49,69 +48,6 @@ def other(agent: str) -> str:
 
 
 # -- processes ----------------------------------------------------------------------------------
-
-
-class Procs:
-    """Starts subprocesses with their output in a log file; stops every one of them by PID."""
-
-    def __init__(self) -> None:
-        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as fh:
-            p = subprocess.Popen(
-                [sys.executable, "-m", "osml.cli", *args],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self.started.append((p, log))
-        return p
-
-    def log_of(self, p: subprocess.Popen[bytes]) -> str:
-        for q, log in self.started:
-            if q is p:
-                return log.read_text(errors="replace")[-3000:]
-        return ""
-
-    def wait_ok(self, p: subprocess.Popen[bytes], timeout: float = WAIT) -> None:
-        try:
-            code = p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"pid {p.pid} still running after {timeout:g} s:\n{self.log_of(p)}")
-        assert code == 0, f"pid {p.pid} exited with {code}:\n{self.log_of(p)}"
-
-    def stop_all(self) -> None:
-        for p, _ in self.started:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p, _ in self.started:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    group = Procs()
-    try:
-        yield group
-    finally:
-        group.stop_all()
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short directory for Unix sockets (sun_path holds 107 bytes; tmp_path can be longer)."""
-    path = Path(tempfile.mkdtemp(prefix="osml-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:

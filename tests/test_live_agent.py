@@ -7,19 +7,15 @@ Every process is stopped by PID when the test ends; waits are bounded polls, nev
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from agentprocs import Procs
 from osml.agent.data import load_dataset
 from osml.agent.embstore import EmbeddingStore
 from osml.agent.records import RoundRecord
@@ -37,56 +33,6 @@ SPEED = 50.0
 STEP = 1.0
 PERIOD = 40.0  # data seconds per round: 0.8 s of wall time at 50x
 ROUNDS = 4
-
-
-class Procs:
-    def __init__(self) -> None:
-        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as fh:
-            p = subprocess.Popen(
-                [sys.executable, "-m", "osml.cli", *args],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self.started.append((p, log))
-        return p
-
-    def log_of(self, p: subprocess.Popen[bytes]) -> str:
-        return next(log.read_text(errors="replace")[-3000:] for q, log in self.started if q is p)
-
-    def stop_all(self) -> None:
-        for p, _ in self.started:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p, _ in self.started:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    group = Procs()
-    try:
-        yield group
-    finally:
-        group.stop_all()
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short directory for the trainer's Unix socket (sun_path holds 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="osml-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
