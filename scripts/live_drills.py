@@ -49,13 +49,45 @@ def verdict(name: str, ok: bool, figures: str, data: dict[str, Any]) -> bool:
     return ok
 
 
+ROUNDS_EXTRA: list[str] = []  # --rounds-config: more [rounds] lines for every agent
+
+
+def osml_cmd() -> list[str]:
+    """``python -m osml.cli``, or this script's launcher when [rounds] lines are to be added."""
+    if ROUNDS_EXTRA:
+        return [sys.executable, __file__, "--rounds-config", ";".join(ROUNDS_EXTRA), "osml"]
+    return [sys.executable, "-m", "osml.cli"]
+
+
+def as_osml(extra: list[str], argv: list[str]) -> int:
+    """Run the osml CLI with ``extra`` lines added to the ``[rounds]`` table of every agent's
+    config (a config lever ``osml run`` has no flag for, e.g. ``replay = 400``)."""
+    from osml.cli.main import main as osml_main
+    from osml.ops import fleet
+
+    plain = fleet.agent_toml
+
+    def patched(*args: Any, **kwargs: Any) -> str:
+        return plain(*args, **kwargs).replace(
+            "[rounds]\n", "[rounds]\n" + "".join(f"{x}\n" for x in extra), 1
+        )
+
+    fleet.agent_toml = patched  # type: ignore[assignment]
+    sys.argv = ["osml", *argv]
+    osml_main()
+    return 0
+
+
 def osml_run(work: Path, name: str, args: list[str], timeout: float = 900) -> tuple[Path, float]:
     """Run ``osml run ARGS --out WORK/runs/NAME`` to completion; the run dir and wall seconds."""
+    if ROUNDS_EXTRA:
+        name += "-" + "-".join(x.replace(" ", "").replace("=", "") for x in ROUNDS_EXTRA)
     out = work / "runs" / name
     log = work / f"{name}.log"
-    cmd = [sys.executable, "-m", "osml.cli", "run", *args, "--out", str(out)]
+    cmd = [*osml_cmd(), "run", *args, "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "agent")}
-    print(f"$ osml run {' '.join(args)}   (log {log})", flush=True)
+    shown = f" [rounds] {'; '.join(ROUNDS_EXTRA)}" if ROUNDS_EXTRA else ""
+    print(f"$ osml run {' '.join(args)}{shown}   (log {log})", flush=True)
     t0 = time.monotonic()
     with open(log, "w") as fh:
         subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout)
@@ -132,10 +164,12 @@ def drill_compare(a: argparse.Namespace) -> bool:
     ok = same and len(diffs) == len(fg) and all(d <= 0.03 for d in diffs.values())
     fmt = lambda d: " ".join(f"{{{g}}} {v:.3f}" for g, v in d.items()) or "-"  # noqa: E731
     live_rounds = len(report(lrun)["rounds"]) - 1
+    tag_extra = f" [rounds] {'; '.join(ROUNDS_EXTRA)}" if ROUNDS_EXTRA else ""
     return verdict(
         f"compare {a.data}",
         ok,
-        f"file {a.rounds} rounds [{' '.join('{' + ','.join(g) + '}' for g in groups(f))}] "
+        f"{tag_extra.strip()} file {a.rounds} rounds "
+        f"[{' '.join('{' + ','.join(g) + '}' for g in groups(f))}] "
         f"centred {fmt(fg)} ({fsec:.0f} s) | live {live_rounds} rounds of {a.period} steps "
         f"[{' '.join('{' + ','.join(g) + '}' for g in groups(live))}] centred {fmt(lg)} "
         f"({lsec:.0f} s) | same sub-contexts {same}",
@@ -448,12 +482,19 @@ def drill_day(a: argparse.Namespace) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 3 and argv[0] == "--rounds-config" and argv[2] == "osml":
+        return as_osml([x for x in argv[1].split(";") if x.strip()], argv[3:])
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--work", type=Path, default=Path("/tmp/drills"), help="logs and runs")
     ap.add_argument(
         "--json", type=Path, help="write the summary here (default WORK/summary-*.json)"
+    )
+    ap.add_argument(
+        "--rounds-config",
+        help="more [rounds] lines for every agent, ';'-separated, e.g. 'replay = 400'",
     )
     sub = ap.add_subparsers(dest="drill", required=True)
 
@@ -493,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-at", type=float, default=0.5, help="share of the replay")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
+    ROUNDS_EXTRA.extend(x.strip() for x in (a.rounds_config or "").split(";") if x.strip())
     fn = {
         "compare": drill_compare,
         "drift": drill_drift,
