@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -211,7 +212,7 @@ def drill_drift(a: argparse.Namespace) -> bool:
             joined = rel
         if counted is None and m0 is not None and "1" in m0.subcontext:
             counted = rel
-        if eq_left is None and not r1.equilibrium:
+        if eq_left is None and eq_before and not r1.equilibrium:
             eq_left = rel
         if eq_left is not None and eq_back is None and r1.equilibrium and rel > eq_left:
             eq_back = rel
@@ -223,8 +224,9 @@ def drill_drift(a: argparse.Namespace) -> bool:
         ok,
         f"{fault} (step {fault_step}, round r+0 = first round with switched steps): 1 leaves "
         f"{{0,1}} after {left} rounds, joins M0's sub-context after {joined}, M0 counts 1 after "
-        f"{counted} (target <= {a.target}); equilibrium before {eq_before}, left at r+{eq_left}, "
-        f"re-entered at r+{eq_back} ({sec:.0f} s)",
+        f"{counted} (target <= {a.target}); in equilibrium just before the switch: {eq_before}, "
+        f"left at r+{eq_left}, re-entered at r+{eq_back}; rounds at equilibrium "
+        f"{sum(r.equilibrium for r in recs['1'])}/{len(recs['1'])} ({sec:.0f} s)",
         {
             "run": str(run),
             "left": left,
@@ -352,6 +354,15 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in text.split()]
 
 
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], _children(pid)
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo.extend(_children(c))
+    return out
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
@@ -396,6 +407,7 @@ def drill_day(a: argparse.Namespace) -> bool:
         )
     samples: list[dict[str, Any]] = []
     killed: dict[str, Any] = {}
+    stopped: list[int] = []
     wall_total = a.steps / a.speed
     try:
         while proc.poll() is None:
@@ -422,16 +434,22 @@ def drill_day(a: argparse.Namespace) -> bool:
             samples.append(sample)
             if not killed and a.kill and a.kill in agents and el > a.kill_at * wall_total:
                 feeders = [
-                    c for c in _children(agents[a.kill]) if "replay" in " ".join(_cmdline(c))
+                    c for c in _descendants(agents[a.kill]) if "osml.ops.replay_exec" in _cmdline(c)
                 ]
+                # SIGSTOP: a hung feeder (a killed one would be restarted by the exec source and
+                # replay again); the agent's source stop SIGKILLs its process group at the end.
                 for c in feeders:
-                    os.kill(c, 9)
+                    os.kill(c, signal.SIGSTOP)
+                stopped.extend(feeders)
                 killed = {"agent": a.kill, "pids": feeders, "at_s": round(el, 1)}
-                print(f"    killed the feeder of agent {a.kill} (pids {feeders}) at {el:.0f} s")
+                print(f"    stopped (SIGSTOP) the feeder of agent {a.kill} {feeders} at {el:.0f} s")
     finally:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=60)
+        for c in stopped:  # still there (the fleet should have ended it): end it
+            if Path(f"/proc/{c}").exists() and "osml.ops.replay_exec" in _cmdline(c):
+                os.kill(c, signal.SIGKILL)
     wall = time.monotonic() - t0
     (a.work / "day-samples.json").write_text(json.dumps(samples))
     ids = sorted(samples[-1]["rss_kb"]) if samples else []
