@@ -73,7 +73,7 @@ def as_osml(extra: list[str], argv: list[str]) -> int:
             "[rounds]\n", "[rounds]\n" + "".join(f"{x}\n" for x in extra), 1
         )
 
-    fleet.agent_toml = patched  # type: ignore[assignment]
+    fleet.agent_toml = patched
     sys.argv = ["osml", *argv]
     osml_main()
     return 0
@@ -347,11 +347,14 @@ def _rss_kb(pid: int) -> int | None:
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
+    """Children of every thread of ``pid`` (a thread that starts a process is its parent)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
 
 
 def _descendants(pid: int) -> list[int]:
@@ -452,7 +455,8 @@ def drill_day(a: argparse.Namespace) -> bool:
                 os.kill(c, signal.SIGKILL)
     wall = time.monotonic() - t0
     (a.work / "day-samples.json").write_text(json.dumps(samples))
-    ids = sorted(samples[-1]["rss_kb"]) if samples else []
+    ids = sorted({x for smp in samples for x in smp["rss_kb"]})
+    samples_all = [smp for smp in samples if set(smp["rss_kb"]) == set(ids)]
     recs = {x: rounds_of(out, x) for x in ids}
     first_rss = next(
         (
@@ -472,7 +476,7 @@ def drill_day(a: argparse.Namespace) -> bool:
         )
         for x in ids
     }
-    sizes = {x: samples[-1]["state_bytes"][x] for x in ids} if samples else {}
+    sizes = {x: samples_all[-1]["state_bytes"][x] for x in ids} if samples_all else {}
     per_round = {x: sizes[x]["rounds_jsonl"] / max(1, sizes[x]["rounds"]) for x in ids}
     # Rounds of the other agents after the kill: did any wait out its deadline?
     kill_wall = (time.time() - (time.monotonic() - t0) + killed["at_s"]) if killed else None
@@ -494,7 +498,13 @@ def drill_day(a: argparse.Namespace) -> bool:
         f"{ {x: (v['total'], v['embeddings'], v['rounds_jsonl']) for x, v in sizes.items()} } "
         f"(total, embeddings, rounds.jsonl); rounds.jsonl bytes/round "
         f"{ {x: round(v) for x, v in per_round.items()} }; killed {killed or 'nothing'}; "
-        f"after the kill: longest round_s {slow}, rounds with source_stalled {stalled}",
+        f"after the kill: longest round_s {slow}, rounds with source_stalled {stalled}; "
+        f"agent {ids[0] if ids else '-'} state over time (s: rounds, total, embeddings bytes) "
+        + " ".join(
+            f"{smp['t']:.0f}:{smp['state_bytes'][ids[0]]['rounds']},"
+            f"{smp['state_bytes'][ids[0]]['total']},{smp['state_bytes'][ids[0]]['embeddings']}"
+            for smp in samples_all[:: max(1, len(samples_all) // 8)]
+        ),
         {"samples": str(a.work / "day-samples.json"), "rss_mb": rss, "sizes": sizes},
     )
 
@@ -544,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("day", help="5. 24 h of 1 s steps, accelerated, a feeder killed midway")
     p.add_argument("--out-data", type=Path, default=Path("/tmp/drills/day"))
     p.add_argument("--steps", type=int, default=86400)
-    p.add_argument("--speed", type=float, default=1000)
+    p.add_argument("--speed", type=float, default=500)
     p.add_argument("--period", type=int, default=2000)
     p.add_argument("--live-rounds", type=int, default=1000)
     p.add_argument("--sample", type=float, default=2.0, help="seconds between samples")
