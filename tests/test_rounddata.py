@@ -136,3 +136,52 @@ def test_change_is_measured_on_the_steps_two_rounds_share() -> None:
     out = learner.step(own[10:], {}, steps=np.arange(10, 40))
 
     assert out.change == pytest.approx(0.0)
+
+
+class _Fixed:
+    """Round windows given up front (pure unit test stand-in for a stream)."""
+
+    window = 10
+
+    def __init__(self, steps: np.ndarray, wins: np.ndarray) -> None:
+        self.steps, self.wins = steps, wins
+
+    def windows_for(self, rnd: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.steps, self.wins
+
+
+def test_an_agent_without_windows_says_so_and_its_neighbour_does_not_count_it_missing() -> None:
+    from pathlib import Path
+
+    from osml.agent.inference import OnnxEncoder
+    from osml.agent.round import AgentRound, RoundSettings
+    from osml.agent.trainers import NoTrainer
+    from osml.ops.simulate import MemoryHub
+    from osml.wire.inbox import Inbox
+
+    model = Path(__file__).resolve().parents[1] / "models" / "mlp-w10-f1-d5" / "model.onnx"
+    hub = MemoryHub()
+    rng = np.random.default_rng(0)
+    full = _Fixed(np.arange(100, 140), rng.normal(size=(40, 10, 1)).astype(np.float32))
+    stalled = _Fixed(np.zeros(0, dtype=np.int64), np.zeros((0, 10, 1), dtype=np.float32))
+
+    def agent(me: str, other: str, data: _Fixed) -> AgentRound:
+        return AgentRound(
+            RoundSettings(agent_id=me, context="c", neighbours=(other,), deadline=0.0),
+            encoder=OnnxEncoder.load(model),
+            data=data,
+            learner=OsmoticLearner(me, [other]),
+            inbox=Inbox(context="c", me=me, neighbours=[other], dim=5),
+            exchange=hub.exchange(me),
+            trainer=NoTrainer(),
+        )
+
+    a, b = agent("a", "b", full), agent("b", "a", stalled)
+    a.begin(0)
+    b.begin(0)
+    rec_a, rec_b = a.finish(0), b.finish(0)
+
+    assert rec_a is not None and rec_b is not None
+    assert a.no_data == {"b"} and rec_a.missing == [] and "steps" not in rec_a.rejected
+    assert rec_a.steps == 40 and rec_b.steps == 0 and set(rec_a.osmosis_weights) == {"a"}
+    assert rec_b.missing == []  # b heard a's frame (it has no steps of its own to match)

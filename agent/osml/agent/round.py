@@ -162,6 +162,7 @@ class AgentRound:
         # The neighbours' rows matched to this round's steps, and where they had data (finish()).
         self.received: dict[str, np.ndarray] = {}
         self.present: dict[str, np.ndarray] = {}
+        self.no_data: set[str] = set()  # neighbours that said they had no windows this round
         self._windows: np.ndarray | None = None
         self._steps = np.zeros(0, dtype=np.int64)
         self._started = 0.0
@@ -231,10 +232,13 @@ class AgentRound:
         self.own = self.encoder.encode(self._windows)
         self._embedded_with = self.encoder.version
         self.on_evaluate(rnd, self.encoder)
-        if not len(self._steps):
-            return  # nothing completed this round: nothing to send
         s = self.settings
-        step_start, block = rows_for_steps(self._steps, self.own)
+        if len(self._steps):
+            step_start, block = rows_for_steps(self._steps, self.own)
+        else:
+            # Nothing completed this round (a stalled sensor): say so with a zero row, "no data",
+            # so that neighbours do not wait out their deadline for this agent.
+            step_start, block = 0, np.zeros((1, self.own.shape[1]), dtype=np.float32)
         payloads = encode_chunks(
             context=s.context,
             source=s.agent_id,
@@ -285,7 +289,15 @@ class AgentRound:
             return None
         received: dict[str, np.ndarray] = {}
         present: dict[str, np.ndarray] = {}
+        self.no_data = set()
+        if not len(own):  # nothing of our own to match: what came is heard, and unused
+            self.received, self.present = {}, {}
+            self.no_data = set(frames)
+            return self._record(rnd, None, received)
         for nb, f in frames.items():
+            if not f.embeddings.any():  # the neighbour had no windows this round
+                self.no_data.add(nb)
+                continue
             rows, mask = align(self._steps, f.step_start, f.embeddings)
             if mask.any():
                 received[nb], present[nb] = rows, mask
@@ -346,7 +358,7 @@ class AgentRound:
             affinity_memory=dict(outcome.memory if outcome else self.learner.memory.affinity),
             equilibrium=bool(outcome.equilibrium if outcome else False),
             embedding_change=outcome.change if outcome else None,
-            missing=sorted(set(self.settings.neighbours) - set(received)),
+            missing=sorted(set(self.settings.neighbours) - set(received) - self.no_data),
             screened=dict(outcome.screened) if outcome else {},
             losses=self._losses,
             frames_in=self.inbox.frames_in,
