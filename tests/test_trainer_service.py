@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from osml.agent.inference import OnnxEncoder
-from osml.agent.modelcard import ModelCard
+from osml.agent.modelcard import ModelCard, sha256_hex
 from osml.agent.trainer_client import TrainerClient
 from osml.core.anchor import context_anchor
 from osml.errors import ModelError, TrainerError
@@ -646,3 +646,21 @@ def tiny_model() -> tuple[bytes, ModelCard]:
     enc = build_encoder("mlp", WINDOW, N_FEATURES, EMB, seed=1)
     model, card, _ = export_onnx(enc, WINDOWS[:4], 1, agent="a1", context=CONTEXT)
     return model, card
+
+
+def test_rescale_sets_a_registered_agents_input_scaling_afresh(client: TrainerClient) -> None:
+    assert init(client) == 0
+    first, _ = client.initial_model("a1", WINDOWS, 1)
+    wider = (DATA * 5.0 + 3.0).astype(np.float32)
+
+    assert init(client, train_data=wider) == 1  # a plain re-registration changes nothing
+    same, _ = client.initial_model("a1", WINDOWS, 2)
+    assert init(client, train_data=wider, rescale=True) == 2
+    rescaled, card = client.initial_model("a1", WINDOWS, 3)
+
+    def embed(model: bytes, version: int) -> np.ndarray:
+        c = ModelCard(**{**card.__dict__, "version": version, "sha256": sha256_hex(model)})
+        return OnnxEncoder.from_bytes(model, c).encode(WINDOWS)
+
+    assert np.allclose(embed(first, 3), embed(same, 3))
+    assert not np.allclose(embed(first, 3), embed(rescaled, 3))

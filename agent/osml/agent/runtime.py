@@ -132,6 +132,7 @@ class AgentRuntime:
         self._idle_rounds = 0
         self._last_record: RoundRecord | None = None
         self.results: Transport | None = None  # [data] publish_topic, live agents only
+        self._scaled_on = 0  # live: steps the trainer's input scaling was last set from
 
     # -- model handling -----------------------------------------------------------------------
 
@@ -155,9 +156,10 @@ class AgentRuntime:
         self.encoder = enc
         log.info("agent %s: installed model v%d", self.id, card.version)
 
-    def _register_with_trainer(self) -> int:
+    def _register_with_trainer(self, rescale: bool = False) -> int:
         anchor = context_anchor(self.ctx, self.cfg.model.embedding_dim, self.cfg.model.anchor_norm)
         return self.client.init_agent(
+            rescale=rescale,
             agent_id=self.id,
             context=self.ctx,
             architecture=self.cfg.model.architecture,
@@ -261,6 +263,22 @@ class AgentRuntime:
         """Seconds of data time per round (live sources)."""
         return self.cfg.rounds.period or 10 * self.cfg.data.step_seconds
 
+    def _maybe_rescale(self) -> None:
+        """A live agent's first steps may not be typical of its stream (a machine idle at
+        start, a patient standing still): each time its held data has doubled since the trainer
+        last saw it, up to the series' capacity, the trainer resets the input scaling from it."""
+        if self.live is None or self.cfg.inference_only or self.trainer_status == "none":
+            return
+        _steps, _values, _filled, gap = self.live.series.held()
+        observed = int((~gap).sum())
+        if observed < 2 * self._scaled_on or self._scaled_on >= self.live.series.capacity:
+            return
+        try:
+            self._register_with_trainer(rescale=True)
+            self._scaled_on = observed
+        except TrainerError as exc:
+            log.warning("agent %s: trainer could not rescale the inputs (%s)", self.id, exc)
+
     def _train_data(self) -> np.ndarray:
         """What the trainer normalises inputs by: the file's training series, or the steps a
         live stream has delivered so far (TrainerError until there are a few windows' worth)."""
@@ -273,6 +291,7 @@ class AgentRuntime:
                 f"only {len(observed)} steps of data so far; the trainer needs "
                 f"{2 * self.cfg.model.window}"
             )
+        self._scaled_on = max(self._scaled_on, len(observed))
         return observed
 
     def _first_windows(self) -> np.ndarray:
@@ -479,6 +498,7 @@ class AgentRuntime:
                     last_status = time.monotonic()
                 stop.wait(min(wait, 0.25))
                 continue
+            self._maybe_rescale()
             record = agent_round.run(rnd, stop)
             if record is None:
                 break

@@ -132,12 +132,16 @@ class TrainerClient:
         train_data: np.ndarray,
         anchor: np.ndarray,
         settings: dict[str, object] | None = None,
+        rescale: bool = False,
     ) -> int:
         """Register the agent (idempotent); returns the model version the trainer holds (0 if new).
 
         ``train_data`` is the agent's (steps, n_features) training series (it fixes the input
         normalisation of a new encoder); ``anchor`` its context anchor, shape (embedding_dim,).
-        ``settings`` are :class:`osml.trainer.TrainerSettings` fields.
+        ``settings`` are :class:`osml.trainer.TrainerSettings` fields. With ``rescale`` an agent
+        that is already registered has its input normalisation set afresh from ``train_data``
+        (a live agent, whose first steps may not be typical of its stream, does this as its
+        data grows); the next model exported carries it.
         """
         reply = self._call(
             "init",
@@ -151,6 +155,7 @@ class TrainerClient:
             train_data=_pack("train_data", train_data),
             anchor=_pack("anchor", anchor),
             settings=dict(settings or {}),
+            rescale=rescale,
         )
         version = reply.get("version")
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:

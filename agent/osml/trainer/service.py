@@ -306,6 +306,13 @@ class TrainerService:
                 and slot.registration == registration
                 and np.array_equal(_np(held.encoder.state_dict()["offset"]), anchor)
             ):
+                if req.get("rescale") is True:
+                    # A live agent with more of its stream than at registration: its inputs'
+                    # scale, not its weights, changes.
+                    data = train_data.astype(np.float64)
+                    held.encoder.set_normalisation(data.mean(axis=0), data.std(axis=0))
+                    self._checkpoint(key, slot)
+                    log.info("rescale %s/%s from %d steps", context, agent_id, len(data))
                 return {"version": held.version}
             if held is not None:
                 previous: tuple[dict[str, np.ndarray], int] | None = (
