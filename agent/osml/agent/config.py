@@ -204,7 +204,7 @@ class RoundsSection:
     # Live sources: round r covers the data time [r*period, (r+1)*period) and runs once that
     # has passed (every agent of a context must use the same period).
     period: float = 0.0  # seconds per round (0: 10 steps)
-    replay: int = -1  # older steps a round embeds again (-1: one window)
+    replay: int = -1  # older steps a round embeds again (-1: three periods, at least a window)
     max_windows: int = 512  # windows per round at most
     buffer: int = 4096  # windows (with their latest targets) a training job draws on
     max_lag: int = 8  # rounds behind the clock before an agent skips to the current one

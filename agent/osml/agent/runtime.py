@@ -253,10 +253,19 @@ class AgentRuntime:
             series,
             cfg.model.window,
             period=self.period,
-            replay=cfg.model.window if r.replay < 0 else r.replay,
+            replay=self._replay_steps(),
             max_windows=r.max_windows,
             clock=clock,
         )
+
+    def _replay_steps(self) -> int:
+        """Older steps each live round embeds again: by default three periods (at least a
+        window), so that affinity is judged on a few hundred steps, not one period's worth."""
+        r = self.cfg.rounds
+        if r.replay >= 0:
+            return r.replay
+        period_steps = round(self.period / self.cfg.data.step_seconds)
+        return max(self.cfg.model.window, 3 * period_steps)
 
     @property
     def period(self) -> float:

@@ -353,6 +353,7 @@ def run_fleet(
             notice(
                 f"live: {live.source} streams at {live.speed:g}x, "
                 f"{replay.rounds} rounds of {live.period_steps} steps"
+                + (f" (the recording played {replay.loops} times)" if replay.loops > 1 else "")
             )
         for i, aid in enumerate(ids):
             adir = workdir / "agents" / aid

@@ -105,13 +105,19 @@ class LiveReplay:
                 raise ConfigError(f"--inject-fault {f.agent}: no such agent in this run")
         self.rows = replay_rows(dataset, self.faults, seed=seed)
         shortest = min(len(self.rows[a]) for a in self.ids)
-        # Rounds need their period of data plus a warm-up for the first model.
-        self.rounds = min(rounds, max(1, shortest // options.period_steps - 2))
-        if self.rounds < 1 or shortest < 2 * window + options.period_steps:
+        if shortest < 2 * window + options.period_steps:
             raise ConfigError(
                 f"the data has {shortest} training rows: too few for rounds of "
                 f"{options.period_steps} steps; use --period with fewer steps"
             )
+        # Rounds need their period of data plus a warm-up for the first model; a recording too
+        # short for the rounds asked for is played again from its start (as one long stream).
+        need = (rounds + 3) * options.period_steps
+        if shortest < need:
+            loops = -(-need // shortest)
+            self.rows = {a: np.concatenate([r[:shortest]] * loops) for a, r in self.rows.items()}
+        self.rounds = rounds
+        self.loops = max(1, -(-need // shortest))
         self.at = time.time() + options.lead
         self.plan = ReplayPlan(
             step_seconds=options.step_seconds,
