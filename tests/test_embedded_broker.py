@@ -58,7 +58,7 @@ def connect(broker: EmbeddedBroker) -> Iterator[Callable[..., Transport]]:
         yield make
 
 
-def _next(t: Transport, timeout: float = 3.0) -> Message:
+def _next(t: Transport, timeout: float = 15.0) -> Message:
     msg = t.get(timeout)
     assert msg is not None, f"{t.client_id}: nothing received within {timeout} s"
     return msg
@@ -121,7 +121,7 @@ def test_stop_with_clients_connected_then_restart(
     assert bindable(broker.host, port)
     broker.restart()
     assert broker.running and broker.port == port
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while not rx.connected and time.monotonic() < deadline:
         time.sleep(0.05)
     assert rx.connected, "the transport did not reconnect (and resubscribe) after the restart"
