@@ -366,3 +366,21 @@ def test_any_finite_input_gives_finite_scores_and_bounded_state(
     json.dumps(state, allow_nan=False)
     assert len(state["consensus"]) <= 8 and len(state["novelty"]) <= 8
     assert len(state["reference"]) <= 4
+
+
+def test_motion_cancels_a_fixed_mismatch_between_encoders_and_sees_a_device_stop() -> None:
+    from osml.core.anomaly import motion_deviation
+
+    rng = np.random.default_rng(3)
+    steps = np.arange(50, dtype=np.int64)
+    member = 4.0 + np.cumsum(rng.standard_normal((50, 5)), axis=0) * 0.1
+    # Another encoder: offset and twice the scale, moving with its group.
+    own = 2.0 * member + np.array([3.0, -1.0, 0.5, 2.0, -2.0])
+
+    together = motion_deviation(own, [member], steps)
+    stopped = motion_deviation(np.repeat(own[:1], 50, axis=0), [member], steps)
+
+    assert np.isnan(together[0]) and np.allclose(together[1:], 0.0, atol=1e-9)
+    assert np.nanmedian(stopped) == pytest.approx(1.0, rel=0.05)  # the group's typical motion
+    gap = np.delete(steps, 20)  # no motion across a gap in the steps
+    assert np.isnan(motion_deviation(np.delete(own, 20, 0), [np.delete(member, 20, 0)], gap)[20])

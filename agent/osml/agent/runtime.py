@@ -133,6 +133,7 @@ class AgentRuntime:
         self._last_record: RoundRecord | None = None
         self.results: Transport | None = None  # [data] publish_topic, live agents only
         self._scaled_on = 0  # live: steps the trainer's input scaling was last set from
+        self._scored_upto = -1  # live: the newest step scored (its verdict is kept, not redone)
 
     # -- model handling -----------------------------------------------------------------------
 
@@ -551,18 +552,28 @@ class AgentRuntime:
             }
             masks = {nb: agent_round.present[nb] for nb in members}
             scores = self.anomaly.score(steps, own, members, masks=masks)
-            self.store.append(
-                steps,
-                steps.astype(np.float64) * self.cfg.data.step_seconds,
-                own,
-                z=scores.z.astype(np.float32),
-                flagged=scores.flagged,
-            )
-            self._publish_results(steps, own, scores)
-            z = scores.z[np.isfinite(scores.z)]
+            # A step's verdict is the one it got when it was new: rounds that re-embed older
+            # steps (replay) re-score them with a calibration that has moved on, and later
+            # alone-mode scores would overwrite what the sub-context saw at the time.
+            new = steps > self._scored_upto
+            self._scored_upto = max(self._scored_upto, int(steps[-1]))
+            if new.any():
+                self.store.append(
+                    steps[new],
+                    steps[new].astype(np.float64) * self.cfg.data.step_seconds,
+                    own[new],
+                    z=scores.z[new].astype(np.float32),
+                    flagged=scores.flagged[new],
+                )
+                self._publish_results(
+                    steps[new],
+                    own[new],
+                    replace(scores, z=scores.z[new], flagged=scores.flagged[new]),
+                )
+            z = scores.z[new][np.isfinite(scores.z[new])]
             extra.update(
                 anomaly_z=float(z.max()) if len(z) else None,
-                anomalies=int(scores.flagged.sum()),
+                anomalies=int(scores.flagged[new].sum()),
                 anomaly_mode=scores.mode,
             )
             self.state.anomaly = self.anomaly.to_dict()

@@ -22,6 +22,12 @@ Deviation, **consensus** mode (at least one member has a row for the step):
    knowing it, and, unlike a cosine of anchor-centred vectors, stays stable when the centred
    vectors are short. Units: fractions of the agent's median norm.
 
+A second consensus test, **motion** (:func:`motion_deviation`), compares how own and consensus
+moved from the previous step: what two encoders disagree on for good cancels in differences, so
+it sees a stuck sensor, noise or an offset's onset that the level test misses while the encoders'
+own mismatch dominates it. It has its own calibration; a step's z is the larger of the two, and
+it is flagged if either test flags it.
+
 Deviation, **novelty** mode (the device is alone, or no member has a row for the step): the
 distance from own(t) to the coordinate-wise median of the device's last ``novelty_window``
 clean embeddings, both divided by the round's own median norm. The median of a window, not the
@@ -58,6 +64,7 @@ __all__ = [
     "AnomalyScores",
     "AnomalySettings",
     "consensus_deviation",
+    "motion_deviation",
     "present_rows",
     "robust_scale",
     "robust_z",
@@ -193,6 +200,42 @@ def consensus_deviation(
     return dev, covered
 
 
+def motion_deviation(
+    own: np.ndarray,
+    members: Sequence[np.ndarray],
+    steps: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-step L2 distance between how ``own`` moved since the previous step and how the
+    members' consensus moved, each motion divided by that agent's median motion over the round:
+    ``|d_own(t) / m_own - d_c(t) / m_c|`` with ``d_x(t) = x(t) - x(t-1)``. What two encoders
+    disagree on for good (an offset between their spaces) cancels in the differences, and the
+    per-agent motion scale takes out how far each encoder moves for the same change, so this
+    sees a device that stops moving with its group (a stuck sensor: its motion goes to 0 against
+    a consensus motion of about 1), moves on its own (noise) or jumps (an offset's onset), where
+    the level deviation can be dominated by the encoders' mismatch. NaN for a step without a
+    consecutive predecessor in the round or without members."""
+    own = np.asarray(own, dtype=np.float64)
+    n = own.shape[0]
+    out = np.full(n, np.nan)
+    if not members or n < 2:
+        return out
+    stack = np.stack([scale_rows(m) for m in members])
+    centre, covered = weighted_median(stack, weights)
+    ok = (np.diff(np.asarray(steps)) == 1) & covered[1:] & covered[:-1]
+    if not ok.any():
+        return out
+    d_own = own[1:] - own[:-1]
+    d_c = centre[1:] - centre[:-1]
+    m_own = float(np.median(np.linalg.norm(d_own[ok], axis=1)))
+    m_c = float(np.median(np.linalg.norm(d_c[ok], axis=1)))
+    if m_c <= _EPS:
+        return out  # the group did not move: motion says nothing this round
+    moved = (d_own / m_own if m_own > _EPS else 0.0 * d_own) - d_c / m_c
+    out[1:][ok] = np.linalg.norm(moved[ok], axis=1)
+    return out
+
+
 def robust_scale(history: np.ndarray, floor: float) -> tuple[float, float]:
     """(median, max(1.4826 * MAD, floor)) of ``history``; (0, floor) when it is empty."""
     h = np.asarray(history, dtype=np.float64)
@@ -233,7 +276,7 @@ class AnomalyDetector:
     def reset(self) -> None:
         """Forget the calibration (e.g. after the encoder changed beyond recognition)."""
         s = self.settings
-        self._cal = {"consensus": _Calibration(s.history), "novelty": _Calibration(s.history)}
+        self._cal = {mode: _Calibration(s.history) for mode in ("consensus", "novelty", "motion")}
         self._reference: deque[np.ndarray] = deque(maxlen=s.novelty_window)
         self.last_step: int | None = None
 
@@ -290,7 +333,8 @@ class AnomalyDetector:
         # round's clean rows may then be flagged with it: conservative, and bounded by a round.
         own_scale = row_scale(own)
         dev_c, covered = consensus_deviation(own, rows, w, own_scale)
-        return self._calibrate(steps, own, own_scale, dev_c, covered)
+        dev_m = motion_deviation(own, rows, steps, w)
+        return self._calibrate(steps, own, own_scale, dev_c, covered, dev_m)
 
     def _calibrate(
         self,
@@ -299,6 +343,7 @@ class AnomalyDetector:
         own_scale: float,
         dev_c: np.ndarray,
         covered: np.ndarray,
+        dev_m: np.ndarray | None = None,
     ) -> AnomalyScores:
         s = self.settings
         own_s = own / own_scale
@@ -319,6 +364,19 @@ class AnomalyDetector:
             z[t], med, scale = cal.z(float(dev[t]), s.mad_floor)
             warm = len(cal.values) >= s.min_history
             flagged[t] = warm and z[t] > s.threshold
+            motion = float(dev_m[t]) if dev_m is not None and covered[t] else math.nan
+            if math.isfinite(motion):  # the step's verdict: the stronger of level and motion
+                mcal = self._cal["motion"]
+                zm, mmed, mscale = mcal.z(motion, s.mad_floor)
+                # Moving *out of* a flagged step (a spike leaving the window) is not new news.
+                after_flag = t > 0 and bool(flagged[t - 1])
+                flagged_m = (
+                    len(mcal.values) >= s.min_history and zm > s.threshold and not after_flag
+                )
+                z[t] = max(z[t], zm)
+                flagged[t] = bool(flagged[t] or flagged_m)
+                if new:
+                    self._add(mcal, motion, flagged_m, mmed + s.threshold * mscale)
             if not new:
                 continue
             self.last_step = step
@@ -349,12 +407,13 @@ class AnomalyDetector:
     # --- persistence ------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able calibration: at most ``2 * history`` floats and ``novelty_window`` rows."""
+        """JSON-able calibration: at most ``3 * history`` floats and ``novelty_window`` rows."""
         return {
             "format": STATE_FORMAT,
             "last_step": self.last_step,
             "consensus": [float(v) for v in self._cal["consensus"].values],
             "novelty": [float(v) for v in self._cal["novelty"].values],
+            "motion": [float(v) for v in self._cal["motion"].values],
             "reference": [[float(v) for v in row] for row in self._reference],
         }
 
@@ -371,7 +430,7 @@ class AnomalyDetector:
         if last is not None and (not isinstance(last, int) or isinstance(last, bool)):
             raise ValueError(f"anomaly state: last_step must be an integer, got {last!r}")
         det.last_step = last
-        for mode in ("consensus", "novelty"):
+        for mode in ("consensus", "novelty", "motion"):
             values = np.asarray(data.get(mode, []), dtype=np.float64)
             if values.ndim != 1 or not np.isfinite(values).all():
                 raise ValueError(f"anomaly state: {mode} must be a list of finite numbers")
