@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["RoundRecord"]
+__all__ = ["RoundRecord", "finite_or_none"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class RoundRecord:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite floats become None)."""
-        return {k: _finite(v) for k, v in asdict(self).items()}
+        return {k: finite_or_none(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_json(cls, data: object) -> RoundRecord:
@@ -146,11 +146,13 @@ def _check(name: str, value: object) -> Any:
     raise bad  # pragma: no cover - every field is handled above
 
 
-def _finite(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
+    """``value`` ready for JSON: non-finite floats, also inside dicts, lists and tuples, become
+    None (JSON has no NaN or infinity)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
     return value

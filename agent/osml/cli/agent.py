@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from osml.cli.errors import one_line_errors
+from osml.cli.options import log_level_option, set_up_logging
 
 __all__ = ["agent_command"]
 
@@ -23,12 +24,7 @@ AGENT_EPILOG = "\b\nExample:\n  osml agent --config /etc/osml/agent.toml"
     metavar="FILE",
     help="The agent's TOML config (see the example in docs/agent.md).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning"]),
-    default="info",
-    show_default=True,
-)
+@log_level_option
 @one_line_errors
 def agent_command(config_path: Path, log_level: str) -> None:
     """Run one agent: rounds of osmosis with its neighbours over MQTT, until stopped.
@@ -36,14 +32,13 @@ def agent_command(config_path: Path, log_level: str) -> None:
     Needs no torch: training is the job of `osml trainer` on the same host.
     SIGTERM or Ctrl-C ends it cleanly after publishing its status as offline.
     """
-    import logging
     import signal
     import threading
 
     from osml.agent.config import load_config
     from osml.agent.runtime import AgentRuntime
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    set_up_logging(log_level)
     cfg = load_config(config_path)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -252,3 +252,18 @@ def check_wire_names(context: str, agent_ids: Sequence[str]) -> None:
     topics.check_name("context", context)
     for agent in agent_ids:
         topics.check_name("agent id", agent)
+
+
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning"]),
+    default="info",
+    show_default=True,
+)
+
+
+def set_up_logging(log_level: str) -> None:
+    """Log lines with a time stamp on stderr, from ``--log-level`` on (agent and trainer)."""
+    import logging
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")

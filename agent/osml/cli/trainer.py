@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from osml.cli.errors import one_line_errors
+from osml.cli.options import log_level_option, set_up_logging
 
 __all__ = ["trainer_command"]
 
@@ -32,20 +33,14 @@ Example:
     metavar="DIR",
     help="Where per-agent weights are checkpointed (survives restarts).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning"]),
-    default="info",
-    show_default=True,
-)
+@log_level_option
 @one_line_errors
 def trainer_command(socket_path: Path, state_dir: Path, log_level: str) -> None:
     """Serve training jobs for the agents of this host (needs the trainer extra: torch)."""
-    import logging
     import signal
     import threading
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    set_up_logging(log_level)
     try:
         from osml.trainer.service import serve
     except ImportError as exc:

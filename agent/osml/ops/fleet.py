@@ -478,6 +478,19 @@ def run_fleet(
     return assemble(workdir, dataset, ids, links, settings, elapsed, wall0)
 
 
+def _alignment_figures(emb: Mapping[str, np.ndarray], ids: Sequence[str]) -> dict[str, Any]:
+    """The display's figures: strict and centred alignment between every pair of agents on the
+    same steps (the others left empty until the report is assembled)."""
+    figures: dict[str, Any] = {k: {} for k in FIGURES}
+    figures["strict_alignment"] = {
+        a: {b: strict_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
+    }
+    figures["centered_alignment"] = {
+        a: {b: centered_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
+    }
+    return figures
+
+
 def _store_figures(
     workdir: Path, ids: Sequence[str], recs: Mapping[str, RoundRecord], dim: int
 ) -> dict[str, Any]:
@@ -496,14 +509,7 @@ def _store_figures(
     common = sorted(set.intersection(*(set(r) for r in rows.values())))
     if len(common) < 2:
         return figures
-    emb = {a: np.stack([rows[a][k] for k in common]) for a in ids}
-    figures["strict_alignment"] = {
-        a: {b: strict_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
-    }
-    figures["centered_alignment"] = {
-        a: {b: centered_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
-    }
-    return figures
+    return _alignment_figures({a: np.stack([rows[a][k] for k in common]) for a in ids}, ids)
 
 
 def _live_figures(workdir: Path, ids: Sequence[str], rnd: int) -> dict[str, Any]:
@@ -518,13 +524,7 @@ def _live_figures(workdir: Path, ids: Sequence[str], rnd: int) -> dict[str, Any]
         }
     except (OSError, ValueError):
         return figures
-    figures["strict_alignment"] = {
-        a: {b: strict_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
-    }
-    figures["centered_alignment"] = {
-        a: {b: centered_alignment(emb[a], emb[b]) for b in ids if b != a} for a in ids
-    }
-    return figures
+    return _alignment_figures(emb, ids)
 
 
 def assemble(

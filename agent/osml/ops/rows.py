@@ -11,14 +11,13 @@ fields a row does not have.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from osml.agent.records import RoundRecord
+from osml.agent.records import RoundRecord, finite_or_none
 from osml.core.metrics import paper_similarity, ridge_probe_r2, spread
 from osml.core.similarity import centered_alignment, strict_alignment
 
@@ -64,7 +63,7 @@ class ReportRound:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            f.name: _finite(getattr(self, f.name))
+            f.name: finite_or_none(getattr(self, f.name))
             for f in fields(self)
             if getattr(self, f.name) is not None
         }
@@ -99,7 +98,7 @@ class FinalSection:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: _finite(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: finite_or_none(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FinalSection:
@@ -217,13 +216,3 @@ def report_round(
             else None
         ),
     )
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
