@@ -225,7 +225,7 @@ def test_flagged_steps_do_not_enter_the_calibration() -> None:
     a, b, rng = sensor_pair(N_SAMPLES, 4)
     own, steps = embed(inject(a, "offset", FAULT_AT, rng))
     member, _ = embed(b)
-    det = AnomalyDetector()
+    det = AnomalyDetector(AnomalySettings(history=len(steps)))  # never full: every add counts
     run_rounds(det, steps[: FAULT_AT - 9], own[: FAULT_AT - 9], {"b": member[: FAULT_AT - 9]})
     before = list(det.to_dict()["consensus"])
     flagged = run_rounds(

@@ -522,3 +522,19 @@ def test_mqtt_readings_need_the_devices_own_broker_when_the_agent_logs_in(
 
     cfg = load(tmp_path, login.replace("step_seconds = 0.5", 'broker = "mqtt://127.0.0.1:1883"'))
     assert cfg.data.broker == "mqtt://127.0.0.1:1883" and cfg.broker.username == "lab.0"
+
+
+def test_anomaly_section_sets_the_detector_and_refuses_bad_values(tmp_path: Path) -> None:
+    from osml.core.anomaly import AnomalySettings
+
+    cfg = load(tmp_path, MINIMAL + "\n[anomaly]\nthreshold = 8\nhistory = 256\n")
+    assert cfg.anomaly.settings() == AnomalySettings(threshold=8.0, history=256)
+    assert load(tmp_path, MINIMAL).anomaly.settings() == AnomalySettings()
+    for bad, key in (
+        ("threshold = nan", "anomaly.threshold"),
+        ("threshold = -1", "anomaly.threshold"),
+        ("min_history = 600", "anomaly.history/min_history"),
+        ("treshold = 5", "anomaly.treshold"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load(tmp_path, MINIMAL + f"\n[anomaly]\n{bad}\n")

@@ -54,6 +54,29 @@ def test_training_buffer_keeps_the_latest_target_per_step_and_drops_the_oldest()
     assert targets[:, 0].tolist() == [20.0, 3.0, 4.0] and wins.shape == (3, 4, 1)
 
 
+def test_training_buffer_draws_on_fresh_targets_topped_up_to_min_windows() -> None:
+    buf = TrainingBuffer(capacity=100, max_age=1, min_windows=2)
+    w = np.zeros((2, 4, 1), dtype=np.float32)
+    buf.update(np.array([1, 2]), w, np.array([[1.0], [2.0]], dtype=np.float32), rnd=5)
+    buf.update(np.array([2, 3]), w, np.array([[20.0], [3.0]], dtype=np.float32), rnd=6)
+    assert buf.arrays()[0].tolist() == [1, 2, 3]  # round 5's target of step 1 is 1 round old
+    buf.update(np.array([3, 4]), w, np.array([[30.0], [4.0]], dtype=np.float32), rnd=7)
+    steps, _, targets = buf.arrays()
+    assert steps.tolist() == [2, 3, 4]  # step 1 (round 5) is 2 rounds old: left out
+    assert targets[:, 0].tolist() == [20.0, 30.0, 4.0]
+    buf.update(np.array([9]), w[:1], np.array([[9.0]], dtype=np.float32), rnd=20)
+    # One fresh window: topped up with the most recently targeted (step 4 of round 7 ties
+    # step 3; the later step wins), never with the stalest.
+    assert buf.arrays()[0].tolist() == [4, 9]
+    assert len(buf) == 5  # nothing is deleted until capacity says so
+    buf.update(np.zeros(0, dtype=np.int64), w[:0], np.zeros((0, 1), dtype=np.float32), rnd=30)
+    assert buf.arrays()[0].tolist() == [4, 9]  # a round without windows does not age the rest
+    with pytest.raises(ValueError):
+        TrainingBuffer(max_age=-1)
+    with pytest.raises(ValueError):
+        TrainingBuffer(min_windows=-1)
+
+
 class _ListSource:
     """A stand-in stream (pure unit test): hands out the readings it was given."""
 

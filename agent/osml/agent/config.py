@@ -40,6 +40,9 @@ neighbours have defaults)::
     key_file = "/etc/osml/lab.key"      # this context's key; sign and verify with it
     previous_key_file = ""              # also accepted while a key change rolls out
     require = true                      # reject unsigned frames (false only while rolling out)
+
+    [anomaly]                           # optional, live sources: per-step anomaly scores
+    threshold = 6.0                     # flag a step whose robust z-score exceeds this
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from typing import Any
 
 from osml.agent.sources import SourceSpec, parse_source
 from osml.agent.streams.spec import is_stream_spec, parse_stream_spec
+from osml.core.anomaly import AnomalySettings
 from osml.core.topology import neighbours as topology_neighbours
 from osml.errors import ConfigError
 from osml.net.transport import BrokerSettings
@@ -207,6 +211,13 @@ class RoundsSection:
     replay: int = -1  # older steps a round embeds again (-1: three periods, at least a window)
     max_windows: int = 512  # windows per round at most
     buffer: int = 4096  # windows (with their latest targets) a training job draws on
+    # Rounds a window's target stays in the buffer: 0 trains on the windows this round re-targeted
+    # (its new steps and its replay); older targets pull toward a consensus the fleet has left.
+    target_age: int = 0
+    # Rounds in which every neighbour is a member while the encoders find each other (-1: two
+    # for a file; for a live source, enough rounds to have seen warmup_steps steps, at least two).
+    warmup: int = -1
+    warmup_steps: int = 1000
     max_lag: int = 8  # rounds behind the clock before an agent skips to the current one
 
     def __post_init__(self) -> None:
@@ -222,6 +233,43 @@ class RoundsSection:
                 "out of range",
                 "period >= 0, max_windows, buffer and max_lag >= 1",
             )
+        if self.target_age < 0:
+            raise _fail("rounds.target_age", "out of range", "use 0 or more rounds")
+        if self.warmup < -1 or self.warmup > 1_000_000 or self.warmup_steps < 0:
+            raise _fail(
+                "rounds.warmup/warmup_steps",
+                "out of range",
+                "warmup >= -1 (auto), warmup_steps >= 0",
+            )
+
+
+@dataclass(frozen=True)
+class AnomalySection:
+    """Live anomaly scores (:mod:`osml.core.anomaly`): flag a step when its robust z-score
+    against the device's own recent history exceeds ``threshold``."""
+
+    threshold: float = 6.0
+    history: int = 512  # clean deviations kept for the calibration
+    min_history: int = 64  # no flags until this many have been seen
+    novelty_window: int = 64  # recent clean embeddings an agent alone compares with
+
+    def __post_init__(self) -> None:
+        if self.threshold <= 0 or self.threshold > 1e6:
+            raise _fail("anomaly.threshold", "out of range", "use a z-score such as 6.0")
+        if not 1 <= self.min_history <= self.history <= 1_000_000 or self.novelty_window < 1:
+            raise _fail(
+                "anomaly.history/min_history/novelty_window",
+                "out of range",
+                "1 <= min_history <= history <= 1000000 and novelty_window >= 1",
+            )
+
+    def settings(self) -> AnomalySettings:
+        return AnomalySettings(
+            threshold=self.threshold,
+            history=self.history,
+            min_history=self.min_history,
+            novelty_window=self.novelty_window,
+        )
 
 
 @dataclass(frozen=True)
@@ -263,6 +311,7 @@ class AgentConfig:
     trainer: TrainerSection = field(default_factory=TrainerSection)
     drop_rate: float = 0.0  # [testing] share of outgoing frames dropped at random
     signing: SigningSection = field(default_factory=SigningSection)
+    anomaly: AnomalySection = field(default_factory=AnomalySection)
 
     @property
     def inference_only(self) -> bool:
@@ -396,6 +445,7 @@ def load_config(path: str | Path) -> AgentConfig:
         "trainer",
         "testing",
         "signing",
+        "anomaly",
     }
     for key in raw:
         if key not in allowed:
@@ -477,4 +527,7 @@ def load_config(path: str | Path) -> AgentConfig:
             "is needed for an mqtt: source when [broker] has a user name",
             'set it to the device\'s local Mosquitto, e.g. broker = "mqtt://127.0.0.1:1883"',
         )
-    return AgentConfig(agent, broker, nbs, data, model, rounds, trainer, float(drop), signing)
+    anomaly = _section(AnomalySection, raw.get("anomaly"), "anomaly", base)
+    return AgentConfig(
+        agent, broker, nbs, data, model, rounds, trainer, float(drop), signing, anomaly
+    )

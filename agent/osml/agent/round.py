@@ -311,7 +311,7 @@ class AgentRound:
         if not len(own):
             return self._record(rnd, None, received)
         outcome = self.learner.step(own, received, present, self._steps)
-        self.buffer.update(self._steps, windows_r, outcome.target)
+        self.buffer.update(self._steps, windows_r, outcome.target, rnd)
         if self.trainer_status != "none" and not self.trainer.busy:
             _, train_windows, targets = self.buffer.arrays()
             try:

@@ -130,6 +130,13 @@ class LiveWindows:
             (rnd + 1) * self.period / s - 1e-9
         ) - 1
 
+    @property
+    def full_round(self) -> int:
+        """How many windows a round holds while the stream flows: its period's steps and the
+        replay, at most ``max_windows``."""
+        steps = math.ceil(self.period / self.series.step_seconds) if self.period > 0 else 0
+        return min(self.max_windows, steps + self.replay)
+
     def windows_for(self, rnd: int) -> tuple[np.ndarray, np.ndarray]:
         """With a ``period``: the windows ending in round ``rnd``'s period plus the ``replay``
         steps before it (every agent of the context picks the same steps); without: those
@@ -151,27 +158,61 @@ class LiveWindows:
 
 
 class TrainingBuffer:
-    """The latest ``capacity`` windows by step, each with its latest osmosis target."""
+    """The latest ``capacity`` windows by step, each with its latest osmosis target.
 
-    def __init__(self, capacity: int = 4096) -> None:
+    A target is what the sub-context agreed on in the round that set it; once the encoders have
+    moved on it pulls toward a consensus the fleet has left. So a training job draws on the
+    windows whose target is at most ``max_age`` rounds older than the newest (``max_age`` None:
+    all of them), topped up with the most recently targeted others to at least ``min_windows``:
+    a round with few windows (a stream that paused or ended) does not train on a handful."""
+
+    def __init__(
+        self, capacity: int = 4096, max_age: int | None = None, min_windows: int = 0
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
+        if max_age is not None and max_age < 0:
+            raise ValueError("max_age must be >= 0 or None")
+        if min_windows < 0:
+            raise ValueError("min_windows must be >= 0")
         self.capacity = capacity
-        self._items: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.max_age = max_age
+        self.min_windows = min(min_windows, capacity)
+        self._items: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+        self._newest = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def update(self, steps: np.ndarray, windows: np.ndarray, targets: np.ndarray) -> None:
+    def update(
+        self, steps: np.ndarray, windows: np.ndarray, targets: np.ndarray, rnd: int = 0
+    ) -> None:
+        """Set the targets of ``steps`` in round ``rnd``; the oldest steps past ``capacity`` go."""
         for k, w, t in zip(steps.tolist(), windows, targets):
-            self._items[int(k)] = (w, t)
+            self._items[int(k)] = (w, t, rnd)
+        if len(steps):
+            self._newest = max(self._newest, rnd)
         if len(self._items) > self.capacity:
             for k in sorted(self._items)[: len(self._items) - self.capacity]:
                 del self._items[k]
 
+    def _chosen(self) -> list[int]:
+        if self.max_age is None:
+            return sorted(self._items)
+        oldest = self._newest - self.max_age
+        fresh = [k for k, item in self._items.items() if item[2] >= oldest]
+        if len(fresh) < self.min_windows:
+            rest = sorted(
+                (k for k, item in self._items.items() if item[2] < oldest),
+                key=lambda k: (self._items[k][2], k),
+                reverse=True,
+            )
+            fresh += rest[: self.min_windows - len(fresh)]
+        return sorted(fresh)
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(steps, windows, targets)`` ordered by step."""
-        keys = sorted(self._items)
+        """``(steps, windows, targets)`` of what a training job draws on, ordered by step."""
+        keys = self._chosen()
         if not keys:
             return (
                 np.zeros(0, dtype=np.int64),

@@ -99,7 +99,7 @@ class AgentRuntime:
             self.train_data = np.asarray(train, dtype=np.float32)
             self.n_features = int(self.train_windows.shape[2])
         self.state = load_state(self.state_dir, self.id, self.ctx)
-        self.learner = OsmoticLearner(self.id, list(cfg.neighbours), learner)
+        self.learner = OsmoticLearner(self.id, list(cfg.neighbours), self._learner(learner))
         if self.state.memory:
             self.learner.memory = SubcontextMemory.from_dict(
                 self.state.memory, self.learner.settings.policy
@@ -267,6 +267,21 @@ class AgentRuntime:
             return r.replay
         period_steps = round(self.period / self.cfg.data.step_seconds)
         return max(self.cfg.model.window, 3 * period_steps)
+
+    def _learner(self, settings: LearnerSettings | None) -> LearnerSettings:
+        """The learner's settings with the warm-up of ``[rounds] warmup``: a live round sees a
+        period's steps where a file round sees the whole file, so a live warm-up is counted in
+        steps (``warmup_steps``), not in rounds."""
+        settings = settings or LearnerSettings()
+        r = self.cfg.rounds
+        if r.warmup >= 0:
+            rounds = r.warmup
+        elif self.live is not None:
+            per_round = max(1.0, self.period / self.cfg.data.step_seconds)
+            rounds = max(settings.policy.warmup_rounds, math.ceil(r.warmup_steps / per_round))
+        else:
+            return settings
+        return replace(settings, policy=replace(settings.policy, warmup_rounds=rounds))
 
     @property
     def period(self) -> float:
@@ -460,8 +475,12 @@ class AgentRuntime:
             inbox=self.inbox,
             exchange=transport,
             trainer=self.trainer,
-            buffer=TrainingBuffer(
-                capacity=r.buffer if self.live is not None else max(1, len(self.train_windows))
+            buffer=(
+                TrainingBuffer(
+                    capacity=r.buffer, max_age=r.target_age, min_windows=self.live.full_round
+                )
+                if self.live is not None
+                else TrainingBuffer(capacity=max(1, len(self.train_windows)))
             ),
             on_install=self._persist_model,
             on_evaluate=self._save_eval,
@@ -482,9 +501,9 @@ class AgentRuntime:
         status_topic = topics.status(self.ctx, self.id)
         last_status = time.monotonic()
         self.anomaly = (
-            AnomalyDetector.from_dict(self.state.anomaly)
+            AnomalyDetector.from_dict(self.state.anomaly, self.cfg.anomaly.settings())
             if self.state.anomaly
-            else (AnomalyDetector())
+            else AnomalyDetector(self.cfg.anomaly.settings())
         )
         self.store = EmbeddingStore(self.state_dir / "embeddings", self.cfg.model.embedding_dim)
         while not stop.is_set() and (count == 0 or done < count):

@@ -80,7 +80,7 @@ _EPS = 1e-12
 
 @dataclass(frozen=True)
 class AnomalySettings:
-    threshold: float = 4.0  # flag when z exceeds this
+    threshold: float = 6.0  # flag when z exceeds this
     history: int = 512  # clean deviations kept per mode for the calibration
     min_history: int = 64  # warm-up: no flags until a mode's history holds this many
     mad_floor: float = 1e-3  # lowest z denominator, in units of the agent's median norm
