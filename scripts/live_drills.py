@@ -181,36 +181,51 @@ def drill_compare(a: argparse.Namespace) -> bool:
 # -- 2. drift --------------------------------------------------------------------------------------
 
 
+def long_data(work: Path, kind: str, rows: int) -> Path:
+    """``generated:KIND`` with ``rows`` training rows, written once under ``work``: long enough
+    for the live warm-up (``[rounds] warmup_steps``) and a settled calibration before a fault."""
+    out = work / f"long-{kind}-{rows}"
+    if not (out / "train_data.csv").exists():
+        write_day(out, rows, kind)
+    return out
+
+
 def drill_drift(a: argparse.Namespace) -> bool:
-    fault = f"1:switch@{a.at}:M0"
+    me, to = a.agent, a.to
+    fault = f"{me}:switch@{a.at}:{to}"
+    data = long_data(a.work, a.kind, a.rows)
     run, sec = osml_run(
         a.work,
-        f"drift-p{a.period}",
-        ["--data", "generated:simple", *live_args(a, a.skew), "--inject-fault", fault],
+        f"drift-{a.kind}-p{a.period}",
+        ["--data", str(data), *live_args(a, a.skew), "--inject-fault", fault],
     )
-    s0 = first_step(run, "1")
+    s0 = first_step(run, me)
     fault_step = s0 + a.at
-    recs = {x: rounds_of(run, x) for x in ("0", "1", "M0", "M1")}
-    period = a.period
+    names = sorted(p.name for p in agents_dir(run).iterdir() if p.is_dir())
+    recs = {x: rounds_of(run, x) for x in names}
+    by_round = {x: {r.round: r for r in recs[x]} for x in names}
     # Round r covers steps [r*period, (r+1)*period): the first round holding switched steps.
-    fault_round = fault_step // period
+    fault_round = fault_step // a.period
+    before = [r for r in recs[me] if r.round < fault_round]
+    old = set(before[-1].subcontext) - {me} if before else set()
     lines, left, joined, counted = [], None, None, None
     eq_before = eq_left = eq_back = None
-    for r1 in recs["1"]:
+    for r1 in recs[me]:
         rel = r1.round - fault_round
-        m0 = next((r for r in recs["M0"] if r.round == r1.round), None)
+        other = by_round[to].get(r1.round)
         lines.append(
-            f"r{rel:+d} 1:{','.join(r1.subcontext)} eq={r1.equilibrium} "
-            f"M0:{','.join(m0.subcontext) if m0 else '?'}"
+            f"r{rel:+d} {me}:{','.join(r1.subcontext)} eq={r1.equilibrium} "
+            f"{to}:{','.join(other.subcontext) if other else '?'}"
         )
         if rel < 0:
             eq_before = r1.equilibrium
             continue
-        if left is None and "0" not in r1.subcontext:
+        mine = set(r1.subcontext)
+        if left is None and old and not (old & mine):
             left = rel
-        if joined is None and "M0" in r1.subcontext and "0" not in r1.subcontext:
+        if joined is None and to in mine and not (old - {to}) & mine:
             joined = rel
-        if counted is None and m0 is not None and "1" in m0.subcontext:
+        if counted is None and other is not None and me in other.subcontext:
             counted = rel
         if eq_left is None and eq_before and not r1.equilibrium:
             eq_left = rel
@@ -222,11 +237,12 @@ def drill_drift(a: argparse.Namespace) -> bool:
     return verdict(
         "drift",
         ok,
-        f"{fault} (step {fault_step}, round r+0 = first round with switched steps): 1 leaves "
-        f"{{0,1}} after {left} rounds, joins M0's sub-context after {joined}, M0 counts 1 after "
-        f"{counted} (target <= {a.target}); in equilibrium just before the switch: {eq_before}, "
-        f"left at r+{eq_left}, re-entered at r+{eq_back}; rounds at equilibrium "
-        f"{sum(r.equilibrium for r in recs['1'])}/{len(recs['1'])} ({sec:.0f} s)",
+        f"{fault} on generated:{a.kind} ({a.rows} rows; step {fault_step}, round r+0 = first "
+        f"round with switched steps): {me} leaves {{{','.join(sorted(old))}}} after {left} "
+        f"rounds, joins {to}'s sub-context after {joined}, {to} counts {me} after {counted} "
+        f"(target <= {a.target}); in equilibrium just before the switch: {eq_before}, left at "
+        f"r+{eq_left}, re-entered at r+{eq_back}; rounds at equilibrium "
+        f"{sum(r.equilibrium for r in recs[me])}/{len(recs[me])} ({sec:.0f} s)",
         {
             "run": str(run),
             "left": left,
@@ -242,7 +258,8 @@ def drill_drift(a: argparse.Namespace) -> bool:
 
 
 def drill_anomaly(a: argparse.Namespace) -> bool:
-    ds = load_dataset("generated:simple", seed=0)
+    data = long_data(a.work, "simple", a.rows)
+    ds = load_dataset(str(data), seed=0)
     clean = replay_rows(ds, seed=0)
     all_ok = True
     for kind in a.kinds.split(","):
@@ -250,7 +267,7 @@ def drill_anomaly(a: argparse.Namespace) -> bool:
         run, sec = osml_run(
             a.work,
             f"anomaly-{kind}",
-            ["--data", "generated:simple", *live_args(a, a.skew), "--inject-fault", spec],
+            ["--data", str(data), *live_args(a, a.skew), "--inject-fault", spec],
         )
         faulty = replay_rows(ds, [parse_fault(spec)], seed=0)[a.agent]
         changed = np.any(faulty != clean[a.agent], axis=1)  # rows the fault touched
@@ -321,11 +338,11 @@ def drill_skew(a: argparse.Namespace) -> bool:
 # -- 5. a day of steps ----------------------------------------------------------------------------
 
 
-def write_day(out: Path, rows: int) -> None:
-    """``generated:simple`` drawn ``rows`` long (one continuous run), in paper format."""
+def write_day(out: Path, rows: int, kind: str = "simple") -> None:
+    """``generated:KIND`` drawn ``rows`` long (one continuous run), in paper format."""
     from osml.agent.synthetic import generate
 
-    ds = generate("simple", seed=0, n_train=rows, n_test=200)
+    ds = generate(kind, seed=0, n_train=rows, n_test=200)
     out.mkdir(parents=True, exist_ok=True)
     for part in ("train", "test"):
         cols = [(x.agent_id, getattr(x, part)) for x in ds.agents]
@@ -537,17 +554,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="generated:complex")
     p.add_argument("--rounds", type=int, default=15, help="file run --rounds")
     live(p, 50, 100, 100)
-    p = sub.add_parser("drift", help="2. 1:switch@AT:M0 on generated:simple")
-    p.add_argument("--at", type=int, default=300, help="row of the switch")
+    p = sub.add_parser("drift", help="2. AGENT:switch@AT:TO on a long generated:complex")
+    p.add_argument("--kind", default="complex", help="generated:KIND")
+    p.add_argument("--rows", type=int, default=3000, help="training rows of the generated data")
+    p.add_argument("--agent", default="1", help="the device whose stream switches")
+    p.add_argument("--to", default="2", help="the device whose signal it switches to")
+    p.add_argument("--at", type=int, default=1500, help="row of the switch")
     p.add_argument("--target", type=int, default=5, help="rounds allowed")
-    live(p, 25, 50, 100)
+    live(p, 25, 50, 60)
     p = sub.add_parser("anomaly", help="3. each fault kind on one device of generated:simple")
     p.add_argument("--kinds", default="stuck,spike,offset,noise")
     p.add_argument("--agent", default="1")
-    p.add_argument("--at", type=int, default=500, help="row the fault starts at")
-    p.add_argument("--warmup", type=int, default=200, help="rows not scored (warm-up)")
+    p.add_argument("--rows", type=int, default=3000, help="training rows of generated:simple")
+    p.add_argument("--at", type=int, default=1500, help="row the fault starts at")
+    p.add_argument("--warmup", type=int, default=1200, help="rows not scored (warm-up)")
     p.add_argument("--window", type=int, default=10)
-    live(p, 25, 50, 100)
+    live(p, 25, 50, 60)
     p = sub.add_parser("skew", help="4. --max-skew 0 vs 0.5")
     p.add_argument("--data", default="generated:complex")
     live(p, 50, 100, 100)

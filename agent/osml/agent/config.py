@@ -217,7 +217,7 @@ class RoundsSection:
     # Rounds in which every neighbour is a member while the encoders find each other (-1: two
     # for a file; for a live source, enough rounds to have seen warmup_steps steps, at least two).
     warmup: int = -1
-    warmup_steps: int = 1000
+    warmup_steps: int = 500
     max_lag: int = 8  # rounds behind the clock before an agent skips to the current one
 
     def __post_init__(self) -> None:
