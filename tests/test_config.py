@@ -5,7 +5,9 @@ No broker, no torch: load_config only reads and validates.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -13,9 +15,17 @@ import pytest
 from click.testing import Result
 
 from clihelp import run_command
-from osml.agent.config import AgentConfig, load_config
+from osml.agent.config import (
+    AgentConfig,
+    DataSection,
+    ModelSection,
+    RoundsSection,
+    TrainerSection,
+    load_config,
+)
 from osml.cli.main import main
 from osml.errors import ConfigError
+from osml.trainer.settings import settings_from_map
 
 MINIMAL = """\
 [agent]
@@ -390,7 +400,7 @@ def test_unreadable_password_file(tmp_path: Path) -> None:
         (tmp_path / "agent.pass").chmod(0)
     text = MINIMAL + '\n[broker]\nusername = "0"\npassword_file = "agent.pass"\n'
 
-    with pytest.raises(ConfigError, match=r"^broker\.password_file: cannot read agent\.pass"):
+    with pytest.raises(ConfigError, match=r"toml: broker\.password_file: cannot read agent\.pass"):
         load(tmp_path, text)
 
 
@@ -509,6 +519,143 @@ def test_a_live_source_needs_its_width_and_gets_the_step_defaults(tmp_path: Path
 def test_a_float_setting_must_be_finite(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match="rounds.deadline"):
         load(tmp_path, MINIMAL + f"\n[rounds]\ndeadline = {value}\n")
+
+
+# -- every number finite and in range ------------------------------------------------------------
+
+HUGE = str(2**70)
+
+NUMBER_CASES = [
+    # The historical ones: nan spun at 99% CPU, inf raised in the loop or waited for ever, a nan
+    # anchor norm failed every training job.
+    pytest.param("[rounds]\ndeadline = nan", "rounds.deadline", "nan", id="deadline-nan"),
+    pytest.param("[rounds]\ninterval = inf", "rounds.interval", "inf", id="interval-inf"),
+    pytest.param("[rounds]\ndeadline = inf", "rounds.deadline", "inf", id="deadline-inf"),
+    pytest.param("[model]\nanchor_norm = nan", "model.anchor_norm", "nan", id="anchor-nan"),
+    pytest.param("[rounds]\ndeadline = 0", "rounds.deadline", "> 0", id="deadline-zero"),
+    pytest.param("[rounds]\ninterval = -1", "rounds.interval", "-1", id="interval-negative"),
+    pytest.param("[rounds]\ntrain_wait = 1e300", "rounds.train_wait", "86400", id="wait-huge"),
+    pytest.param(f"[rounds]\ncount = {HUGE}", "rounds.count", HUGE, id="count-2**70"),
+    pytest.param(f"[rounds]\nsteps = {HUGE}", "rounds.steps", HUGE, id="steps-2**70"),
+    pytest.param(f"[rounds]\ndeadline = {HUGE}", "rounds.deadline", "86400", id="int-2**70"),
+    pytest.param("[rounds]\nmax_windows = 0", "rounds.max_windows", "0", id="windows-zero"),
+    pytest.param("[rounds]\nperiod = -inf", "rounds.period", "-inf", id="period-minus-inf"),
+    pytest.param("[model]\nwindow = 100000", "model.window", "4096", id="window-huge"),
+    pytest.param("[model]\nseed = -1", "model.seed", "-1", id="seed-negative"),
+    pytest.param("[trainer]\ntimeout = nan", "trainer.timeout", "nan", id="trainer-timeout"),
+    pytest.param("[trainer]\ntimeout = 0", "trainer.timeout", "> 0", id="trainer-timeout-0"),
+    pytest.param(
+        "[trainer.settings]\nlearning_rate = nan",
+        "trainer.settings.learning_rate",
+        "nan",
+        id="learning-rate-nan",
+    ),
+    pytest.param(
+        "[trainer.settings]\nsteps_per_round = 0",
+        "trainer.settings.steps_per_round",
+        "0",
+        id="trainer-steps-zero",
+    ),
+    pytest.param(
+        "[trainer.settings]\nlearning_rte = 0.1",
+        "trainer.settings.learning_rte",
+        "unknown",
+        id="trainer-setting-unknown",
+    ),
+    pytest.param("[data]\nseed = -3", "data.seed", "-3", id="data-seed-negative"),
+    pytest.param("[broker]\nkeepalive = 0", "keepalive", "5-65535", id="keepalive-zero"),
+    pytest.param(f"[broker]\nsession_expiry = {HUGE}", "session_expiry", HUGE, id="session-2**70"),
+]
+
+
+def _with(table: str) -> str:
+    """MINIMAL with ``table`` (a [section] and one key) merged in."""
+    section, line = table.split("\n", 1)
+    if section in MINIMAL:
+        return MINIMAL.replace(section + "\n", f"{section}\n{line}\n", 1)
+    return MINIMAL + f"\n{section}\n{line}\n"
+
+
+@pytest.mark.parametrize(("table", "key", "shown"), NUMBER_CASES)
+def test_osml_agent_refuses_a_number_out_of_range_in_one_line(
+    tmp_path: Path, table: str, key: str, shown: str
+) -> None:
+    path = write(tmp_path, _with(table))
+
+    result = invoke("agent", "--config", str(path))
+
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {path}: ")
+    assert key in lines[0] and shown in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("step_seconds = nan", "data.step_seconds"),
+        ("step_seconds = 0", "data.step_seconds"),
+        ("grace = -2", "data.grace"),
+        ("capacity = 7", "data.capacity"),
+        ("capacity = 1000000\nfeatures = 200", "data.capacity"),  # over 2**27 values
+        ("replay_speed = inf", "data.replay_speed"),
+        ("max_behind_s = -1", "data.max_behind_s"),
+        ("features = 99999", "data.features"),
+    ],
+)
+def test_live_source_numbers_are_checked(tmp_path: Path, line: str, key: str) -> None:
+    names = {x.split(" ", 1)[0] for x in line.splitlines()}
+    text = "\n".join(x for x in LIVE.splitlines() if x.split(" ", 1)[0] not in names) + "\n"
+
+    with pytest.raises(ConfigError, match=re.escape(key)) as info:
+        load(tmp_path, text + line + "\n")
+
+    assert "\n" not in str(info.value) and str(tmp_path / "agent.toml") in str(info.value)
+
+
+def test_the_documented_sentinels_and_edges_are_accepted(tmp_path: Path) -> None:
+    cfg = load(
+        tmp_path,
+        LIVE
+        + "grace = -1\n\n[rounds]\nperiod = 0\nreplay = -1\ndeadline = 86400\n"
+        + f"count = {2**48}\n",
+    )
+    assert cfg.data.grace == -1.0 and cfg.rounds.period == 0.0 and cfg.rounds.replay == -1
+    assert cfg.rounds.deadline == 86400.0 and cfg.rounds.count == 2**48
+
+
+def test_every_number_of_every_section_declares_its_bounds() -> None:
+    # A new numeric key without bounds would let nan or 2**70 through again.
+    for cls in (DataSection, ModelSection, RoundsSection, TrainerSection):
+        for f in dataclasses.fields(cls):
+            if f.type in ("int", "float"):
+                assert "bounds" in f.metadata, f"{cls.__name__}.{f.name} has no bounds"
+
+
+def test_sections_built_in_code_check_themselves() -> None:
+    with pytest.raises(ConfigError, match="rounds.deadline"):
+        RoundsSection(deadline=float("nan"))
+    with pytest.raises(ConfigError, match="model.anchor_norm"):
+        ModelSection(anchor_norm=float("inf"))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("learning_rate", float("nan")),
+        ("align_weight", float("inf")),
+        ("var_target", -1.0),
+        ("init_std", 0.0),
+        ("threads", 0),
+        ("batch_size", 2**70),
+        ("mask_ratio", float("nan")),
+    ],
+)
+def test_trainer_settings_refuse_non_finite_and_out_of_range(key: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"^{key}: "):
+        settings_from_map({key: value}, "mlp")
 
 
 def test_mqtt_readings_need_the_devices_own_broker_when_the_agent_logs_in(

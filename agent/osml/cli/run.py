@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from osml.cli.errors import one_line_errors
-from osml.cli.options import prepare, run_options
+from osml.cli.options import FiniteFloat, prepare, run_options
 from osml.cli.progress import announce, finish, print_rounds
 
 __all__ = ["run_command"]
@@ -40,14 +40,14 @@ state and log.
 )
 @click.option(
     "--drop-rate",
-    type=click.FloatRange(0.0, 0.99),
+    type=FiniteFloat(0.0, 0.99),
     default=0.0,
     show_default=True,
     help="Testing: share of outgoing frames each agent drops at random.",
 )
 @click.option(
     "--deadline",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(0.1, 86400.0),
     default=10.0,
     show_default=True,
     help="Seconds an agent waits for its neighbours' frames each round.",
@@ -88,7 +88,7 @@ state and log.
 )
 @click.option(
     "--speed",
-    type=click.FloatRange(min=1.0),
+    type=FiniteFloat(1.0, 10_000.0),
     default=50.0,
     show_default=True,
     help="--live: times real time.",
@@ -103,21 +103,21 @@ state and log.
 )
 @click.option(
     "--max-skew",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.0,
     show_default=True,
     help="--live: each device's clock off by up to this many seconds (one step is 1 s).",
 )
 @click.option(
     "--jitter",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.0,
     show_default=True,
     help="--live: seconds of random spread of each reading within its step.",
 )
 @click.option(
     "--drop-readings",
-    type=click.FloatRange(0.0, 0.99),
+    type=FiniteFloat(0.0, 0.99),
     default=0.0,
     show_default=True,
     help="--live: share of readings never sent.",
