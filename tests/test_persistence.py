@@ -424,3 +424,96 @@ def test_rounds_file_is_rotated_so_its_size_stays_bounded(tmp_path: Path) -> Non
     assert all((tmp_path / f).stat().st_size < 4096 + 1024 for f in files)
     rounds = [r.round for r in read_rounds(tmp_path)]
     assert rounds == list(range(rounds[0], 200)) and rounds[0] > 0  # the newest, in order
+
+
+# --- state.json is checked field by field ----------------------------------------------------
+
+GOOD_STATE = {
+    "agent_id": "0",
+    "context": "lab",
+    "next_round": 5,
+    "model_version": 2,
+    "memory": {"affinity": {"1": 0.7}, "seen": {"1": 4}, "members": {"1": True}},
+    "subcontext": ["0", "1"],
+    "equilibrium": {"streak": 1, "last_subcontext": ["0", "1"], "settled": False, "recent": [0.1]},
+    "learner_rounds": 5,
+    "anomaly": {},
+    "format": 1,
+}
+
+BAD_STATES = [
+    pytest.param({"next_round": "3"}, "next_round", id="string-round"),
+    pytest.param({"next_round": 2**70}, "next_round", id="round-2**70"),
+    pytest.param({"next_round": -1}, "next_round", id="negative-round"),
+    pytest.param({"next_round": 2.5}, "next_round", id="float-round"),
+    pytest.param({"next_round": True}, "next_round", id="bool-round"),
+    pytest.param({"model_version": None}, "model_version", id="null-version"),
+    pytest.param({"memory": []}, "memory", id="list-for-dict"),
+    pytest.param({"memory": {"affinity": {"1": "high"}}}, "memory.affinity", id="affinity-text"),
+    pytest.param({"memory": {"seen": {"1": -2}}}, "memory.seen", id="seen-negative"),
+    pytest.param({"subcontext": "0,1"}, "subcontext", id="string-for-list"),
+    pytest.param({"subcontext": [0, 1]}, "subcontext", id="ints-for-ids"),
+    pytest.param({"equilibrium": {"streak": "2"}}, "equilibrium.streak", id="streak-text"),
+    pytest.param({"equilibrium": {"recent": {"a": 1}}}, "equilibrium.recent", id="recent-map"),
+    pytest.param({"anomaly": {"format": 99}}, "anomaly", id="anomaly-format"),
+    pytest.param({"agent_id": 0}, "agent_id", id="int-id"),
+    pytest.param({"rounds_done": 3}, "rounds_done", id="unknown-key"),
+    pytest.param({"format": 2}, "format", id="other-format"),
+]
+
+
+@pytest.mark.parametrize(("change", "key"), BAD_STATES)
+def test_a_bad_state_field_is_one_line_naming_the_file_and_the_key(
+    tmp_path: Path, change: dict[str, object], key: str
+) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({**GOOD_STATE, **change}))
+
+    with pytest.raises(ConfigError) as info:
+        load_state(tmp_path, "0", "lab")
+
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'state.json'}: ") and "\n" not in message
+    assert key in message and "move it away" in message
+
+
+def test_a_good_state_loads_and_the_round_bound_is_inclusive(tmp_path: Path) -> None:
+    from osml.wire.codec import MAX_ROUND
+
+    (tmp_path / "state.json").write_text(json.dumps({**GOOD_STATE, "next_round": MAX_ROUND}))
+    state = load_state(tmp_path, "0", "lab")
+    assert state.next_round == MAX_ROUND and state.memory == GOOD_STATE["memory"]
+
+    (tmp_path / "state.json").write_text(json.dumps([GOOD_STATE]))
+    with pytest.raises(ConfigError, match="JSON object"):
+        load_state(tmp_path, "0", "lab")
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [({"next_round": 2**70}, "next_round"), ({"memory": [1, 2]}, "memory")],
+)
+def test_osml_agent_stops_on_a_bad_state_file_with_one_line(
+    tmp_path: Path, change: dict[str, object], key: str
+) -> None:
+    # Before the check, next_round = 2**70 exited 0 without running a round.
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "state.json").write_text(json.dumps({**GOOD_STATE, **change}))
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[agent]\nid = "0"\ncontext = "lab"\nstate_dir = "state"\n\n[neighbours]\nids = ["1"]\n\n'
+        '[data]\nsource = "generated:simple"\n\n[rounds]\ncount = 3\n'
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-m", "osml.cli", "agent", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    assert str(state_dir / "state.json") in errors[0] and key in errors[0]

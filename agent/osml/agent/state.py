@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from osml.agent.records import RoundRecord
+from osml.core.anomaly import AnomalyDetector
 from osml.errors import ConfigError
 from osml.files import write_atomic
+from osml.wire.codec import MAX_ROUND
 
 __all__ = ["ROUNDS_FILE", "AgentState", "append_round", "load_state", "read_rounds", "save_state"]
 
 STATE_FORMAT = 1
 ROUNDS_FILE = "rounds.jsonl"
 ROUNDS_MAX_BYTES = 8 << 20  # rounds.jsonl is rotated past this size (one older file is kept)
+MAX_MODEL_VERSION = 2**62  # what the trainer hands out at most (osml.trainer.service)
 
 
 @dataclass
@@ -46,25 +49,106 @@ class AgentState:
 
 
 def load_state(state_dir: Path, agent_id: str, context: str) -> AgentState:
+    """The agent's state from ``state_dir/state.json`` (a fresh one when there is none).
+
+    Every field is checked (type, range; ``next_round`` at most :data:`MAX_ROUND`), because the
+    agent acts on it at once: ConfigError, one line naming the file and the key, otherwise.
+    """
     path = state_dir / "state.json"
     if not path.exists():
         return AgentState(agent_id, context)
     try:
         data = json.loads(path.read_text())
-        if isinstance(data, dict) and "equilibrium_streak" in data:  # state written before 0.1.1
-            streak = data.pop("equilibrium_streak")
-            data.setdefault("equilibrium", {"streak": streak})
-        state = AgentState(**data)
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(
             f"{path}: unreadable agent state ({exc}); move it away to start afresh"
         ) from exc
+    if isinstance(data, dict) and "equilibrium_streak" in data:  # state written before 0.1.1
+        streak = data.pop("equilibrium_streak")
+        data.setdefault("equilibrium", {"streak": streak})
+    try:
+        state = _checked_state(data)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}; move it away to start afresh") from None
     if (state.agent_id, state.context) != (agent_id, context):
         raise ConfigError(
             f"{path}: belongs to agent {state.agent_id!r} in context {state.context!r}, not "
             f"{agent_id!r} in {context!r}; give each agent its own agent.state_dir"
         )
     return state
+
+
+def _is_int(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_map(value: Any, key: str, ok: Any, what: str) -> None:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and ok(v) for k, v in value.items()
+    ):
+        raise ValueError(f"{key} must be a map of agent ids to {what}, got {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _checked_state(data: Any) -> AgentState:
+    """An :class:`AgentState` from decoded JSON; ValueError naming the first bad key."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {_short(data)}")
+    known = {f.name for f in fields(AgentState)}
+    for key in data:
+        if key not in known:
+            raise ValueError(f"unknown key {key!r}")
+    for key in ("agent_id", "context"):
+        if not isinstance(data.get(key), str):
+            raise ValueError(f"{key} must be a string, got {_short(data.get(key))}")
+    for key, hi in (
+        ("next_round", MAX_ROUND),
+        ("learner_rounds", MAX_ROUND),
+        ("model_version", MAX_MODEL_VERSION),
+    ):
+        if key in data and not _is_int(data[key], 0, hi):
+            raise ValueError(f"{key} must be an integer from 0 to {hi}, got {_short(data[key])}")
+    if data.get("format", STATE_FORMAT) != STATE_FORMAT:
+        raise ValueError(f"format {_short(data['format'])} is not {STATE_FORMAT}")
+    sub = data.get("subcontext", [])
+    if not isinstance(sub, list) or not all(isinstance(x, str) for x in sub):
+        raise ValueError(f"subcontext must be a list of agent ids, got {_short(sub)}")
+    for key in ("memory", "equilibrium", "anomaly"):
+        if not isinstance(data.get(key, {}), dict):
+            raise ValueError(f"{key} must be a JSON object, got {_short(data[key])}")
+    memory = data.get("memory", {})
+    for key, ok, what in (
+        ("affinity", _is_number, "numbers"),
+        ("seen", lambda v: _is_int(v, 0, MAX_ROUND), "counts"),
+        ("members", lambda v: isinstance(v, bool), "true/false"),
+    ):
+        if key in memory:
+            _check_map(memory[key], f"memory.{key}", ok, what)
+    eq = data.get("equilibrium", {})
+    if "streak" in eq and not _is_int(eq["streak"], 0, MAX_ROUND):
+        raise ValueError(f"equilibrium.streak must be a count, got {_short(eq['streak'])}")
+    if "settled" in eq and not isinstance(eq["settled"], bool):
+        raise ValueError(f"equilibrium.settled must be true or false, got {_short(eq['settled'])}")
+    last = eq.get("last_subcontext", [])
+    if not isinstance(last, list) or not all(isinstance(x, str) for x in last):
+        raise ValueError(f"equilibrium.last_subcontext must be a list of ids, got {_short(last)}")
+    recent = eq.get("recent", [])
+    if not isinstance(recent, list) or not all(_is_number(x) for x in recent):
+        raise ValueError(f"equilibrium.recent must be a list of numbers, got {_short(recent)}")
+    if data.get("anomaly"):
+        try:
+            AnomalyDetector.from_dict(data["anomaly"])
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"anomaly: {exc}") from None
+    return AgentState(**data)
 
 
 def save_state(state_dir: Path, state: AgentState) -> None:
