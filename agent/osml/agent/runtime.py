@@ -52,7 +52,7 @@ from osml.agent.records import RoundRecord
 from osml.agent.round import AgentRound, RoundSettings
 from osml.agent.rounddata import FileWindows, LiveWindows, TrainingBuffer
 from osml.agent.sources import load_series
-from osml.agent.state import append_round, load_state, save_state
+from osml.agent.state import append_round, load_state, repair_rounds, save_state
 from osml.agent.streams.readings import ReadingLimits
 from osml.agent.streams.sources import open_source
 from osml.agent.streams.steps import StepSeries
@@ -106,6 +106,7 @@ class AgentRuntime:
             self.train_data = np.asarray(train, dtype=np.float32)
             self.n_features = int(self.train_windows.shape[2])
         self.state = load_state(self.state_dir, self.id, self.ctx)
+        repair_rounds(self.state_dir)  # a torn last record from a kill: cut it now
         self.learner = OsmoticLearner(self.id, list(cfg.neighbours), learner)
         if self.state.memory:
             self.learner.memory = SubcontextMemory.from_dict(

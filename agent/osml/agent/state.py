@@ -8,8 +8,9 @@
 state.json and the model pair are written atomically (temp file, fsync, rename; the model's card is
 its commit point, see :mod:`osml.agent.modelcard`), so a SIGKILL or power cut at any moment leaves
 either the old or the new version, never half of one. rounds.jsonl is appended to and fsynced; a
-kill in the middle of an append can leave a torn last line, which :func:`read_rounds` skips and the
-next :func:`append_round` cuts off before it writes.
+kill in the middle of an append can leave a torn last line, which :func:`read_rounds` skips, and
+:func:`repair_rounds` (at the agent's start) and every :func:`append_round` cut off, reading only
+the file's end.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from osml.agent.records import RoundRecord
 from osml.core.anomaly import AnomalyDetector
@@ -26,7 +27,15 @@ from osml.errors import ConfigError
 from osml.files import write_atomic
 from osml.wire.codec import MAX_ROUND
 
-__all__ = ["ROUNDS_FILE", "AgentState", "append_round", "load_state", "read_rounds", "save_state"]
+__all__ = [
+    "ROUNDS_FILE",
+    "AgentState",
+    "append_round",
+    "load_state",
+    "read_rounds",
+    "repair_rounds",
+    "save_state",
+]
 
 STATE_FORMAT = 1
 ROUNDS_FILE = "rounds.jsonl"
@@ -173,9 +182,10 @@ def append_round(state_dir: Path, record: RoundRecord, max_bytes: int = ROUNDS_M
     """Append one round's record to rounds.jsonl and fsync it.
 
     A previous append killed half-way leaves a last line without its newline: it is completed
-    when it parses, cut off otherwise, so the new record never lands glued to a torn one. Once
-    the file holds ``max_bytes``, it becomes ``rounds.jsonl.1`` (replacing the previous one) and a
-    new file begins: the records take at most about twice ``max_bytes`` on disk, for ever.
+    when it parses, cut off otherwise (:func:`repair_rounds`), so the new record never lands
+    glued to a torn one. Once the file holds ``max_bytes``, it becomes ``rounds.jsonl.1``
+    (replacing the previous one) and a new file begins: the records take at most about twice
+    ``max_bytes`` on disk, for ever.
     """
     line = (json.dumps(record.to_json(), sort_keys=True) + "\n").encode()
     path = state_dir / ROUNDS_FILE
@@ -185,20 +195,64 @@ def append_round(state_dir: Path, record: RoundRecord, max_bytes: int = ROUNDS_M
     except FileNotFoundError:
         pass
     with open(path, "a+b") as fh:
-        end = fh.seek(0, os.SEEK_END)
-        if end:
-            fh.seek(max(0, end - 1))
-            if fh.read(1) != b"\n":
-                fh.seek(0)
-                text = fh.read()
-                start = text.rfind(b"\n") + 1
-                if _parse_line(text[start:]) is None:
-                    fh.truncate(start)
-                else:
-                    line = b"\n" + line
-        fh.write(line)  # "a" mode: always at the end, whatever the position after the checks
+        fh.write(_repair_tail(fh) + line)  # "a" mode: at the end, wherever the checks left off
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def repair_rounds(state_dir: Path) -> None:
+    """Make ``state_dir/rounds.jsonl`` end with a whole line: complete a torn last line that
+    parses, cut off one that does not. Reads only the end of the file (see
+    :func:`_repair_tail`), so a file of any size costs bounded memory. The agent calls it at
+    start; :func:`append_round` does the same before every append."""
+    path = state_dir / ROUNDS_FILE
+    try:
+        fh = open(path, "r+b")
+    except FileNotFoundError:
+        return
+    with fh:
+        missing = _repair_tail(fh)
+        if missing:
+            fh.seek(0, os.SEEK_END)
+            fh.write(missing)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+_TAIL_CHUNK = 64 << 10  # bytes read at a time while looking for the last newline
+MAX_LINE_BYTES = 1 << 20  # a last line longer than this is not a record of ours: cut, unread
+
+
+def _repair_tail(fh: IO[bytes]) -> bytes:
+    """Truncate a torn last line of the open file ``fh`` (one that does not parse), and return
+    the newline a last line that parses is missing (b"" when none is).
+
+    Memory is bounded whatever the file's size: it looks for the last newline backwards in
+    chunks of :data:`_TAIL_CHUNK`, and reads the last line itself only when it is at most
+    :data:`MAX_LINE_BYTES` long.
+    """
+    end = fh.seek(0, os.SEEK_END)
+    if not end:
+        return b""
+    fh.seek(end - 1)
+    if fh.read(1) == b"\n":
+        return b""
+    start = 0
+    pos = end
+    while pos > 0:
+        size = min(_TAIL_CHUNK, pos)
+        pos -= size
+        fh.seek(pos)
+        found = fh.read(size).rfind(b"\n")
+        if found >= 0:
+            start = pos + found + 1
+            break
+    if end - start <= MAX_LINE_BYTES:
+        fh.seek(start)
+        if _parse_line(fh.read(end - start)) is not None:
+            return b"\n"
+    fh.truncate(start)
+    return b""
 
 
 def read_rounds(state_dir: Path) -> list[RoundRecord]:
