@@ -850,3 +850,111 @@ def test_last_will_only_on_the_agents_own_status(acl_broker: AclBroker) -> None:
         assert monitor.get(timeout=1.0) is None
     finally:
         monitor.close()
+
+
+# ------------------------------------------ start-up failures of `osml agent`: one line, no retry
+
+
+def _agent_config(tmp: Path, broker: AclBroker, broker_lines: list[str]) -> Path:
+    config = tmp / "agent.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "[agent]",
+                'id = "a"',
+                f'context = "{broker.context}"',
+                'state_dir = "state"',
+                "[broker]",
+                *broker_lines,
+                "[neighbours]",
+                'ids = ["b"]',
+                "[data]",
+                'source = "generated:simple"',
+                'agent = "0"',
+                "[trainer]",
+                f'socket = "{tmp / "no-trainer.sock"}"',
+                "",
+            ]
+        )
+    )
+    return config
+
+
+def _password_file(tmp: Path, name: str, password: str) -> Path:
+    path = tmp / f"{name}.pass"
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@needs_mosquitto
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("wrong CA", "does not verify"),
+        ("no CA", "set broker.ca_file"),
+        ("TLS to the plain port", "TLS handshake"),
+        ("wrong password", "Not authorized"),
+        ("unknown user", "Not authorized"),
+    ],
+)
+def test_osml_agent_stops_on_a_tls_or_credential_failure_with_one_line(
+    acl_broker: AclBroker, tmp_path: Path, case: str, fragment: str
+) -> None:
+    if acl_broker.tls_url is None or acl_broker.ca_file is None:
+        pytest.skip("openssl not installed: no TLS listener")
+    user = acl_broker.user("a")
+    password = _password_file(tmp_path, user, acl_broker.credentials[user])
+    tls = [f'url = "{acl_broker.tls_url}"', f'ca_file = "{acl_broker.ca_file}"']
+    if case == "wrong CA":
+        made = invoke("certs", "--out", str(tmp_path / "other"), "--host", "localhost")
+        assert made.exit_code == 0, made.stderr
+        tls[1] = f'ca_file = "{tmp_path / "other" / "ca.crt"}"'
+    elif case == "no CA":
+        tls = tls[:1]
+    elif case == "TLS to the plain port":
+        tls = [f'url = "{acl_broker.url.replace("mqtt://", "mqtts://")}"', tls[1]]
+    elif case == "wrong password":
+        password = _password_file(tmp_path, "wrong", "not-the-password")
+    elif case == "unknown user":
+        user = "intruder"
+    config = _agent_config(
+        tmp_path, acl_broker, [*tls, f'username = "{user}"', f'password_file = "{password}"']
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-m", "osml.cli", "agent", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no retries, no log line beside the error
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert "Traceback" not in done.stderr and "retrying" not in done.stderr
+
+
+@needs_mosquitto
+def test_a_refused_reconnect_after_a_first_connection_is_logged_and_retried(
+    acl_broker: AclBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first connection succeeded, so a later refusal is an outage: paho keeps retrying and
+    # each refusal is a warning, never an exception in the agent's loop.
+    t = Transport(acl_broker.settings(acl_broker.user("c")), "test-c-later", persistent=False)
+    t.connect(timeout=5)
+    try:
+        assert t.connected
+        t._client.username_pw_set(acl_broker.user("c"), "changed-on-the-broker")
+        with caplog.at_level("WARNING", logger="osml.net.transport"):
+            sock = t._client.socket()
+            assert sock is not None
+            sock.close()  # drop the connection: paho reconnects with the new password
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and "refused" not in caplog.text:
+                time.sleep(0.05)
+        assert "refused the connection" in caplog.text and not t.connected
+    finally:
+        t.close()

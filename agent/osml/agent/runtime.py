@@ -8,7 +8,7 @@ its exchange (:class:`~osml.net.transport.Transport`: frames go to each neighbou
 each round it
 
 1. connects first and retries with backoff until the broker answers (a refusal - credentials,
-   ACL - stops the agent with one line instead);
+   not authorised, a TLS certificate or handshake - stops the agent with one line instead);
 2. loads the model in its state directory, or the configured one, or asks the trainer for an
    initial model, waiting for the trainer if there is no model at all;
 3. skips ahead when its neighbours are far ahead (a restarted or long-absent agent catches up);
