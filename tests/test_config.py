@@ -74,6 +74,7 @@ def test_relative_paths_are_resolved_against_the_config_directory(tmp_path: Path
     conf_dir = tmp_path / "etc" / "osml"
     conf_dir.mkdir(parents=True)
     (conf_dir / "agent.pass").write_text("s3cret\n")
+    (conf_dir / "agent.pass").chmod(0o600)
     path = write(
         conf_dir,
         """\
@@ -145,6 +146,7 @@ def test_absolute_paths_are_kept(tmp_path: Path) -> None:
     secret = tmp_path / "elsewhere" / "pw"
     secret.parent.mkdir()
     secret.write_text("abc")
+    secret.chmod(0o600)
     cfg = load(
         tmp_path,
         MINIMAL.replace(
@@ -482,6 +484,33 @@ def test_a_bad_signing_key_is_one_line_naming_the_file(
     with pytest.raises(ConfigError, match=problem) as err:
         load(tmp_path, MINIMAL + '[signing]\nkey_file = "lab.key"\n')
     assert "lab.key" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o700 | 0o010])
+@pytest.mark.parametrize("kind", ["signing key", "password file", "TLS client key"])
+def test_a_secret_others_may_read_is_refused_with_the_chmod_to_run(
+    tmp_path: Path, kind: str, mode: int
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("ab" * 32 + "\n")
+    secret.chmod(mode)
+    text = {
+        "signing key": MINIMAL + '[signing]\nkey_file = "secret"\n',
+        "password file": MINIMAL + '[broker]\nusername = "u"\npassword_file = "secret"\n',
+        "TLS client key": MINIMAL
+        + '[broker]\nurl = "mqtts://h:8883"\ncert_file = "c.crt"\nkey_file = "secret"\n',
+    }[kind]
+    path = write(tmp_path, text)
+
+    result = invoke("agent", "--config", str(path))
+
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), result.stderr
+    assert f"chmod 600 {secret}" in lines[0] and f"{mode:04o}" in lines[0]
+
+    secret.chmod(0o600)  # the fix the message names
+    assert load_config(path).agent.id == "0"
 
 
 def test_previous_key_needs_a_current_one(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ from osml.agent.sources import SourceSpec, parse_source
 from osml.agent.streams.spec import is_stream_spec, parse_stream_spec
 from osml.core.topology import neighbours as topology_neighbours
 from osml.errors import ConfigError
+from osml.files import check_private
 from osml.net.transport import BrokerSettings
 from osml.trainer.settings import ARCHITECTURE_NAMES, DEFAULT_ARCHITECTURE, settings_from_map
 from osml.wire.codec import MAX_ROUND
@@ -459,21 +460,28 @@ def _load_config(p: Path) -> AgentConfig:
     if pw_file is not None and not isinstance(pw_file, str):
         raise _fail("broker.password_file", f"expected a string, got {pw_file!r}", "quote the path")
     if pw_file is not None:
+        pw_path = Path(pw_file) if Path(pw_file).is_absolute() else base / pw_file
         try:
-            broker_raw["password"] = (
-                (base / pw_file).read_text().strip()
-                if not Path(pw_file).is_absolute()
-                else Path(pw_file).read_text().strip()
-            )
+            broker_raw["password"] = pw_path.read_text().strip()
         except OSError as exc:
             raise _fail(
                 "broker.password_file",
                 f"cannot read {pw_file} ({exc.strerror})",
                 "check the path and permissions",
             ) from exc
+        check_private(pw_path, "broker.password_file")
     broker = _section(
         BrokerSettings, broker_raw, "broker", base, ("ca_file", "cert_file", "key_file")
     )
+    if broker.key_file is not None:
+        try:
+            check_private(broker.key_file, "broker.key_file")
+        except OSError as exc:
+            raise _fail(
+                "broker.key_file",
+                f"cannot read {broker.key_file} ({exc.strerror})",
+                "check the path (the client certificate's private key)",
+            ) from exc
     nbs = _neighbours(raw.get("neighbours"), agent.id)
     if "data" not in raw:
         raise _fail(
