@@ -33,7 +33,7 @@ from osml.cli.broker import broker
 from osml.errors import BrokerRefusedError, ConfigError
 from osml.net.broker import free_port
 from osml.net.transport import BrokerSettings, Message, Transport
-from osml.ops.brokers import TUNING, broker_conf, with_port
+from osml.ops.brokers import TUNING, broker_conf, run_logins, with_port
 from osml.ops.fleetfile import (
     Fleet,
     acl_text,
@@ -476,6 +476,57 @@ def test_certs_make_a_ca_and_a_server_cert_that_verifies(tmp_path: Path) -> None
 )
 def test_certs_bad_input_is_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
     assert_one_line_error(invoke("certs", "--out", str(tmp_path / "c"), *args), fragment)
+
+
+# ------------------------------------------------------------ osml run --broker-dir: its logins
+
+
+def _broker_dir(tmp_path: Path, fleet_text: str) -> Path:
+    fleet = fleet_of(fleet_text)
+    (tmp_path / "acl").write_text(acl_text(fleet))
+    (tmp_path / "credentials").mkdir()
+    for user in fleet.users():
+        (tmp_path / "credentials" / f"{user}.pass").write_text("pw\n")
+    return tmp_path
+
+
+def test_run_logins_give_each_agent_its_user_and_the_run_the_monitor(tmp_path: Path) -> None:
+    directory = _broker_dir(tmp_path, RING3)
+
+    logins = run_logins(directory, "lab", {"a": ["b", "c"], "b": ["a", "c"], "c": ["a", "b"]})
+
+    assert logins.agents["b"] == ("lab.b", directory / "credentials" / "lab.b.pass")
+    assert logins.monitor == ("watcher", directory / "credentials" / "watcher.pass")
+
+
+@pytest.mark.parametrize(
+    ("fleet_text", "context", "links", "fragment"),
+    [
+        (RING3, "lab", {"a": ["b"], "x": []}, "no user lab.x"),
+        (RING3, "other", {"a": []}, "no user other.a"),
+        (
+            '[contexts.lab]\nagents = ["a", "b", "c"]\ntopology = "ring"\n',
+            "lab",
+            {"a": []},
+            "add [monitor]",
+        ),
+    ],
+)
+def test_run_logins_name_what_does_not_fit_the_broker(
+    tmp_path: Path, fleet_text: str, context: str, links: dict[str, list[str]], fragment: str
+) -> None:
+    directory = _broker_dir(tmp_path, fleet_text)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        run_logins(directory, context, links)
+
+
+def test_run_logins_refuse_a_link_the_acl_does_not_allow(tmp_path: Path) -> None:
+    four = (
+        '[contexts.lab]\nagents = ["a", "b", "c", "d"]\ntopology = "ring"\n[monitor]\nuser = "m"\n'
+    )
+    directory = _broker_dir(tmp_path, four)
+    with pytest.raises(ConfigError, match="links agent a to c .*fleet file.s topology"):
+        run_logins(directory, "lab", {"a": ["b", "c"]})
 
 
 # ------------------------------------------------------ integration: a real, ACL-checking broker
