@@ -24,7 +24,8 @@ Steps:
        - create the system user osml (no login shell)
        - /opt/osml/venv (python3 -m venv); pip install the wheel WITHOUT extras: the agent's
          dependencies only (numpy, onnxruntime, paho-mqtt, msgpack, zstandard, click), never torch
-       - /etc/osml/<agent>.toml (0640 root:osml), secrets and model in /etc/osml/<agent>/ (0640)
+       - /etc/osml/<agent>.toml (0640 root:osml); in /etc/osml/<agent>/ the secrets (password,
+         client and signing keys) 0600 osml:osml, the CA, certificate and model 0640 root:osml
        - state in /var/lib/osml/<agent> (owned by osml)
        - /etc/systemd/system/osml-agent@.service; systemctl daemon-reload;
          systemctl enable --now osml-agent@<agent>
@@ -539,7 +540,12 @@ say "config, secrets and model"
 run install -m 0640 -o root -g osml "$STAGE/config.toml" "/etc/osml/$NAME.toml"
 for f in "$STAGE"/files/*; do
     [ -e "$f" ] || continue
-    run install -m 0640 -o root -g osml "$f" "/etc/osml/$NAME/${f##*/}"
+    case "${f##*/}" in
+        # Secrets: the agent refuses a key or password file that anyone but its owner can read.
+        password|client.key|signing.key|signing-previous.key)
+            run install -m 0600 -o osml -g osml "$f" "/etc/osml/$NAME/${f##*/}" ;;
+        *) run install -m 0640 -o root -g osml "$f" "/etc/osml/$NAME/${f##*/}" ;;
+    esac
 done
 
 say "systemd"

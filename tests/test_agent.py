@@ -8,12 +8,14 @@ fixed sleeps.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +29,7 @@ from agentprocs import Procs
 from osml.agent.config import load_config
 from osml.agent.data import load_dataset, windows
 from osml.agent.inference import OnnxEncoder
-from osml.agent.modelcard import card_path, read_card, write_model
+from osml.agent.modelcard import card_path, read_card, read_model, write_model
 from osml.agent.records import RoundRecord
 from osml.agent.runtime import AgentRuntime
 from osml.agent.state import read_rounds as state_rounds
@@ -370,8 +372,41 @@ def test_an_agent_with_a_shipped_model_and_no_trainer_runs_inference_only(
         assert status[a]["mode"] == "inference-only" and status[a]["trainer"] == "none"
         installed = OnnxEncoder.load(state_dir(cfg) / "model.onnx")
         assert installed.card.sha256 == read_card(shipped).sha256
+        # Installed, the shipped model is this agent's: its card names it (checked on restart).
+        assert (installed.card.agent, installed.card.context) == (a, ctx)
         log = (cfg.parent / "agent.log").read_text()
         assert "inference only" in log and "trainer unavailable" not in log
+
+
+@pytest.mark.parametrize(("owner", "in_context"), [("1", True), ("0", False)])
+def test_another_agents_model_in_the_state_directory_stops_the_agent_with_one_line(
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    short_dir: Path,
+    owner: str,
+    in_context: bool,
+) -> None:
+    ctx = unique_context("foreign")
+    cfg = write_config(tmp_path, ctx, "0", mosquitto.url, count=1, socket=short_dir / "t.sock")
+    model, card = read_model(MODELS / "mlp-w10-f1-d5" / "model.onnx")
+    foreign = dataclasses.replace(card, agent=owner, context=ctx if in_context else "elsewhere")
+    state_dir(cfg).mkdir()
+    write_model(state_dir(cfg) / "model.onnx", model, foreign)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "osml.cli", "agent", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "model.card.json" in errors[0] and f"belongs to agent {owner!r}" in errors[0]
+    assert (state_dir(cfg) / "model.onnx").exists()  # left where it was, for the operator
 
 
 def test_an_agent_with_no_trainer_and_no_model_is_a_config_error(tmp_path: Path) -> None:

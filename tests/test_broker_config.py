@@ -33,7 +33,7 @@ from osml.cli.broker import broker
 from osml.errors import BrokerRefusedError, ConfigError
 from osml.net.broker import free_port
 from osml.net.transport import BrokerSettings, Message, Transport
-from osml.ops.brokers import TUNING, broker_conf, with_port
+from osml.ops.brokers import TUNING, broker_conf, run_logins, with_port
 from osml.ops.fleetfile import (
     Fleet,
     acl_text,
@@ -478,6 +478,57 @@ def test_certs_bad_input_is_one_line(tmp_path: Path, args: list[str], fragment: 
     assert_one_line_error(invoke("certs", "--out", str(tmp_path / "c"), *args), fragment)
 
 
+# ------------------------------------------------------------ osml run --broker-dir: its logins
+
+
+def _broker_dir(tmp_path: Path, fleet_text: str) -> Path:
+    fleet = fleet_of(fleet_text)
+    (tmp_path / "acl").write_text(acl_text(fleet))
+    (tmp_path / "credentials").mkdir()
+    for user in fleet.users():
+        (tmp_path / "credentials" / f"{user}.pass").write_text("pw\n")
+    return tmp_path
+
+
+def test_run_logins_give_each_agent_its_user_and_the_run_the_monitor(tmp_path: Path) -> None:
+    directory = _broker_dir(tmp_path, RING3)
+
+    logins = run_logins(directory, "lab", {"a": ["b", "c"], "b": ["a", "c"], "c": ["a", "b"]})
+
+    assert logins.agents["b"] == ("lab.b", directory / "credentials" / "lab.b.pass")
+    assert logins.monitor == ("watcher", directory / "credentials" / "watcher.pass")
+
+
+@pytest.mark.parametrize(
+    ("fleet_text", "context", "links", "fragment"),
+    [
+        (RING3, "lab", {"a": ["b"], "x": []}, "no user lab.x"),
+        (RING3, "other", {"a": []}, "no user other.a"),
+        (
+            '[contexts.lab]\nagents = ["a", "b", "c"]\ntopology = "ring"\n',
+            "lab",
+            {"a": []},
+            "add [monitor]",
+        ),
+    ],
+)
+def test_run_logins_name_what_does_not_fit_the_broker(
+    tmp_path: Path, fleet_text: str, context: str, links: dict[str, list[str]], fragment: str
+) -> None:
+    directory = _broker_dir(tmp_path, fleet_text)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        run_logins(directory, context, links)
+
+
+def test_run_logins_refuse_a_link_the_acl_does_not_allow(tmp_path: Path) -> None:
+    four = (
+        '[contexts.lab]\nagents = ["a", "b", "c", "d"]\ntopology = "ring"\n[monitor]\nuser = "m"\n'
+    )
+    directory = _broker_dir(tmp_path, four)
+    with pytest.raises(ConfigError, match="links agent a to c .*fleet file.s topology"):
+        run_logins(directory, "lab", {"a": ["b", "c"]})
+
+
 # ------------------------------------------------------ integration: a real, ACL-checking broker
 
 AGENTS = ("a", "b", "c", "d")  # a ring: a-b, b-c, c-d, d-a; so c is not a's neighbour
@@ -850,3 +901,111 @@ def test_last_will_only_on_the_agents_own_status(acl_broker: AclBroker) -> None:
         assert monitor.get(timeout=1.0) is None
     finally:
         monitor.close()
+
+
+# ------------------------------------------ start-up failures of `osml agent`: one line, no retry
+
+
+def _agent_config(tmp: Path, broker: AclBroker, broker_lines: list[str]) -> Path:
+    config = tmp / "agent.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "[agent]",
+                'id = "a"',
+                f'context = "{broker.context}"',
+                'state_dir = "state"',
+                "[broker]",
+                *broker_lines,
+                "[neighbours]",
+                'ids = ["b"]',
+                "[data]",
+                'source = "generated:simple"',
+                'agent = "0"',
+                "[trainer]",
+                f'socket = "{tmp / "no-trainer.sock"}"',
+                "",
+            ]
+        )
+    )
+    return config
+
+
+def _password_file(tmp: Path, name: str, password: str) -> Path:
+    path = tmp / f"{name}.pass"
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@needs_mosquitto
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("wrong CA", "does not verify"),
+        ("no CA", "set broker.ca_file"),
+        ("TLS to the plain port", "TLS handshake"),
+        ("wrong password", "Not authorized"),
+        ("unknown user", "Not authorized"),
+    ],
+)
+def test_osml_agent_stops_on_a_tls_or_credential_failure_with_one_line(
+    acl_broker: AclBroker, tmp_path: Path, case: str, fragment: str
+) -> None:
+    if acl_broker.tls_url is None or acl_broker.ca_file is None:
+        pytest.skip("openssl not installed: no TLS listener")
+    user = acl_broker.user("a")
+    password = _password_file(tmp_path, user, acl_broker.credentials[user])
+    tls = [f'url = "{acl_broker.tls_url}"', f'ca_file = "{acl_broker.ca_file}"']
+    if case == "wrong CA":
+        made = invoke("certs", "--out", str(tmp_path / "other"), "--host", "localhost")
+        assert made.exit_code == 0, made.stderr
+        tls[1] = f'ca_file = "{tmp_path / "other" / "ca.crt"}"'
+    elif case == "no CA":
+        tls = tls[:1]
+    elif case == "TLS to the plain port":
+        tls = [f'url = "{acl_broker.url.replace("mqtt://", "mqtts://")}"', tls[1]]
+    elif case == "wrong password":
+        password = _password_file(tmp_path, "wrong", "not-the-password")
+    elif case == "unknown user":
+        user = "intruder"
+    config = _agent_config(
+        tmp_path, acl_broker, [*tls, f'username = "{user}"', f'password_file = "{password}"']
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-m", "osml.cli", "agent", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no retries, no log line beside the error
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert "Traceback" not in done.stderr and "retrying" not in done.stderr
+
+
+@needs_mosquitto
+def test_a_refused_reconnect_after_a_first_connection_is_logged_and_retried(
+    acl_broker: AclBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first connection succeeded, so a later refusal is an outage: paho keeps retrying and
+    # each refusal is a warning, never an exception in the agent's loop.
+    t = Transport(acl_broker.settings(acl_broker.user("c")), "test-c-later", persistent=False)
+    t.connect(timeout=5)
+    try:
+        assert t.connected
+        t._client.username_pw_set(acl_broker.user("c"), "changed-on-the-broker")
+        with caplog.at_level("WARNING", logger="osml.net.transport"):
+            sock = t._client.socket()
+            assert sock is not None
+            sock.close()  # drop the connection: paho reconnects with the new password
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and "refused" not in caplog.text:
+                time.sleep(0.05)
+        assert "refused the connection" in caplog.text and not t.connected
+    finally:
+        t.close()

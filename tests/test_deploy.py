@@ -158,6 +158,9 @@ def test_dry_run_prints_every_step_and_runs_nothing(tmp_path: Path) -> None:
     assert pip_installs and not any("[trainer]" in line or "torch" in line for line in pip_installs)
     assert "no torch" in out
     assert '"/etc/osml/$NAME.toml"' in out and "install -m 0640 -o root -g osml" in out
+    # Secrets only the agent's user may read (it refuses them otherwise); the rest 0640.
+    assert "password|client.key|signing.key|signing-previous.key)" in out
+    assert 'run install -m 0600 -o osml -g osml "$f"' in out
     assert "/etc/systemd/system/osml-agent@.service" in out
     assert "systemctl daemon-reload" in out and "systemctl enable --now" in out
     assert f"UNIT='osml-agent@{AGENT_ID}.service'" in out

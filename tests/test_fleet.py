@@ -7,6 +7,10 @@ tests only need the mosquitto binary and torch for the trainer.
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +104,85 @@ def test_osml_run_with_dropped_frames_still_completes(tmp_path: Path) -> None:
                 assert sender in entry["missing_frames"][receiver], (rnd, entry["missing_frames"])
     assert set(report["final"]["subcontexts"]) == {"0", "1"}
     assert (out / "embeddings" / "0.npy").exists() and (out / "embeddings" / "1.npy").exists()
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text() if log.exists() else "mosquitto exited"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"mosquitto did not open port {port}")
+
+
+def test_osml_run_on_a_broker_made_by_osml_broker_init(tmp_path: Path) -> None:
+    """Every agent logs in as its own user with its password file, the run as the monitor; over
+    TLS with the generated CA when openssl is there."""
+    from osml.cli.broker import broker
+    from osml.net.broker import find_mosquitto, free_port
+    from osml.ops.fleetfile import find_mosquitto_passwd
+
+    if find_mosquitto_passwd() is None:
+        pytest.skip("mosquitto_passwd not installed")
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        '[contexts.lab]\nagents = ["0", "1"]\ntopology = "full"\n\n[monitor]\nuser = "watcher"\n'
+    )
+    port, tls_port = free_port(), free_port()
+    init = ["init", "--fleet", str(fleet), "--out", str(tmp_path / "broker"), "--port", str(port)]
+    init += ["--run-as", "root"]  # pytest's tmp directories are 0700
+    url, tls_args = f"mqtt://127.0.0.1:{port}", []
+    if shutil.which("openssl") is not None and tls_port != port:
+        certs = tmp_path / "certs"
+        made = run_command(
+            broker, "certs", "--out", str(certs), "--host", "localhost", "--ip", "127.0.0.1"
+        )
+        assert made.exit_code == 0, made.stderr
+        init += ["--certs", str(certs), "--tls-port", str(tls_port), "--tls-bind", "127.0.0.1"]
+        url, tls_args = f"mqtts://127.0.0.1:{tls_port}", ["--ca", str(certs / "ca.crt")]
+    done = run_command(broker, *init)
+    assert done.exit_code == 0, done.stderr
+    binary = find_mosquitto()
+    assert binary is not None
+    log = tmp_path / "broker" / "mosquitto.log"
+    proc = subprocess.Popen([binary, "-c", str(tmp_path / "broker" / "mosquitto.conf")])
+    try:
+        _wait_for_port(tls_port if tls_args else port, proc, log)
+        out = tmp_path / "run"
+        common = ["--context", "lab", "--broker", url, *tls_args, "--deadline", "5"]
+
+        refused = invoke(
+            "run",
+            "--data",
+            "generated:simple",
+            "--agents",
+            "0,1",
+            "--out",
+            str(tmp_path / "refused"),
+            *common,
+        )
+        report = run_fleet(out, *common, "--broker-dir", str(tmp_path / "broker"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+    # Without credentials the broker refuses the run in one line, before anything starts.
+    assert refused.exit_code == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Not authorized" in refused.stderr
+    assert not (tmp_path / "refused" / "fleet" / "agents").exists()
+    # With them the run completes and reports every round.
+    assert [e["round"] for e in report["rounds"]] == [0, 1, 2]
+    assert {a: sorted(s) for a, s in report["final"]["subcontexts"].items()} == {
+        "0": ["0", "1"],
+        "1": ["0", "1"],
+    }
+    config = (out / "fleet" / "agents" / "1" / "agent.toml").read_text()
+    assert 'username = "lab.1"' in config
+    assert f'password_file = "{tmp_path / "broker" / "credentials" / "lab.1.pass"}"' in config
+    assert ("ca_file" in config) == bool(tls_args)
+    broker_log = log.read_text()
+    assert "u'lab.0'" in broker_log and "u'lab.1'" in broker_log and "u'watcher'" in broker_log

@@ -14,6 +14,7 @@ from osml.agent.inference import OnnxEncoder
 from osml.agent.modelcard import (
     ModelCard,
     card_path,
+    check_owner,
     read_card,
     sha256_hex,
     write_model,
@@ -288,3 +289,13 @@ def test_card_for_another_window_is_refused_with_model_error(
 
     with pytest.raises(ModelError):
         OnnxEncoder.from_bytes(model, wrong)
+
+
+def test_check_owner_refuses_another_agents_or_contexts_card() -> None:
+    card = ModelCard(1, "mlp", 10, 1, 5, "0" * 64, agent="a", context="lab")
+    check_owner(card, "a", "lab", "x.card.json")
+    check_owner(dataclasses.replace(card, agent="", context=""), "b", "other", "x")  # no claim
+    with pytest.raises(ModelError, match=r"^x\.card\.json: .*agent 'a' in context 'lab'"):
+        check_owner(card, "b", "lab", "x.card.json")
+    with pytest.raises(ModelError, match="not 'a' in 'field'"):
+        check_owner(card, "a", "field", "x.card.json")

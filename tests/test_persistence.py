@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -314,6 +315,7 @@ def test_append_to_a_file_that_is_only_a_torn_line(tmp_path: Path) -> None:
 CHILD = """
 import sys
 from pathlib import Path
+from typing import Any
 from osml.agent.modelcard import ModelCard, sha256_hex, write_model
 from osml.agent.records import RoundRecord
 from osml.agent.state import append_round, load_state, save_state
@@ -424,3 +426,199 @@ def test_rounds_file_is_rotated_so_its_size_stays_bounded(tmp_path: Path) -> Non
     assert all((tmp_path / f).stat().st_size < 4096 + 1024 for f in files)
     rounds = [r.round for r in read_rounds(tmp_path)]
     assert rounds == list(range(rounds[0], 200)) and rounds[0] > 0  # the newest, in order
+
+
+# --- state.json is checked field by field ----------------------------------------------------
+
+GOOD_STATE = {
+    "agent_id": "0",
+    "context": "lab",
+    "next_round": 5,
+    "model_version": 2,
+    "memory": {"affinity": {"1": 0.7}, "seen": {"1": 4}, "members": {"1": True}},
+    "subcontext": ["0", "1"],
+    "equilibrium": {"streak": 1, "last_subcontext": ["0", "1"], "settled": False, "recent": [0.1]},
+    "learner_rounds": 5,
+    "anomaly": {},
+    "format": 1,
+}
+
+BAD_STATES = [
+    pytest.param({"next_round": "3"}, "next_round", id="string-round"),
+    pytest.param({"next_round": 2**70}, "next_round", id="round-2**70"),
+    pytest.param({"next_round": -1}, "next_round", id="negative-round"),
+    pytest.param({"next_round": 2.5}, "next_round", id="float-round"),
+    pytest.param({"next_round": True}, "next_round", id="bool-round"),
+    pytest.param({"model_version": None}, "model_version", id="null-version"),
+    pytest.param({"memory": []}, "memory", id="list-for-dict"),
+    pytest.param({"memory": {"affinity": {"1": "high"}}}, "memory.affinity", id="affinity-text"),
+    pytest.param({"memory": {"seen": {"1": -2}}}, "memory.seen", id="seen-negative"),
+    pytest.param({"subcontext": "0,1"}, "subcontext", id="string-for-list"),
+    pytest.param({"subcontext": [0, 1]}, "subcontext", id="ints-for-ids"),
+    pytest.param({"equilibrium": {"streak": "2"}}, "equilibrium.streak", id="streak-text"),
+    pytest.param({"equilibrium": {"recent": {"a": 1}}}, "equilibrium.recent", id="recent-map"),
+    pytest.param({"anomaly": {"format": 99}}, "anomaly", id="anomaly-format"),
+    pytest.param({"agent_id": 0}, "agent_id", id="int-id"),
+    pytest.param({"rounds_done": 3}, "rounds_done", id="unknown-key"),
+    pytest.param({"format": 2}, "format", id="other-format"),
+]
+
+
+@pytest.mark.parametrize(("change", "key"), BAD_STATES)
+def test_a_bad_state_field_is_one_line_naming_the_file_and_the_key(
+    tmp_path: Path, change: dict[str, object], key: str
+) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({**GOOD_STATE, **change}))
+
+    with pytest.raises(ConfigError) as info:
+        load_state(tmp_path, "0", "lab")
+
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'state.json'}: ") and "\n" not in message
+    assert key in message and "move it away" in message
+
+
+def test_a_good_state_loads_and_the_round_bound_is_inclusive(tmp_path: Path) -> None:
+    from osml.wire.codec import MAX_ROUND
+
+    (tmp_path / "state.json").write_text(json.dumps({**GOOD_STATE, "next_round": MAX_ROUND}))
+    state = load_state(tmp_path, "0", "lab")
+    assert state.next_round == MAX_ROUND and state.memory == GOOD_STATE["memory"]
+
+    (tmp_path / "state.json").write_text(json.dumps([GOOD_STATE]))
+    with pytest.raises(ConfigError, match="JSON object"):
+        load_state(tmp_path, "0", "lab")
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [({"next_round": 2**70}, "next_round"), ({"memory": [1, 2]}, "memory")],
+)
+def test_osml_agent_stops_on_a_bad_state_file_with_one_line(
+    tmp_path: Path, change: dict[str, object], key: str
+) -> None:
+    # Before the check, next_round = 2**70 exited 0 without running a round.
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "state.json").write_text(json.dumps({**GOOD_STATE, **change}))
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[agent]\nid = "0"\ncontext = "lab"\nstate_dir = "state"\n\n[neighbours]\nids = ["1"]\n\n'
+        '[data]\nsource = "generated:simple"\n\n[rounds]\ncount = 3\n'
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-m", "osml.cli", "agent", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    assert str(state_dir / "state.json") in errors[0] and key in errors[0]
+
+
+# --- rounds.jsonl repaired from its tail -------------------------------------------------------
+
+
+class _CountingFile:
+    """A binary file that counts the bytes read from it."""
+
+    def __init__(self, fh: Any, counter: list[int]) -> None:
+        self._fh, self._counter = fh, counter
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        self._counter.append(len(data))
+        return bytes(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+    def __enter__(self) -> _CountingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from osml.agent import state as state_module
+
+    reads: list[int] = []
+    monkeypatch.setattr(
+        state_module, "open", lambda *a, **k: _CountingFile(open(*a, **k), reads), raising=False
+    )
+    return reads
+
+
+def _huge_rounds_file(path: Path, tail: bytes, size: int = 300 << 20) -> int:
+    """A sparse ``size``-byte rounds file: zeros (no disk), then two whole records and ``tail``.
+    Returns where ``tail`` starts."""
+    records = b"".join(
+        (json.dumps(RoundRecord(round=r).to_json(), sort_keys=True) + "\n").encode() for r in (7, 8)
+    )
+    with open(path, "wb") as fh:
+        fh.truncate(size - len(records) - len(tail))
+        fh.seek(0, os.SEEK_END)
+        fh.write(b"\n" + records + tail)
+        return fh.tell() - len(tail)
+
+
+def test_startup_repair_of_a_300_mb_file_reads_only_its_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from osml.agent.state import _TAIL_CHUNK, repair_rounds
+
+    torn = json.dumps(RoundRecord(round=9).to_json())[:40].encode()
+    keep = _huge_rounds_file(tmp_path / "rounds.jsonl", torn)
+    reads = _count_reads(monkeypatch)
+
+    repair_rounds(tmp_path)
+
+    assert (tmp_path / "rounds.jsonl").stat().st_size == keep  # the torn line is gone
+    with open(tmp_path / "rounds.jsonl", "rb") as fh:
+        fh.seek(keep - 1)
+        assert fh.read() == b"\n"
+    assert 0 < sum(reads) <= 1 + _TAIL_CHUNK + len(torn)  # the last byte, one chunk, the line
+
+
+def test_a_whole_last_record_without_its_newline_is_completed_from_the_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from osml.agent.state import _TAIL_CHUNK, repair_rounds
+
+    whole = json.dumps(RoundRecord(round=9).to_json(), sort_keys=True).encode()
+    start = _huge_rounds_file(tmp_path / "rounds.jsonl", whole, size=40 << 20)
+    reads = _count_reads(monkeypatch)
+
+    repair_rounds(tmp_path)
+    append_round(tmp_path, RoundRecord(round=10), max_bytes=1 << 30)  # not rotated here
+
+    with open(tmp_path / "rounds.jsonl", "rb") as fh:
+        fh.seek(start)
+        lines = fh.read().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == [9, 10]
+    assert sum(reads) <= 2 * (1 + _TAIL_CHUNK + len(whole))
+
+
+def test_a_last_line_longer_than_any_record_is_cut_without_being_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from osml.agent.state import MAX_LINE_BYTES, repair_rounds
+
+    path = tmp_path / "rounds.jsonl"
+    head = (json.dumps(RoundRecord(round=0).to_json(), sort_keys=True) + "\n").encode()
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(len(head) + 3 * MAX_LINE_BYTES)  # one 3 MiB line of zeros, no newline
+    reads = _count_reads(monkeypatch)
+
+    repair_rounds(tmp_path)
+
+    assert path.read_bytes() == head
+    assert max(reads) <= 64 << 10  # looked for the newline chunk by chunk, never read the line
+    assert [r.round for r in read_rounds(tmp_path)] == [0]

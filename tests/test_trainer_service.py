@@ -262,7 +262,7 @@ def test_load_state_refuses_another_shape() -> None:
 def test_parse_settings_types() -> None:
     s = parse_settings({"learning_rate": 1, "per_dim_variance": False}, "conv")
     assert (s.learning_rate, s.per_dim_variance, s.architecture) == (1.0, False, "conv")
-    with pytest.raises(TrainerError, match="per_dim_variance must be a bool"):
+    with pytest.raises(TrainerError, match="per_dim_variance: must be a bool"):
         parse_settings({"per_dim_variance": 1}, "mlp")
     with pytest.raises(TrainerError, match="expected a map"):
         parse_settings([1], "mlp")
@@ -499,11 +499,11 @@ def test_bad_shapes_get_error_replies(client: TrainerClient) -> None:
 @pytest.mark.parametrize(
     ("settings", "match"),
     [
-        ({"steps_per_round": 0}, "steps_per_round >= 1"),
-        ({"bogus": 1}, "unknown keys"),
-        ({"learning_rate": "fast"}, "learning_rate must be a float"),
-        ({"steps_per_round": 1.5}, "steps_per_round must be a int"),
-        ({"objective": "magic"}, "objective must be one of"),
+        ({"steps_per_round": 0}, "steps_per_round: must be >= 1"),
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"learning_rate": "fast"}, "learning_rate: must be a float"),
+        ({"steps_per_round": 1.5}, "steps_per_round: must be a int"),
+        ({"objective": "magic"}, "objective: must be one of"),
         ({"architecture": "gru"}, "contradicts"),
     ],
 )

@@ -10,8 +10,8 @@ loop) can catch one type and print one line::
     ├── ModelError       an ONNX model or its card is missing, corrupt or does not match
     ├── ExportError      the trainer could not export a model that matches torch (parity)
     ├── TransportError   the MQTT broker cannot be reached, dropped the session or refused us
-    │   └── BrokerRefusedError   the broker's CONNACK refused us (credentials, not authorised):
-    │                            retrying with the same settings cannot help
+    │   └── BrokerRefusedError   the broker refused us (CONNACK: credentials, not authorised;
+    │                            TLS: certificate, handshake): the same settings fail again
     └── TrainerError     the local trainer process is absent, died, or answered nonsense
 """
 
@@ -70,8 +70,11 @@ class BrokerRefusedError(TransportError):
     """The broker answered the connection with a refusal that retrying cannot fix.
 
     Raised only by :mod:`osml.net.transport`, when the CONNACK says the credentials are wrong, the
-    client is not authorised or banned, or the broker rejects the protocol version or client id.
-    A broker that is busy, unreachable or restarting raises a plain :class:`TransportError`.
+    client is not authorised or banned, or the broker rejects the protocol version or client id;
+    or when TLS fails for good: the broker's certificate does not verify against ``ca_file``, or
+    the handshake is broken off (a plain port reached with ``mqtts://``, a client certificate
+    missing). A broker that is busy, unreachable or restarting raises a plain
+    :class:`TransportError`.
     """
 
 

@@ -2,15 +2,33 @@
 
 Models and cards, agent state, trainer checkpoints and run reports are all written this way, so a
 reader - or a restart after SIGKILL or power loss - sees the old content or the new, never a mix.
+:func:`check_private` refuses a secret (key or password file) that others than its owner can read.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomic"]
+from osml.errors import ConfigError
+
+__all__ = ["check_private", "fsync_dir", "write_atomic"]
+
+
+def check_private(path: str | os.PathLike[str], what: str) -> None:
+    """ConfigError (one line naming ``what``, the file and the chmod to run) unless only the
+    file's owner has access to it: no permission bit for group or others.
+
+    For signing keys, broker passwords and TLS client keys. OSError if it cannot be stat'ed.
+    """
+    mode = os.stat(path).st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{what} {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"only its owner may read a secret: run chmod 600 {path}"
+        )
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:

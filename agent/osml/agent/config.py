@@ -60,8 +60,10 @@ from osml.agent.streams.spec import is_stream_spec, parse_stream_spec
 from osml.core.anomaly import AnomalySettings
 from osml.core.topology import neighbours as topology_neighbours
 from osml.errors import ConfigError
+from osml.files import check_private
 from osml.net.transport import BrokerSettings
-from osml.trainer.settings import ARCHITECTURE_NAMES, DEFAULT_ARCHITECTURE
+from osml.trainer.settings import ARCHITECTURE_NAMES, DEFAULT_ARCHITECTURE, settings_from_map
+from osml.wire.codec import MAX_ROUND
 from osml.wire.signing import load_key
 from osml.wire.topics import NameKind, check_name
 
@@ -86,6 +88,51 @@ def _fail(key: str, problem: str, fix: str) -> ConfigError:
     return ConfigError(f"{key}: {problem}; {fix}")
 
 
+# Bounds of the numeric keys. tomllib reads nan, inf and integers of any size, and nan passes
+# every comparison, so each number is checked against a closed range (and for finiteness) when
+# a section is built: a deadline of nan made an agent spin, an interval of inf raised deep in
+# the loop, 2**70 windows would be allocated.
+DAY = 86400.0
+WEEK = 7 * DAY
+MAX_SEED = 2**63 - 1
+MAX_TIME = 1e10  # a Unix time (the year 2286): replay clocks start below it
+
+
+def _bounded(default: Any, lo: float, hi: float, *, above: bool = False, also: Any = None) -> Any:
+    """A dataclass field whose value must lie in [lo, hi] (``above``: (lo, hi]), or be ``also``."""
+    return field(default=default, metadata={"bounds": (lo, hi, above, also)})
+
+
+def _wanted(value: Any, lo: float, hi: float, above: bool, also: Any) -> str:
+    if isinstance(value, int):
+        text = f"an integer from {int(lo)} to {int(hi)}"
+    else:
+        text = f"a finite number {'>' if above else '>='} {lo:g} and <= {hi:g}"
+    return text if also is None else f"{also} or {text}"
+
+
+def check_numbers(section: Any, name: str) -> None:
+    """ConfigError (one line naming ``name.key``) for a non-finite number in the dataclass
+    ``section``, or one outside the bounds its field declares (:func:`_bounded`)."""
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        bounds = f.metadata.get("bounds")
+        finite = math.isfinite(value)
+        if bounds is None:
+            if not finite:
+                raise ConfigError(f"{name}.{f.name}: must be a finite number, got {value!r}")
+            continue
+        lo, hi, above, also = bounds
+        if also is not None and value == also:
+            continue
+        if not finite or (value <= lo if above else value < lo) or value > hi:
+            raise ConfigError(
+                f"{name}.{f.name}: must be {_wanted(value, lo, hi, above, also)}, got {value!r}"
+            )
+
+
 @dataclass(frozen=True)
 class AgentSection:
     id: str
@@ -106,53 +153,46 @@ class DataSection:
     source: str
     agent: str = ""
     test: str = ""
-    seed: int = 0
+    seed: int = _bounded(0, 0, MAX_SEED)
     # Live sources (mqtt:TOPIC, tail:FILE, exec:COMMAND, stdin) only, see docs/agent.md:
     broker: str = ""  # mqtt: read readings from this broker URL (default: the agent's own)
-    features: int = 0  # values per reading (required for a live source)
-    step_seconds: float = 1.0  # step k covers [k*s, (k+1)*s) on the Unix epoch
-    max_gap: int = 2  # steps without readings filled forward; a longer gap breaks windows
-    grace: float = -1.0  # seconds a step stays open after its end (-1: one step)
+    features: int = _bounded(0, 0, 4096)  # values per reading (required for a live source)
+    step_seconds: float = _bounded(1.0, 0.001, DAY)  # step k covers [k*s, (k+1)*s) on the epoch
+    max_gap: int = _bounded(2, 0, 1_000_000)  # steps filled forward; a longer gap breaks windows
+    grace: float = _bounded(-1.0, 0.0, DAY, also=-1.0)  # seconds a step stays open (-1: one step)
     aggregate: str = "mean"  # readings of one step: mean, last or median
-    capacity: int = 4096  # steps held in memory
-    max_ahead_s: float = 10.0  # readings further ahead of the clock are refused (future)
-    max_behind_s: float = 3600.0  # ... further behind it (past)
-    max_disorder_s: float = 60.0  # ... older than the newest by more than this (disorder)
-    stall_after: float = (
-        0.0  # seconds without a reading before the source is "stalled" (0: 10 steps)
-    )
+    capacity: int = _bounded(4096, 8, 1_000_000)  # steps held in memory
+    max_ahead_s: float = _bounded(10.0, 0.0, 365 * DAY)  # readings further ahead: future
+    max_behind_s: float = _bounded(3600.0, 0.0, MAX_TIME)  # ... further behind it (past)
+    max_disorder_s: float = _bounded(60.0, 0.0, MAX_TIME)  # ... older than the newest (disorder)
+    stall_after: float = _bounded(0.0, 0.0, WEEK)  # seconds without readings: stalled (0: 10 steps)
     # The data's clock: "wall" on a device; "replay" for a recording played back `replay_speed`
     # times faster, data time = replay_start + (time.time() - replay_origin) * replay_speed.
     # Publish each round's embeddings and anomaly scores as JSON on this topic of the data
     # broker (the device's local one; "" = don't): results for local consumers.
     publish_topic: str = ""
     clock: str = "wall"
-    replay_speed: float = 1.0
-    replay_start: float = 0.0
-    replay_origin: float = 0.0
+    replay_speed: float = _bounded(1.0, 1.0, 10_000.0)
+    replay_start: float = _bounded(0.0, 0.0, MAX_TIME)
+    replay_origin: float = _bounded(0.0, 0.0, MAX_TIME)
 
     def __post_init__(self) -> None:
+        check_numbers(self, "data")
         if self.live:
             parse_stream_spec(self.source)  # ConfigError naming data.source
             if self.features < 1:
                 raise _fail(
                     "data.features", "is required for a live source", "set the values per reading"
                 )
-            if self.step_seconds <= 0 or self.max_gap < 0 or self.capacity < 8:
+            if self.capacity * self.features > 1 << 27:
                 raise _fail(
-                    "data.step_seconds/max_gap/capacity",
-                    "out of range",
-                    "step_seconds > 0, max_gap >= 0, capacity >= 8",
+                    "data.capacity",
+                    f"{self.capacity} steps x {self.features} features would hold more than "
+                    "2**27 values (1 GiB)",
+                    "lower capacity",
                 )
-            if self.clock not in ("wall", "replay") or self.replay_speed < 1:
-                raise _fail(
-                    "data.clock",
-                    f"{self.clock!r} / speed {self.replay_speed}",
-                    'use "wall", or "replay" with replay_speed >= 1',
-                )
-            for name in ("max_ahead_s", "max_behind_s", "max_disorder_s", "stall_after"):
-                if getattr(self, name) < 0:
-                    raise _fail(f"data.{name}", "must be >= 0", "use seconds")
+            if self.clock not in ("wall", "replay"):
+                raise _fail("data.clock", f"{self.clock!r} unknown", 'use "wall" or "replay"')
             return
         try:
             parse_source(self.source)
@@ -177,10 +217,10 @@ class DataSection:
 @dataclass(frozen=True)
 class ModelSection:
     architecture: str = DEFAULT_ARCHITECTURE
-    window: int = 10
-    embedding_dim: int = 5
-    seed: int = 0
-    anchor_norm: float = 3.8
+    window: int = _bounded(10, 1, 4096)  # the trainer's limits (MAX_WINDOW ...)
+    embedding_dim: int = _bounded(5, 1, 4096)
+    seed: int = _bounded(0, 0, MAX_SEED)
+    anchor_norm: float = _bounded(3.8, 0.0, 1e6)
     path: str = ""  # an initial model (ONNX + card) to start from; default: the trainer makes one
 
     def __post_init__(self) -> None:
@@ -190,57 +230,35 @@ class ModelSection:
                 f"{self.architecture!r} unknown",
                 f"use {' or '.join(ARCHITECTURE_NAMES)}",
             )
-        if self.window < 1 or self.embedding_dim < 1:
-            raise _fail("model.window/embedding_dim", "must be >= 1", "set positive integers")
-        if self.anchor_norm < 0:
-            raise _fail("model.anchor_norm", "must be >= 0", "set e.g. 3.8")
+        check_numbers(self, "model")
 
 
 @dataclass(frozen=True)
 class RoundsSection:
-    count: int = 0
-    steps: int = 0  # windows per round (the latest ones); 0 = all training windows
-    deadline: float = 10.0
-    train_wait: float = 30.0
-    interval: float = 0.0
-    max_frame_bytes: int = 256 * 1024
+    count: int = _bounded(0, 0, MAX_ROUND)  # 0: run until stopped
+    steps: int = _bounded(0, 0, 100_000_000)  # windows per round (the latest); 0 = all
+    deadline: float = _bounded(10.0, 0.0, DAY, above=True)
+    train_wait: float = _bounded(30.0, 0.0, DAY)
+    interval: float = _bounded(0.0, 0.0, WEEK)
+    max_frame_bytes: int = _bounded(256 * 1024, 1024, 64 << 20)
     eval_dir: str = ""  # write per-round train/test embeddings here (osml run uses it)
     # Live sources: round r covers the data time [r*period, (r+1)*period) and runs once that
     # has passed (every agent of a context must use the same period).
-    period: float = 0.0  # seconds per round (0: 10 steps)
-    replay: int = -1  # older steps a round embeds again (-1: three periods, at least a window)
-    max_windows: int = 512  # windows per round at most
-    buffer: int = 4096  # windows (with their latest targets) a training job draws on
-    # Rounds a window's target stays in the buffer: 0 trains on the windows this round re-targeted
-    # (its new steps and its replay); older targets pull toward a consensus the fleet has left.
-    target_age: int = 0
+    period: float = _bounded(0.0, 0.001, WEEK, also=0.0)  # seconds per round (0: 10 steps)
+    replay: int = _bounded(-1, 0, 1_000_000, also=-1)  # older steps re-embedded (-1: 3 periods)
+    max_windows: int = _bounded(512, 1, 1_000_000)  # windows per round at most
+    buffer: int = _bounded(4096, 1, 1_000_000)  # windows (with targets) held for training jobs
+    # A training job draws on the windows whose target is at most target_age rounds older than
+    # the newest, topped up to a full round: older targets pull toward a consensus left behind.
+    target_age: int = _bounded(0, 0, 1_000_000)
     # Rounds in which every neighbour is a member while the encoders find each other (-1: two
     # for a file; for a live source, enough rounds to have seen warmup_steps steps, at least two).
-    warmup: int = -1
-    warmup_steps: int = 500
-    max_lag: int = 8  # rounds behind the clock before an agent skips to the current one
+    warmup: int = _bounded(-1, 0, 1_000_000, also=-1)
+    warmup_steps: int = _bounded(500, 0, 100_000_000)
+    max_lag: int = _bounded(8, 1, 1_000_000)  # rounds behind the clock before skipping ahead
 
     def __post_init__(self) -> None:
-        if self.count < 0 or self.steps < 0:
-            raise _fail("rounds.count/steps", "must be >= 0", "use 0 for 'forever' / 'all'")
-        if self.deadline <= 0 or self.train_wait < 0 or self.interval < 0:
-            raise _fail("rounds.deadline", "timings must be positive", "e.g. deadline = 10.0")
-        if self.max_frame_bytes < 1024:
-            raise _fail("rounds.max_frame_bytes", "too small", "use at least 1024")
-        if self.period < 0 or self.max_windows < 1 or self.buffer < 1 or self.max_lag < 1:
-            raise _fail(
-                "rounds.period/max_windows/buffer/max_lag",
-                "out of range",
-                "period >= 0, max_windows, buffer and max_lag >= 1",
-            )
-        if self.target_age < 0:
-            raise _fail("rounds.target_age", "out of range", "use 0 or more rounds")
-        if self.warmup < -1 or self.warmup > 1_000_000 or self.warmup_steps < 0:
-            raise _fail(
-                "rounds.warmup/warmup_steps",
-                "out of range",
-                "warmup >= -1 (auto), warmup_steps >= 0",
-            )
+        check_numbers(self, "rounds")
 
 
 @dataclass(frozen=True)
@@ -248,19 +266,18 @@ class AnomalySection:
     """Live anomaly scores (:mod:`osml.core.anomaly`): flag a step when its robust z-score
     against the device's own recent history exceeds ``threshold``."""
 
-    threshold: float = 6.0
-    history: int = 512  # clean deviations kept for the calibration
-    min_history: int = 64  # no flags until this many have been seen
-    novelty_window: int = 64  # recent clean embeddings an agent alone compares with
+    threshold: float = _bounded(6.0, 0.0, 1e6, above=True)
+    history: int = _bounded(512, 1, 1_000_000)  # clean deviations kept for the calibration
+    min_history: int = _bounded(64, 1, 1_000_000)  # no flags until this many have been seen
+    novelty_window: int = _bounded(64, 1, 1_000_000)  # recent clean rows an agent alone uses
 
     def __post_init__(self) -> None:
-        if self.threshold <= 0 or self.threshold > 1e6:
-            raise _fail("anomaly.threshold", "out of range", "use a z-score such as 6.0")
-        if not 1 <= self.min_history <= self.history <= 1_000_000 or self.novelty_window < 1:
+        check_numbers(self, "anomaly")
+        if self.min_history > self.history:
             raise _fail(
-                "anomaly.history/min_history/novelty_window",
+                "anomaly.min_history",
                 "out of range",
-                "1 <= min_history <= history <= 1000000 and novelty_window >= 1",
+                f"must be <= history ({self.history}), or nothing is ever flagged",
             )
 
     def settings(self) -> AnomalySettings:
@@ -275,8 +292,11 @@ class AnomalySection:
 @dataclass(frozen=True)
 class TrainerSection:
     socket: str = "trainer.sock"  # "": no trainer, the agent runs inference only on model.path
-    timeout: float = 120.0
+    timeout: float = _bounded(120.0, 0.0, DAY, above=True)
     settings: dict[str, Any] = field(default_factory=dict)  # osml.trainer.TrainerSettings fields
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "trainer")
 
 
 @dataclass(frozen=True)
@@ -358,15 +378,21 @@ def _section(cls: type, raw: Any, name: str, base: Path, paths: tuple[str, ...] 
             )
         if f.name in paths and v and not Path(v).is_absolute():
             values[f.name] = str(base / v)  # relative paths are relative to the config file
-        if want.startswith("float") and not math.isfinite(v):
-            # tomllib reads nan and inf, and nan passes every range check.
-            raise _fail(f"{name}.{f.name}", f"{v!r} is not a finite number", "write a number")
         if want.startswith("float") and isinstance(v, int):
-            values[f.name] = float(v)
+            try:
+                values[f.name] = float(v)
+            except OverflowError:
+                raise ConfigError(f"{name}.{f.name}: {v} is too large; write a number") from None
     try:
         return cls(**values)
     except TypeError as exc:
         raise _fail(f"[{name}]", str(exc), "see the example in osml/agent/config.py") from None
+    except ConfigError as exc:
+        # BrokerSettings checks itself without knowing it is the [broker] table.
+        text = str(exc)
+        if text.startswith((f"{name}.", f"{name} ", f"[{name}]")):
+            raise
+        raise ConfigError(f"[{name}] {text}") from None
 
 
 def _table(raw: Any, name: str) -> dict[str, Any]:
@@ -406,9 +432,11 @@ def _neighbours(raw: Any, agent_id: str) -> tuple[str, ...]:
                 "neighbours.all", f"must list every agent, including {agent_id!r}", "add it"
             )
         seed = raw.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise _fail(
-                "neighbours.seed", f"expected an integer, got {seed!r}", "write a whole number"
+                "neighbours.seed",
+                f"expected an integer from 0 to {MAX_SEED}, got {seed!r}",
+                "write a whole number",
             )
         try:
             links = topology_neighbours([str(x) for x in everyone], str(raw["topology"]), seed)
@@ -431,8 +459,21 @@ def read_toml(path: Path, flag: str) -> dict[str, Any]:
 
 
 def load_config(path: str | Path) -> AgentConfig:
-    """Read and validate an agent's TOML config. Raises ConfigError (one line) on any problem."""
+    """Read and validate an agent's TOML config.
+
+    Raises ConfigError, one line that starts with the file's path and names the key, on any
+    problem.
+    """
     p = Path(path)
+    try:
+        return _load_config(p)
+    except ConfigError as exc:
+        if str(exc).startswith(f"{p}: "):
+            raise
+        raise ConfigError(f"{p}: {exc}") from exc
+
+
+def _load_config(p: Path) -> AgentConfig:
     raw = read_toml(p, "--config")
     base = p.resolve().parent
     allowed = {
@@ -460,21 +501,28 @@ def load_config(path: str | Path) -> AgentConfig:
     if pw_file is not None and not isinstance(pw_file, str):
         raise _fail("broker.password_file", f"expected a string, got {pw_file!r}", "quote the path")
     if pw_file is not None:
+        pw_path = Path(pw_file) if Path(pw_file).is_absolute() else base / pw_file
         try:
-            broker_raw["password"] = (
-                (base / pw_file).read_text().strip()
-                if not Path(pw_file).is_absolute()
-                else Path(pw_file).read_text().strip()
-            )
+            broker_raw["password"] = pw_path.read_text().strip()
         except OSError as exc:
             raise _fail(
                 "broker.password_file",
                 f"cannot read {pw_file} ({exc.strerror})",
                 "check the path and permissions",
             ) from exc
+        check_private(pw_path, "broker.password_file")
     broker = _section(
         BrokerSettings, broker_raw, "broker", base, ("ca_file", "cert_file", "key_file")
     )
+    if broker.key_file is not None:
+        try:
+            check_private(broker.key_file, "broker.key_file")
+        except OSError as exc:
+            raise _fail(
+                "broker.key_file",
+                f"cannot read {broker.key_file} ({exc.strerror})",
+                "check the path (the client certificate's private key)",
+            ) from exc
     nbs = _neighbours(raw.get("neighbours"), agent.id)
     if "data" not in raw:
         raise _fail(
@@ -514,6 +562,10 @@ def load_config(path: str | Path) -> AgentConfig:
     drop = testing.get("drop_rate", 0.0)
     if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0.0 <= drop < 1.0:
         raise _fail("testing.drop_rate", f"{drop!r} is not in [0, 1)", "use e.g. 0.2")
+    try:  # checked here, not in every training job the trainer would refuse
+        settings_from_map(trainer.settings, model.architecture)
+    except ValueError as exc:
+        raise ConfigError(f"trainer.settings.{exc}") from None
     signing = _section(
         SigningSection, raw.get("signing"), "signing", base, ("key_file", "previous_key_file")
     )

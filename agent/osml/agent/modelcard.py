@@ -33,6 +33,7 @@ from osml.files import fsync_dir, write_atomic
 __all__ = [
     "ModelCard",
     "card_path",
+    "check_owner",
     "read_card",
     "read_model",
     "sha256_hex",
@@ -148,6 +149,18 @@ def write_model(path: str | os.PathLike[str], model_bytes: bytes, card: ModelCar
     fsync_dir(target.parent)
     for stale in _stale_files(target):
         stale.unlink(missing_ok=True)
+
+
+def check_owner(card: ModelCard, agent: str, context: str, where: str | os.PathLike[str]) -> None:
+    """ModelError (one line naming ``where``) if ``card`` says it belongs to another agent or
+    context. An empty ``agent`` or ``context`` on the card claims nothing and passes."""
+    if (card.agent or agent, card.context or context) != (agent, context):
+        raise ModelError(
+            f"{where}: model v{card.version} belongs to agent {card.agent!r} in context "
+            f"{card.context!r}, not {agent!r} in {context!r}; move the model and its card out of "
+            "the state directory to start from the initial model, or give each agent its own "
+            "agent.state_dir"
+        )
 
 
 def read_card(model_path: str | os.PathLike[str]) -> ModelCard:

@@ -8,7 +8,7 @@ its exchange (:class:`~osml.net.transport.Transport`: frames go to each neighbou
 each round it
 
 1. connects first and retries with backoff until the broker answers (a refusal - credentials,
-   ACL - stops the agent with one line instead);
+   not authorised, a TLS certificate or handshake - stops the agent with one line instead);
 2. loads the model in its state directory, or the configured one, or asks the trainer for an
    initial model, waiting for the trainer if there is no model at all;
 3. skips ahead when its neighbours are far ahead (a restarted or long-absent agent catches up);
@@ -40,12 +40,19 @@ from osml.agent.config import AgentConfig
 from osml.agent.data import windows
 from osml.agent.embstore import EmbeddingStore
 from osml.agent.inference import OnnxEncoder
-from osml.agent.modelcard import ModelCard, card_path, write_model
+from osml.agent.modelcard import (
+    ModelCard,
+    card_path,
+    check_owner,
+    read_card,
+    read_model,
+    write_model,
+)
 from osml.agent.records import RoundRecord
 from osml.agent.round import AgentRound, RoundSettings
 from osml.agent.rounddata import FileWindows, LiveWindows, TrainingBuffer
 from osml.agent.sources import load_series
-from osml.agent.state import append_round, load_state, save_state
+from osml.agent.state import append_round, load_state, repair_rounds, save_state
 from osml.agent.streams.readings import ReadingLimits
 from osml.agent.streams.sources import open_source
 from osml.agent.streams.steps import StepSeries
@@ -99,6 +106,7 @@ class AgentRuntime:
             self.train_data = np.asarray(train, dtype=np.float32)
             self.n_features = int(self.train_windows.shape[2])
         self.state = load_state(self.state_dir, self.id, self.ctx)
+        repair_rounds(self.state_dir)  # a torn last record from a kill: cut it now
         self.learner = OsmoticLearner(self.id, list(cfg.neighbours), self._learner(learner))
         if self.state.memory:
             self.learner.memory = SubcontextMemory.from_dict(
@@ -325,18 +333,37 @@ class AgentRuntime:
         _ends, wins = self.live.series.windows(self.cfg.model.window)
         return wins
 
+    def _check_owner(self) -> None:
+        """Refuse a model pair in the state directory whose card names another agent or context
+        (a state directory copied from another device): ModelError, the agent stops. The
+        configured initial model, installed as it was by an older version, is accepted."""
+        try:
+            card = read_card(self.model_path)
+        except ModelError:
+            return  # unreadable: ignored below with a warning, as a torn install is
+        if self.cfg.model.path:
+            try:
+                if read_card(self.cfg.model.path).sha256 == card.sha256:
+                    return
+            except ModelError:
+                pass
+        check_owner(card, self.id, self.ctx, card_path(self.model_path))
+
     def _ensure_model(self, stop: threading.Event) -> None:
         # The card alone is enough: a first install killed after its commit has only the staged
         # model.
         if self.model_path.exists() or card_path(self.model_path).exists():
+            self._check_owner()
             try:
-                self.encoder = OnnxEncoder.load(self.model_path)
-                self.state.model_version = self.encoder.version
+                model, card = read_model(self.model_path)
+                self.encoder = OnnxEncoder.from_bytes(model, card, expect=self.expected_shape)
+                self.state.model_version = card.version
             except ModelError as exc:  # e.g. killed between writing the model and its card
                 log.warning("agent %s: ignoring the model in %s (%s)", self.id, self.state_dir, exc)
         if self.encoder is None and self.cfg.model.path:
             enc = OnnxEncoder.load(self.cfg.model.path)
-            self._install(enc.model_bytes, enc.card)
+            # Installed, the model is this agent's: its card says so from now on.
+            self._install(enc.model_bytes, replace(enc.card, agent=self.id, context=self.ctx))
         if self.cfg.inference_only:
             log.info(
                 "agent %s: inference only (no trainer): model v%d from %s",

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from osml.cli.errors import one_line_errors
+from osml.cli.options import FiniteFloat
 from osml.net.transport import BrokerSettings
 from osml.ops.monitor import monitor
 from osml.wire import topics
@@ -78,7 +79,7 @@ z, src? when the sensor source went quiet. OFFLINE: the agent said so or vanishe
 )
 @click.option(
     "--wait",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=2.0,
     show_default=True,
     metavar="S",
@@ -86,7 +87,7 @@ z, src? when the sensor source went quiet. OFFLINE: the agent said so or vanishe
 )
 @click.option(
     "--refresh",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(min=0.1),
     default=2.0,
     show_default=True,
     metavar="S",
@@ -94,7 +95,7 @@ z, src? when the sensor source went quiet. OFFLINE: the agent said so or vanishe
 )
 @click.option(
     "--stall-after",
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=FiniteFloat(min=0.0, min_open=True),
     metavar="S",
     help="Flag an online agent STALLED after this many seconds without news. "
     "[default: 3x the median round period, at least 5 s, or 60 s until known]",

@@ -27,6 +27,7 @@ from osml.trainer.settings import (
 __all__ = [
     "RUN_OPTIONS",
     "TRAINER_HINT",
+    "FiniteFloat",
     "Job",
     "check_wire_names",
     "parse_agents",
@@ -41,6 +42,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ------------------------------------------------------------------------------ flag parsing
+
+
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses nan and inf (a range alone lets nan through)."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def parse_agents(spec: str | None) -> list[str] | None:
@@ -109,7 +124,7 @@ RUN_OPTIONS = [
     ),
     click.option(
         "--rounds",
-        type=click.IntRange(min=0),
+        type=click.IntRange(0, 1_000_000),
         default=10,
         show_default=True,
         help="Exchange rounds (the report has rounds + 1 entries: round 0 is before any exchange).",
@@ -123,7 +138,7 @@ RUN_OPTIONS = [
     ),
     click.option(
         "--seed",
-        type=int,
+        type=click.IntRange(0, 2**32 - 1),
         default=0,
         show_default=True,
         help="Seed for generated data, encoder initialisation and random topologies.",
@@ -137,14 +152,14 @@ RUN_OPTIONS = [
     ),
     click.option(
         "--window",
-        type=click.IntRange(min=1),
+        type=click.IntRange(1, 4096),
         default=10,
         show_default=True,
         help="Steps per input window.",
     ),
     click.option(
         "--embedding-dim",
-        type=click.IntRange(min=1),
+        type=click.IntRange(1, 4096),
         default=5,
         show_default=True,
         help="Embedding size shared by all agents.",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from osml.cli.errors import one_line_errors
-from osml.cli.options import prepare, run_options
+from osml.cli.options import FiniteFloat, prepare, run_options
 from osml.cli.progress import announce, finish, print_rounds
 
 __all__ = ["run_command"]
@@ -18,6 +19,8 @@ Examples:
   osml run --data generated:simple --rounds 10 --out runs/fleet
   osml run --data path/to/complex-context --rounds 15 --topology ring
   osml run --data generated:simple --broker mqtt://127.0.0.1:1883 --context lab
+  osml run --data generated:simple --context lab --broker mqtts://127.0.0.1:8883 \\
+      --broker-dir broker --ca certs/ca.crt
   osml run --data generated:complex --trainers 2 --sign
   osml run --data generated:complex --live --speed 50 --max-skew 0.5 --drop-readings 0.05
   osml run --data generated:simple --live --inject-fault 1:stuck@300
@@ -27,6 +30,12 @@ Starts a private Mosquitto on a free loopback port (unless --broker is given),
 one trainer process (or --trainers N) and one agent process per agent; writes the
 same run directory as osml simulate, plus OUT/fleet/ with each agent's config,
 state and log.
+
+\b
+On a broker made by `osml broker init --fleet FLEET --out DIR` (users, ACL,
+credentials/): pass --broker-dir DIR, and --context, --agents and --topology as
+in FLEET (one of its contexts, which also needs a [monitor] user). On a broker
+with one user for everything: --username and --password-file instead.
 """
 
 
@@ -39,15 +48,51 @@ state and log.
     help="Use this broker (mqtt://HOST:PORT or mqtts://HOST:PORT) instead of a private one.",
 )
 @click.option(
+    "--broker-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="--broker was made by `osml broker init --out DIR`: each agent logs in as "
+    "<context>.<id> with DIR/credentials/<context>.<id>.pass, this command as the fleet "
+    "file's [monitor] user; --context, the agents and --topology must match the fleet file.",
+)
+@click.option("--username", metavar="USER", help="--broker: the user every process logs in as.")
+@click.option(
+    "--password-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="--broker: the password of --username (a file only its owner can read).",
+)
+@click.option(
+    "--ca",
+    "ca_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="mqtts:// --broker: the CA certificate that signed the broker's certificate.",
+)
+@click.option(
+    "--cert",
+    "cert_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="mqtts:// --broker: a client certificate for every process (with --key).",
+)
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="The private key of --cert (a file only its owner can read).",
+)
+@click.option(
     "--drop-rate",
-    type=click.FloatRange(0.0, 0.99),
+    type=FiniteFloat(0.0, 0.99),
     default=0.0,
     show_default=True,
     help="Testing: share of outgoing frames each agent drops at random.",
 )
 @click.option(
     "--deadline",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(0.1, 86400.0),
     default=10.0,
     show_default=True,
     help="Seconds an agent waits for its neighbours' frames each round.",
@@ -88,7 +133,7 @@ state and log.
 )
 @click.option(
     "--speed",
-    type=click.FloatRange(min=1.0),
+    type=FiniteFloat(1.0, 10_000.0),
     default=50.0,
     show_default=True,
     help="--live: times real time.",
@@ -103,21 +148,21 @@ state and log.
 )
 @click.option(
     "--max-skew",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.0,
     show_default=True,
     help="--live: each device's clock off by up to this many seconds (one step is 1 s).",
 )
 @click.option(
     "--jitter",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     default=0.0,
     show_default=True,
     help="--live: seconds of random spread of each reading within its step.",
 )
 @click.option(
     "--drop-readings",
-    type=click.FloatRange(0.0, 0.99),
+    type=FiniteFloat(0.0, 0.99),
     default=0.0,
     show_default=True,
     help="--live: share of readings never sent.",
@@ -134,6 +179,12 @@ state and log.
 @one_line_errors
 def run_command(
     broker_url: str | None,
+    broker_dir: Path | None,
+    username: str | None,
+    password_file: Path | None,
+    ca_file: Path | None,
+    cert_file: Path | None,
+    key_file: Path | None,
     drop_rate: float,
     deadline: float,
     protocol: str,
@@ -153,7 +204,13 @@ def run_command(
 
     Same flags and outputs as osml simulate; the exchange goes through a real broker.
     """
-    from osml.ops.fleet import FleetOptions, run_fleet
+    from osml.ops.fleet import BrokerAccess, FleetOptions, run_fleet
+
+    paths = (broker_dir, password_file, ca_file, cert_file, key_file)
+    broker_dir, password_file, ca_file, cert_file, key_file = (
+        None if p is None else p.resolve() for p in paths
+    )  # the agents run in other directories
+    access = BrokerAccess(username, password_file, broker_dir, ca_file, cert_file, key_file)
 
     if flags.get("context") == "sim":
         flags["context"] = "run"
@@ -183,6 +240,7 @@ def run_command(
         trainers=trainers,
         sign=sign,
         live=live_options,
+        access=access,
     )
     how = (
         ", agents as processes over MQTT"

@@ -194,6 +194,31 @@ def _describe(reason: ReasonCode) -> str:
     return f"broker refused the connection: {name} (reason code {reason.value})"
 
 
+def _tls_refusal(exc: BaseException, s: BrokerSettings) -> str | None:
+    """Why a TLS connection attempt failed for good (the same settings fail again), or None.
+
+    A certificate that does not verify, and a handshake the server breaks off (a plain MQTT
+    port reached with mqtts://, a client certificate required but not given), are settings to
+    fix; a refused port or a timeout is a broker that may yet come up.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        hint = (
+            f"check that broker.ca_file ({s.ca_file}) is the CA that signed the broker's "
+            f"certificate and that the certificate names {s.host}"
+            if s.ca_file
+            else "set broker.ca_file to the CA that signed the broker's certificate"
+        )
+        return (
+            f"TLS: the certificate of broker {s.url} does not verify ({exc.verify_message}); {hint}"
+        )
+    if isinstance(exc, (ssl.SSLError, ConnectionResetError)):
+        return (
+            f"TLS handshake with broker {s.url} failed ({exc}); is port {s.port} a TLS listener "
+            f"(plain MQTT needs mqtt://), and does it want a client certificate (cert_file)?"
+        )
+    return None
+
+
 def _check_filter(topic_filter: str) -> str:
     levels = topic_filter.split("/")
     ok = (
@@ -320,10 +345,12 @@ class Transport:
     ) -> None:
         if reason_code.is_failure:
             with self._lock:
-                if self._connects == 0:
+                first = self._connects == 0
+                if first:
                     self._error = _describe(reason_code)
                     self._refused = str(reason_code) in _PERMANENT_REFUSALS
-            _log.warning("%s: %s", self.client_id, _describe(reason_code))
+            if not first:  # the first one is raised by connect(): no second line for it
+                _log.warning("%s: %s", self.client_id, _describe(reason_code))
             self._settled.set()
             return
         with self._lock:
@@ -382,7 +409,7 @@ class Transport:
         properties: Properties | None,
     ) -> None:
         self._session_up.clear()
-        if not self._closed:
+        if not self._closed and self._connects:  # before a first session, connect() reports
             _log.info("%s: connection lost (%s); paho reconnects", self.client_id, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -401,10 +428,11 @@ class Transport:
     def connect(self, timeout: float = 10.0) -> None:
         """Connect, start paho's network thread and wait until the subscriptions are active.
 
-        Raises TransportError if the broker cannot be reached (closed port, DNS, TLS), refuses
-        the connection (bad credentials are named as such) or a subscription, or does not answer
-        within ``timeout`` seconds; the network thread is stopped in every such case. Calling it
-        again while connected does nothing.
+        Raises TransportError if the broker cannot be reached (closed port, DNS), refuses a
+        subscription, or does not answer within ``timeout`` seconds, and BrokerRefusedError if it
+        refuses the connection (bad credentials are named as such) or TLS fails for good (a
+        certificate that does not verify, a handshake broken off); the network thread is stopped
+        in every such case. Calling it again while connected does nothing.
         """
         if self._closed:
             raise TransportError(f"{self.client_id}: transport is closed; create a new one")
@@ -429,6 +457,9 @@ class Transport:
         except (OSError, ValueError) as exc:
             # OSError covers refused/unreachable ports, DNS (gaierror), timeouts and TLS errors.
             self._client.disconnect()
+            refusal = _tls_refusal(exc, s) if s.tls else None
+            if refusal is not None:
+                raise BrokerRefusedError(f"{self.client_id}: {refusal}") from exc
             raise TransportError(f"cannot connect to broker {s.url}: {exc}") from exc
         self._started = True
         self._client.loop_start()

@@ -3,7 +3,9 @@
 * :func:`init_broker_dir`: fleet file -> DIR/passwd, DIR/acl, DIR/credentials/, DIR/mosquitto.conf
   (an :class:`InitResult` says what was written, kept or needs attention);
 * :func:`prepare_start` and :func:`run_foreground`: mosquitto on DIR until it exits or is stopped;
-* :func:`make_certs`: private CA, server certificate (with SANs) and client certificates.
+* :func:`make_certs`: private CA, server certificate (with SANs) and client certificates;
+* :func:`run_logins`: who each agent of ``osml run --broker-dir DIR`` logs in as, checked against
+  DIR/acl.
 
 The generated ``mosquitto.conf`` follows ``broker-config/mosquitto.conf`` (same limits, logging
 and security settings, see :data:`TUNING`) with every path pointing into DIR. Certificates are
@@ -30,7 +32,15 @@ from typing import Any
 
 from osml.errors import ConfigError, OsmlError
 from osml.net.broker import find_mosquitto
-from osml.ops.fleetfile import acl_text, check_name, load_fleet, passwords, write_password_file
+from osml.ops.fleetfile import (
+    acl_text,
+    agent_username,
+    check_name,
+    load_fleet,
+    passwords,
+    write_password_file,
+)
+from osml.wire import topics
 from osml.wire.signing import new_key_hex
 
 __all__ = [
@@ -41,13 +51,16 @@ __all__ = [
     "TUNING",
     "BrokerStart",
     "InitResult",
+    "RunLogins",
     "TlsFiles",
     "broker_conf",
     "find_openssl",
     "init_broker_dir",
     "make_certs",
     "prepare_start",
+    "read_acl",
     "run_foreground",
+    "run_logins",
     "with_port",
 ]
 
@@ -304,6 +317,80 @@ def init_broker_dir(
     )
     _hand_over(out, run_as, tls, result)
     return result
+
+
+# ------------------------------------------------------------------------ logins for osml run
+
+
+def read_acl(path: Path) -> dict[str, set[tuple[str, str]]]:
+    """The rules of an ACL file written by :func:`osml.ops.fleetfile.acl_text`: user ->
+    {(``read`` or ``write``, topic)}. ConfigError if it cannot be read."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read ({exc.strerror}); run osml broker init --fleet FILE "
+            f"--out {path.parent} first"
+        ) from exc
+    rules: dict[str, set[tuple[str, str]]] = {}
+    user: str | None = None
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == "user":
+            user = words[1]
+            rules.setdefault(user, set())
+        elif len(words) == 3 and words[0] == "topic" and user is not None:
+            rules[user].add((words[1], words[2]))
+    return rules
+
+
+@dataclass(frozen=True)
+class RunLogins:
+    """Broker users and their password files for a run on a broker made by ``osml broker init``:
+    one per agent (``<context>.<id>``), and the monitor user for the orchestrator."""
+
+    agents: dict[str, tuple[str, Path]]
+    monitor: tuple[str, Path]
+
+
+def run_logins(directory: Path, context: str, links: dict[str, list[str]]) -> RunLogins:
+    """Who each agent of a run logs in as on the broker of ``directory``, and the orchestrator
+    (which follows the agents' metrics) as its monitor user; passwords from
+    ``directory/credentials``. ConfigError (one line, naming the fix) when the broker has no
+    such user, or its ACL does not let an agent write to a neighbour of the run's topology."""
+    where = f"--broker-dir {directory}"
+    rules = read_acl(directory / ACL)
+    cred_dir = directory / CREDENTIALS
+
+    def password_file(user: str) -> Path:
+        path = cred_dir / f"{user}.pass"
+        if not path.is_file():
+            raise ConfigError(f"{where}: no {path}; run osml broker init again to make it")
+        return path
+
+    agents: dict[str, tuple[str, Path]] = {}
+    for agent, neighbours in links.items():
+        user = agent_username(context, agent)
+        if user not in rules:
+            raise ConfigError(
+                f"{where}: the broker has no user {user} (agent {agent} of context {context}); "
+                f"run with the --context and agents of the fleet file"
+            )
+        for nb in neighbours:
+            if ("write", topics.inbox(context, nb, agent)) not in rules[user]:
+                raise ConfigError(
+                    f"{where}: the run links agent {agent} to {nb} but the broker's ACL does not "
+                    f"let {user} write to {nb}'s inbox; use the fleet file's topology (--topology)"
+                )
+        agents[agent] = (user, password_file(user))
+    metrics = ("read", topics.metrics_filter(context))
+    monitors = sorted(u for u, r in rules.items() if metrics in r and u not in agents)
+    if not monitors:
+        raise ConfigError(
+            f"{where}: no user may read {metrics[1]}, which osml run follows; add [monitor] to "
+            f"the fleet file and run osml broker init again"
+        )
+    return RunLogins(agents, (monitors[0], password_file(monitors[0])))
 
 
 # ------------------------------------------------------------------------------------ start

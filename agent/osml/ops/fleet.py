@@ -35,10 +35,12 @@ from osml.agent.state import read_rounds
 from osml.agent.trainer_client import TrainerClient
 from osml.core.similarity import centered_alignment, strict_alignment
 from osml.core.topology import neighbours as topology_neighbours
-from osml.errors import OsmlError, TransportError
+from osml.errors import ConfigError, OsmlError, TransportError
+from osml.files import check_private
 from osml.net.broker import MosquittoProcess, find_mosquitto, tail_lines
 from osml.net.embedded_broker import EmbeddedBroker, amqtt_available
 from osml.net.transport import BrokerSettings, Transport
+from osml.ops.brokers import run_logins
 from osml.ops.live import LiveOptions, LiveReplay, assemble_live
 from osml.ops.rows import FIGURES, FinalSection, ReportRound, RunResult, evaluate, report_round
 from osml.ops.simulate import SimulationSettings
@@ -46,6 +48,7 @@ from osml.wire import topics
 
 __all__ = [
     "SIGNING_KEY_FILE",
+    "BrokerAccess",
     "FleetOptions",
     "FleetProcess",
     "agent_toml",
@@ -57,6 +60,76 @@ __all__ = [
 ]
 
 SIGNING_KEY_FILE = "signing.key"  # in the fleet's work directory, when FleetOptions.sign is set
+
+
+Login = tuple[str | None, Path | None]  # broker user name and its password file
+
+
+@dataclass(frozen=True)
+class BrokerAccess:
+    """How the processes of a run log in to ``--broker``: one ``username`` and
+    ``password_file`` for all, or with ``broker_dir`` (made by ``osml broker init``) each agent
+    as its own user ``<context>.<id>`` and the orchestrator as the monitor user; TLS with
+    ``ca_file`` and an optional client certificate (``cert_file`` + ``key_file``) for all."""
+
+    username: str | None = None
+    password_file: Path | None = None
+    broker_dir: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.broker_dir is not None and (self.username or self.password_file):
+            raise ConfigError(
+                "--broker-dir gives every agent its own user: leave out --username and "
+                "--password-file"
+            )
+        if self.password_file is not None and self.username is None:
+            raise ConfigError("--password-file needs --username")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("--cert and --key go together (a client certificate and its key)")
+        for path, what in ((self.password_file, "--password-file"), (self.key_file, "--key")):
+            if path is not None:
+                check_private(path, what)
+
+    @property
+    def given(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+
+    def logins(
+        self, context: str, links: Mapping[str, Sequence[str]]
+    ) -> tuple[dict[str, Login], Login]:
+        """Each agent's login and the orchestrator's (ConfigError if --broker-dir lacks one)."""
+        if self.broker_dir is None:
+            login = (self.username, self.password_file)
+            return {a: login for a in links}, login
+        found = run_logins(self.broker_dir, context, {a: list(n) for a, n in links.items()})
+        return dict(found.agents), found.monitor
+
+    def broker_lines(self, login: Login) -> list[str]:
+        """The ``[broker]`` keys of an agent's config for ``login``, besides url and protocol."""
+        user, password = login
+        keys = [
+            ("username", user),
+            ("password_file", password),
+            ("ca_file", self.ca_file),
+            ("cert_file", self.cert_file),
+            ("key_file", self.key_file),
+        ]
+        return [f"{k} = {_q(str(v))}" for k, v in keys if v is not None]
+
+    def settings(self, url: str, protocol: str, login: Login) -> BrokerSettings:
+        user, password = login
+        return BrokerSettings(
+            url=url,
+            protocol=protocol,
+            username=user,
+            password=None if password is None else password.read_text().strip(),
+            ca_file=None if self.ca_file is None else str(self.ca_file),
+            cert_file=None if self.cert_file is None else str(self.cert_file),
+            key_file=None if self.key_file is None else str(self.key_file),
+        )
 
 
 @dataclass(frozen=True)
@@ -77,10 +150,21 @@ class FleetOptions:
     )  # more [trainer.settings] keys
     sign: bool = False  # sign frames with a fresh per-run key, and require signatures
     live: LiveOptions | None = None  # replay the data as live sensor streams (osml run --live)
+    access: BrokerAccess = field(default_factory=BrokerAccess)  # logins and TLS for --broker
 
     def __post_init__(self) -> None:
         if self.trainers < 1:
             raise ValueError(f"trainers must be >= 1, got {self.trainers}")
+        if self.access.given and not self.broker_url:
+            raise ConfigError(
+                "--username, --password-file, --broker-dir, --ca, --cert and --key are for "
+                "--broker: the private broker needs none"
+            )
+        if self.access.given and self.live is not None and self.live.source == "mqtt":
+            raise ConfigError(
+                "--live --source mqtt publishes readings without credentials: use --source "
+                "tail or exec with a broker that needs them"
+            )
         if self.steps < 0 or self.interval < 0 or (self.count is not None and self.count < 0):
             raise ValueError("steps, interval and count must be >= 0")
 
@@ -125,10 +209,12 @@ def agent_toml(
     options: FleetOptions,
     signing_key: Path | None = None,
     live_data: Sequence[str] | None = None,
+    login: Login = (None, None),
 ) -> str:
     """The config file of one agent of the fleet (``eval_dir``: where it saves per-round
     evaluations, None for none; ``signing_key``: the ``[signing]`` key file; ``live_data``: the
-    ``[data]`` table of a live source, replacing the file source)."""
+    ``[data]`` table of a live source, replacing the file source; ``login``: its broker user and
+    password file, with the TLS files of ``options.access``)."""
     tset = settings.trainer
     arch = settings.architectures.get(agent_id, getattr(tset, "architecture", "mlp"))
     objective = getattr(tset, "objective", "vc")
@@ -156,6 +242,7 @@ def agent_toml(
             "[broker]",
             f"url = {_q(broker_url)}",
             f"protocol = {_q(options.protocol)}",
+            *options.access.broker_lines(login),
             "",
             "[neighbours]",
             "ids = [" + ", ".join(_q(n) for n in links) + "]",
@@ -294,6 +381,7 @@ def run_fleet(
     (``progress`` gets a live row per round, with only the alignment figures)."""
     ids = list(agent_ids)
     links = topology_neighbours(ids, settings.topology, settings.seed)
+    logins, monitor_login = options.access.logins(settings.context, links)
     workdir = workdir.resolve()
     # A run starts afresh: agents resume from state they find, so clear what a previous run
     # into the same directory left (only the sub-directories this function creates).
@@ -333,6 +421,15 @@ def run_fleet(
                 "no mosquitto binary found: apt-get install mosquitto, pip install "
                 "'osml[embedded-broker]', or pass --broker mqtt://HOST:PORT"
             )
+        # The orchestrator connects first: wrong credentials or TLS files fail in one line
+        # before any trainer or agent starts.
+        monitor = Transport(
+            options.access.settings(url, options.protocol, monitor_login),
+            f"osml-run-{os.getpid()}",
+            subscriptions=[topics.metrics_filter(settings.context)],
+            persistent=False,
+        )
+        monitor.connect()
         sockets = start_trainers(workdir, options.trainers, env, procs)
         key = write_signing_key(workdir / SIGNING_KEY_FILE) if options.sign else None
         source = str(SourceSpec.from_cli(data_spec))
@@ -374,15 +471,9 @@ def run_fleet(
                     options,
                     key,
                     replay.data_lines(aid, dataset[aid].n_features) if replay else None,
+                    logins[aid],
                 )
             )
-        monitor = Transport(
-            BrokerSettings(url=url, protocol=options.protocol),
-            f"osml-run-{os.getpid()}",
-            subscriptions=[topics.metrics_filter(settings.context)],
-            persistent=False,
-        )
-        monitor.connect()
         for aid in ids:
             adir = workdir / "agents" / aid
             procs.append(

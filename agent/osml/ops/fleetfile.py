@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from osml.agent.config import read_toml
+from osml.agent.config import MAX_SEED, read_toml
 from osml.errors import ConfigError, OsmlError
 from osml.wire import topics
 
@@ -244,8 +244,11 @@ def _context(name: str, raw: Any) -> FleetContext:
             f"table, {'not both' if has_topology else 'one of them'}"
         )
     seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"{where}.seed: expected an integer, got {seed!r}; write a whole number")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(
+            f"{where}.seed: expected an integer from 0 to {MAX_SEED}, got {seed!r}; "
+            "write a whole number"
+        )
     if has_links and "seed" in raw:
         raise ConfigError(f'{where}.seed: only used with topology = "random:K"; remove it')
     if has_topology:

@@ -46,7 +46,7 @@ from osml.errors import OsmlError, TrainerError
 from osml.files import write_atomic
 from osml.trainer.export import export_onnx
 from osml.trainer.fit import EncoderTrainer
-from osml.trainer.settings import ARCHITECTURE_NAMES, TrainerSettings
+from osml.trainer.settings import ARCHITECTURE_NAMES, TrainerSettings, settings_from_map
 from osml.wire import topics
 from osml.wire.ipc import (
     MAX_MESSAGE_BYTES,
@@ -101,43 +101,8 @@ def parse_settings(raw: object, architecture: str) -> TrainerSettings:
     """:class:`TrainerSettings` from an untrusted map: known keys, checked types, checked values."""
     if not isinstance(raw, dict):
         raise TrainerError("bad trainer settings: expected a map of TrainerSettings fields")
-    fields = {f.name: f for f in dataclasses.fields(TrainerSettings)}
-    unknown = sorted(str(k) for k in raw if k not in fields)
-    if unknown:
-        raise TrainerError(
-            f"bad trainer settings: unknown keys {unknown} (known: {sorted(fields)})"
-        )
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        default = fields[key].default
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            )
-            value = float(value) if ok else value
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise TrainerError(
-                f"bad trainer settings: {key} must be a {type(default).__name__}, got {value!r}"
-            )
-        values[key] = value
-    if values.get("architecture", architecture) != architecture:
-        raise TrainerError(
-            f"bad trainer settings: architecture {values['architecture']!r} contradicts "
-            f"the registered {architecture!r}"
-        )
-    values["architecture"] = architecture
-    if values.get("threads", 1) < 1:
-        raise TrainerError("bad trainer settings: threads must be >= 1")
     try:
-        return TrainerSettings(**values)
+        return settings_from_map(raw, architecture)
     except ValueError as exc:
         raise TrainerError(f"bad trainer settings: {exc}") from exc
 

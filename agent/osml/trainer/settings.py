@@ -8,7 +8,11 @@ class per name in :data:`ARCHITECTURE_NAMES`, :mod:`osml.trainer.objectives` one
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "ARCHITECTURE_NAMES",
@@ -16,6 +20,7 @@ __all__ = [
     "DEFAULT_OBJECTIVE",
     "OBJECTIVES",
     "TrainerSettings",
+    "settings_from_map",
 ]
 
 ARCHITECTURE_NAMES = ("gru", "mlp", "conv")
@@ -57,9 +62,69 @@ class TrainerSettings:
             )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.steps_per_round < 1 or self.batch_size < 2 or self.learning_rate <= 0:
-            raise ValueError(
-                "steps_per_round >= 1, batch_size >= 2 and learning_rate > 0 are required"
-            )
+        for key, (lo, hi, above) in _BOUNDS.items():
+            value = getattr(self, key)
+            # Written so that nan fails too: nan compares False with everything.
+            inside = value > lo if above else value >= lo
+            if not (math.isfinite(value) and inside and value <= hi):
+                op = ">" if above else ">="
+                raise ValueError(f"{key} must be {op} {lo:g} and <= {hi:g}, got {value!r}")
         if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError("mask_ratio must be in (0, 1)")
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
+
+
+# (lo, hi, lo excluded) of every number in TrainerSettings but mask_ratio.
+_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "align_weight": (0.0, 1e6, False),
+    "ssl_weight": (0.0, 1e6, False),
+    "var_target": (0.0, 1e6, False),
+    "steps_per_round": (1, 1_000_000, False),
+    "batch_size": (2, 1_000_000, False),
+    "learning_rate": (0.0, 10.0, True),
+    "cov_weight": (0.0, 1e6, False),
+    "init_std": (0.0, 1e6, True),
+    "hidden": (0, 65_536, False),
+    "weight_decay": (0.0, 1e3, False),
+    "input_noise": (0.0, 1e3, False),
+    "threads": (1, 1024, False),
+}
+
+
+def settings_from_map(raw: Mapping[str, Any], architecture: str) -> TrainerSettings:
+    """:class:`TrainerSettings` from an untrusted map (a config table, a request): known keys,
+    checked types, finite numbers in range; ``architecture`` is the registered one.
+
+    ValueError, whose message starts with the offending key, on any problem.
+    """
+    fields = {f.name: f for f in dataclasses.fields(TrainerSettings)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ValueError(f"{key}: unknown key (known: {', '.join(sorted(fields))})")
+        default = fields[key].default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                try:
+                    value = float(value)
+                except OverflowError:
+                    ok = False
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ValueError(f"{key}: must be a {type(default).__name__}, got {value!r}")
+        values[key] = value
+    if values.get("architecture", architecture) != architecture:
+        raise ValueError(
+            f"architecture: {values['architecture']!r} contradicts the model's {architecture!r}"
+        )
+    values["architecture"] = architecture
+    try:
+        return TrainerSettings(**values)
+    except ValueError as exc:
+        key, _, rest = str(exc).partition(" ")
+        raise ValueError(f"{key}: {rest}" if key in fields else str(exc)) from None

@@ -68,6 +68,7 @@ from osml.wire import signing, topics
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_ROUND",
     "REASONS",
     "Frame",
     "decode_frame",
@@ -81,6 +82,10 @@ FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({FORMAT_VERSION})
 
 _MAX_INT = 2**63 - 1
+MAX_ROUND = 2**48
+"""The highest round an agent moves to (2**48: 8900 years at 1000 rounds a second). A frame may
+carry any round up to 2**63 - 1, but an agent neither catches up to nor resumes (state.json)
+beyond this, and a config's ``rounds.count`` stays below it."""
 
 # Key -> expected Python type after msgpack decoding. Order is the packing order.
 _INT_KEYS = ("v", "rnd", "s0", "n", "d", "mv", "ck", "nck")

@@ -34,12 +34,12 @@ import numpy as np
 
 from osml.errors import FrameError
 from osml.wire import topics
+from osml.wire.codec import MAX_ROUND, Frame, decode_frame
 from osml.wire.codec import REASONS as DECODER_REASONS
-from osml.wire.codec import Frame, decode_frame
 
 __all__ = ["REASONS", "Inbox"]
 
-_MAX_CATCH_UP = 2**62  # never jump to a round whose successors could overflow the frame format
+_MAX_CATCH_UP = MAX_ROUND  # never jump to a round state.json would refuse on the next start
 
 REASONS = {
     **DECODER_REASONS,

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import os
 import secrets
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from osml.errors import ConfigError
+from osml.files import check_private
 
 __all__ = ["KEY_BYTES", "TAG_BYTES", "load_key", "new_key_hex", "sign", "verify"]
 
@@ -39,7 +38,6 @@ TAG_BYTES = 32
 """Length of an HMAC-SHA256 tag."""
 
 _DOMAIN = b"osml-frame-v1\n"
-_log = logging.getLogger("osml.wire.signing")
 
 
 def new_key_hex() -> str:
@@ -48,14 +46,11 @@ def new_key_hex() -> str:
 
 
 def load_key(path: str | os.PathLike[str]) -> bytes:
-    """Read a hex key file; :class:`ConfigError` (one line, naming the file) if it is unusable.
-
-    Logs a warning if the file is readable by group or others.
-    """
+    """Read a hex key file; :class:`ConfigError` (one line, naming the file) if it is unusable,
+    or if anyone but its owner may read it (:func:`osml.files.check_private`)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="ascii").strip()
-        mode = p.stat().st_mode
     except OSError as exc:
         raise ConfigError(
             f"{p}: cannot read the signing key ({exc.strerror}); check signing.key_file"
@@ -75,8 +70,7 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
             f"{p}: the signing key has {len(key)} bytes; "
             f"use at least {KEY_BYTES} ({2 * KEY_BYTES} hex digits)"
         )
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        _log.warning("%s: signing key is accessible by group or others; chmod 600 it", p)
+    check_private(p, "signing key")
     return key
 
 
