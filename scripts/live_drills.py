@@ -342,7 +342,9 @@ def write_day(out: Path, rows: int, kind: str = "simple") -> None:
     """``generated:KIND`` drawn ``rows`` long (one continuous run), in paper format."""
     from osml.agent.synthetic import generate
 
-    ds = generate(kind, seed=0, n_train=rows, n_test=200)
+    if kind not in ("simple", "complex"):
+        raise SystemExit(f"generated:{kind}: use simple or complex")
+    ds = generate("simple" if kind == "simple" else "complex", seed=0, n_train=rows, n_test=200)
     out.mkdir(parents=True, exist_ok=True)
     for part in ("train", "test"):
         cols = [(x.agent_id, getattr(x, part)) for x in ds.agents]
