@@ -109,9 +109,10 @@ def test_memory_warmup_keeps_unrelated_neighbour() -> None:
 
 
 def test_memory_hysteresis_sequence() -> None:
-    # memory = 1 makes the memory equal the newest affinity, so the hysteresis is visible directly.
+    # memory = 1 makes the memory equal the newest affinity, so the hysteresis is visible directly;
+    # enter_alone = enter switches off the alone rule (one neighbour: the agent is alone when out).
     mem = SubcontextMemory(
-        policy=SubcontextPolicy(memory=1.0, enter=0.6, leave=0.45, warmup_rounds=0)
+        policy=SubcontextPolicy(memory=1.0, enter=0.6, leave=0.45, warmup_rounds=0, enter_alone=0.6)
     )
     sequence = [
         (0.5, True),
@@ -315,3 +316,24 @@ def test_without_own_round_warmup_counts_observations_per_neighbour() -> None:
     for _ in range(3):
         mem.observe({"early": 0.9})
     assert mem.observe({"late": 0.2})["late"] is True  # its first observation: still warm-up
+
+
+def test_an_agent_left_alone_takes_its_best_neighbour_above_enter_alone() -> None:
+    policy = SubcontextPolicy(memory=1.0, enter=0.6, leave=0.45, warmup_rounds=0, enter_alone=0.3)
+    mem = SubcontextMemory(policy=policy)
+    assert mem.observe({"a": 0.9, "b": 0.1, "c": 0.35}, own_round=1) == {
+        "a": True,
+        "b": False,
+        "c": False,
+    }
+    # a drifts away: alone, the agent takes the best of the rest (c at 0.35), not b
+    assert mem.observe({"a": 0.05, "b": 0.1, "c": 0.35}, own_round=2) == {
+        "a": False,
+        "b": False,
+        "c": True,
+    }
+    assert mem.subcontext("me") == ["c", "me"]
+    # nobody reaches enter_alone: alone it stays
+    assert not any(mem.observe({"a": 0.05, "b": 0.1, "c": 0.2}, own_round=3).values())
+    with pytest.raises(ValueError):
+        SubcontextPolicy(enter=0.5, enter_alone=0.6)

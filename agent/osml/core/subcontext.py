@@ -12,7 +12,13 @@ Decision, with hysteresis so that a neighbour near the line does not flap in and
 * during the agent's first ``warmup_rounds`` rounds every neighbour is a member (encoders are
   still random; the first pulls are what makes related agents' affinity grow);
 * afterwards a non-member joins when its memory reaches ``enter`` and a member leaves when its
-  memory drops below ``leave`` (``leave < enter``).
+  memory drops below ``leave`` (``leave < enter``);
+* an agent left alone (after the warm-up, no neighbour a member) takes the neighbour with the
+  highest memory as a member once that memory reaches ``enter_alone`` (below ``enter``). A device
+  whose data changed (moved to another room) lands in a group whose encoders were trained on its
+  new signal, but its own encoder was trained on the old one: their affinity is partial (0.2-0.6
+  measured) and, without a pull, stays there. The pull is one-sided: the group admits it by its
+  own rule once the spaces agree. Unrelated data stays near 0 (0.05-0.15 measured), well below.
 
 The pure functions hold the policy; :class:`SubcontextMemory` holds the per-neighbour state and
 serialises to plain JSON-able dicts for the agent's state directory.
@@ -35,12 +41,15 @@ class SubcontextPolicy:
     enter: float = 0.6
     leave: float = 0.45
     warmup_rounds: int = 2
+    enter_alone: float = 0.3  # an agent with no member takes its best neighbour from here on
 
     def __post_init__(self) -> None:
         if not 0.0 < self.memory <= 1.0:
             raise ValueError("memory (weight of the newest affinity) must be in (0, 1]")
         if not 0.0 <= self.leave <= self.enter <= 1.0:
             raise ValueError("need 0 <= leave <= enter <= 1")
+        if not 0.0 <= self.enter_alone <= self.enter:
+            raise ValueError("need 0 <= enter_alone <= enter")
         if self.warmup_rounds < 0:
             raise ValueError("warmup_rounds must be >= 0")
 
@@ -93,6 +102,11 @@ class SubcontextMemory:
             self.members[nb] = decide_member(
                 self.is_member(nb), self.affinity[nb], rounds, self.policy
             )
+        alone = self.members and not any(self.members.values())
+        if alone and (own_round is None or own_round > self.policy.warmup_rounds):
+            best = max(sorted(self.affinity), key=lambda nb: self.affinity[nb])
+            if best in self.members and self.affinity[best] >= self.policy.enter_alone:
+                self.members[best] = True
         return dict(self.members)
 
     def subcontext(self, self_id: str) -> list[str]:
