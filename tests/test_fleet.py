@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -186,3 +188,60 @@ def test_osml_run_on_a_broker_made_by_osml_broker_init(tmp_path: Path) -> None:
     assert ("ca_file" in config) == bool(tls_args)
     broker_log = log.read_text()
     assert "u'lab.0'" in broker_log and "u'lab.1'" in broker_log and "u'watcher'" in broker_log
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, read from /proc (children first found, then theirs)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        parents[int(stat.parent.name)] = int(fields[1])
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        out += kids
+        todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] != "Z"
+
+
+def test_sigterm_to_osml_run_stops_every_process_it_started(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    log = tmp_path / "run.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "osml.cli", "run", "--data", "generated:simple"]
+            + ["--agents", "0,1", "--rounds", "500", "--out", str(out), "--quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not all(
+            (out / "fleet" / "agents" / a / "state" / "rounds.jsonl").exists() for a in "01"
+        ):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the agents never ran a round"
+            time.sleep(0.2)
+        started = _descendants(proc.pid)
+        assert len(started) >= 4  # broker, trainer, two agents
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        left = [p for p in started if _alive(p)]
+        assert left == [], f"still running after SIGTERM: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

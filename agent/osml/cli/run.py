@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,9 @@ def run_command(
         if not job.quiet:
             click.echo(text)
 
+    # SIGTERM (systemd, a supervisor, `kill PID`) ends the run as Ctrl-C does: the finally blocks
+    # of run_fleet then stop every broker, trainer and agent it started, by PID.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_fleet(
             job.data_spec,
@@ -268,4 +272,10 @@ def run_command(
     except KeyboardInterrupt:
         click.echo("interrupted: every process was stopped", err=True)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     finish(job, result)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
