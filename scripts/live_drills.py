@@ -413,7 +413,7 @@ def drill_day(a: argparse.Namespace) -> bool:
         "--period",
         str(a.period),
         "--rounds",
-        str(a.live_rounds),
+        str(a.live_rounds or a.steps // a.period),
         "--out",
         str(out),
     ]
@@ -580,7 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=86400)
     p.add_argument("--speed", type=float, default=500)
     p.add_argument("--period", type=int, default=2000)
-    p.add_argument("--live-rounds", type=int, default=1000)
+    p.add_argument(
+        "--live-rounds", type=int, default=0, help="live --rounds (0: the day, steps // period)"
+    )
     p.add_argument("--sample", type=float, default=2.0, help="seconds between samples")
     p.add_argument("--kill", default="M1", help="agent whose feeder is killed ('' for none)")
     p.add_argument("--kill-at", type=float, default=0.5, help="share of the replay")
