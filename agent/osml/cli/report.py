@@ -69,11 +69,16 @@ def downstream_table(section: Mapping[str, Any]) -> str:
         f"downstream accuracy ({len(classes)} classes, majority {majority}): "
         f"fitted on {fit} test windows, scored on {scored} others"
     )
+    dropped = (
+        "windows of one step never overlap"
+        if gap == 0
+        else f"the first {gap} of each block dropped, so no fitted window shares a step with a "
+        "scored one"
+    )
     how = textwrap.wrap(
         f"The test windows in {section.get('blocks', '?')} blocks, alternately fitted and "
-        f"scored, the first {gap} of each block dropped: no fitted window shares a step with a "
-        "scored one. raw own: the agent's raw windows; raw sub-ctx: its sub-context's side by "
-        "side; emb->B: fitted on the agent's embeddings, scored on B's.",
+        f"scored; {dropped}. raw own: the agent's raw windows; raw sub-ctx: its sub-context's "
+        "side by side; emb->B: fitted on the agent's embeddings, scored on B's.",
         width=100,
     )
     rule = line(["-" * w for w in widths])
