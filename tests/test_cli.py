@@ -16,6 +16,7 @@ from osml.cli.main import main
 from osml.cli.options import parse_agents, parse_architectures
 from osml.cli.progress import progress_line
 from osml.errors import ConfigError
+from osml_testing.labelled import labelled_dataset, write_paper_dir
 
 
 def invoke(*args: str) -> Result:
@@ -66,6 +67,7 @@ def test_simulate_writes_a_run(run_dir: tuple[Path, Result]) -> None:
     assert set(report["final"]["subcontexts"]) == {"0", "1"}
     assert report["settings"]["rounds"] == 2
     assert report["data"] == "generated:simple"
+    assert "downstream" not in report  # no labels, no probes
 
 
 def test_simulate_writes_embeddings_of_equal_rows(run_dir: tuple[Path, Result]) -> None:
@@ -97,6 +99,51 @@ def test_report_command_prints_the_table(run_dir: tuple[Path, Result]) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0].split()[:2] == ["agent", "sub-context"]
     assert any(line.split()[0] == "1" for line in result.stdout.splitlines()[2:4])
+
+
+@pytest.fixture(scope="module")
+def labelled_run(
+    needs_torch: None, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Result]:
+    """A one-round simulation on a small dataset with label files."""
+    root = tmp_path_factory.mktemp("labelled")
+    data = write_paper_dir(labelled_dataset(n_train=200, n_test=160), root / "data")
+    out = root / "run"
+    result = invoke(
+        "simulate", "--data", str(data), "--rounds", "1", "--window", "4", "--out", str(out)
+    )
+    return out, result
+
+
+def test_simulate_on_labelled_data_reports_the_probes(labelled_run: tuple[Path, Result]) -> None:
+    out, result = labelled_run
+    assert result.exit_code == 0, result.output
+
+    report = json.loads((out / "report.json").read_text())
+
+    section = report["downstream"]
+    assert section["window"] == 4 and section["classes"] == [0, 1, 2]
+    assert section["fit_windows"] + section["score_windows"] <= 160 - 4 + 1
+    for probe in ("linear", "knn"):
+        table = section[probe]
+        assert set(table["embedding"]) == {"a", "b", "n"}
+        assert all(set(row) == {"a", "b", "n"} for row in table["embedding"].values())
+        assert all(0.0 <= v <= 1.0 for row in table["embedding"].values() for v in row.values())
+        assert set(table["local"]) == set(table["central"]) == {"a", "b", "n"}
+    assert "downstream accuracy" in result.stdout
+
+
+def test_report_command_prints_the_probes(labelled_run: tuple[Path, Result]) -> None:
+    out, _ = labelled_run
+
+    result = invoke("report", str(out))
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("downstream accuracy"))
+    assert lines[start + 1].split()[:2] == ["probe", "fitted"]
+    probes = [line.split()[0] for line in lines[start + 3 : start + 9]]
+    assert probes == ["linear"] * 3 + ["kNN-5"] * 3
 
 
 def test_report_command_on_a_missing_run(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from osml.agent.data import (
     check_min_rows,
     load_dataset,
     read_agent_csv,
+    read_labels_csv,
     read_paper_csv,
     read_paper_dir,
     window_steps,
@@ -245,6 +246,89 @@ def test_read_paper_dir_different_feature_counts(tmp_path: Path) -> None:
     assert "train_data.csv" in message
     assert "test_data.csv" in message
     assert "2 features" in message
+
+
+# ------------------------------------------------------------------------------------- labels
+
+
+def test_read_paper_dir_reads_labels_beside_the_data(tmp_path: Path) -> None:
+    directory = paper_dir(
+        tmp_path / "ctx", GOOD, "Agent1[0],AgentM0[0],Agent0[0],AgentM0[1]\n9,8,7,6\n"
+    )
+    write(directory / "train_labels.csv", "label\n2\n0\n-1\n")
+    write(directory / "test_labels.csv", "label\n 5 \n")
+
+    ds = read_paper_dir(directory)
+
+    assert ds.labelled
+    assert ds.train_labels is not None and ds.test_labels is not None
+    assert ds.train_labels.tolist() == [2, 0, -1]
+    assert ds.test_labels.tolist() == [5]
+    assert ds.test_labels.dtype == np.int64
+    selected = ds.select(["1"])
+    assert selected.test_labels is not None and selected.test_labels.tolist() == [5]
+
+
+def test_a_paper_dir_without_label_files_has_no_labels(tmp_path: Path) -> None:
+    ds = read_paper_dir(paper_dir(tmp_path / "ctx", GOOD, GOOD))
+
+    assert not ds.labelled
+    assert ds.train_labels is None and ds.test_labels is None
+
+
+def test_one_label_file_alone_is_refused(tmp_path: Path) -> None:
+    directory = paper_dir(tmp_path / "ctx", GOOD, GOOD)
+    write(directory / "test_labels.csv", "label\n1\n2\n3\n")
+
+    message = error_of(read_paper_dir, directory)
+
+    assert "test_labels.csv" in message and "train_labels.csv" in message
+
+
+def test_labels_must_match_the_rows(tmp_path: Path) -> None:
+    directory = paper_dir(tmp_path / "ctx", GOOD, GOOD)
+    write(directory / "train_labels.csv", "label\n1\n2\n3\n")
+    write(directory / "test_labels.csv", "label\n1\n2\n")
+
+    message = error_of(read_paper_dir, directory)
+
+    assert "test_labels.csv" in message and "2 labels" in message and "3 rows" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("labels\n1\n", ["line 1", "'label'"]),
+        ("label,x\n1,2\n", ["line 1", "'label'"]),
+        ("label\n1\n1.5\n", ["line 3", "'1.5'", "not an integer"]),
+        ("label\n1\n\n2\n", ["line 3", "blank line"]),
+        ("label\n1_000\n", ["line 2", "not an integer"]),
+        ("label\n1,2\n", ["line 2", "2 cells"]),
+        ("label\n99999999999999999999\n", ["line 2", "not an integer"]),
+        ("label\n", ["no data rows"]),
+    ],
+)
+def test_read_labels_csv_bad(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    path = write(tmp_path / "test_labels.csv", text)
+
+    message = error_of(read_labels_csv, path)
+
+    assert "test_labels.csv" in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_dataset_checks_its_labels() -> None:
+    agents = (AgentData("a", np.zeros((5, 1)), np.zeros((3, 1))),)
+
+    ds = Dataset("ok", agents, test_labels=np.array([1.0, 2.0, 0.0]))
+
+    assert ds.test_labels is not None and ds.test_labels.dtype == np.int64
+    assert not ds.test_labels.flags.writeable
+    with pytest.raises(DataError, match="expected 5 labels"):
+        Dataset("bad", agents, train_labels=np.zeros(4, dtype=int))
+    with pytest.raises(DataError, match="integers"):
+        Dataset("bad", agents, test_labels=np.array([0.5, 1.0, 2.0]))
 
 
 # ---------------------------------------------------------------------------- per-agent files

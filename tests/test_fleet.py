@@ -24,6 +24,7 @@ from clihelp import run_command
 from osml.agent.records import RoundRecord
 from osml.agent.state import read_rounds
 from osml.cli.main import main
+from osml_testing.labelled import labelled_dataset, write_paper_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("needs_broker_and_torch")]
 
@@ -85,6 +86,33 @@ def test_osml_run_writes_a_full_run_directory(tmp_path: Path) -> None:
         assert (out / "fleet" / "agents" / agent / "agent.toml").exists()
     # The orchestrator stopped its broker and trainer: their logs end with a clean stop.
     assert "terminating" in (out / "fleet" / "broker" / "mosquitto.log").read_text()
+
+
+def test_osml_run_on_labelled_data_reports_the_probes(tmp_path: Path) -> None:
+    data = write_paper_dir(labelled_dataset(n_train=200, n_test=160), tmp_path / "data")
+    out = tmp_path / "run"
+
+    result = invoke(
+        "run",
+        "--data",
+        str(data),
+        "--rounds",
+        "1",
+        "--window",
+        "4",
+        "--deadline",
+        "5",
+        "--out",
+        str(out),
+    )
+
+    assert result.exit_code == 0, result.output + result.stderr
+    section = json.loads((out / "report.json").read_text())["downstream"]
+    assert section["classes"] == [0, 1, 2]
+    for probe in ("linear", "knn"):
+        assert set(section[probe]["embedding"]) == {"a", "b", "n"}
+        assert set(section[probe]["local"]) == set(section[probe]["central"]) == {"a", "b", "n"}
+    assert "downstream accuracy" in result.stdout
 
 
 def test_osml_run_with_dropped_frames_still_completes(tmp_path: Path) -> None:

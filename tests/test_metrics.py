@@ -184,6 +184,22 @@ def test_ridge_probe_r2_near_zero_or_below_for_independent_target() -> None:
     assert ridge_probe_r2(x_train, y_train, x_test, y_test) < 0.05
 
 
+def test_ridge_probe_r2_leaves_out_targets_constant_on_the_test_set() -> None:
+    rng = np.random.default_rng(17)
+    x_train, x_test = rng.standard_normal((400, 4)), rng.standard_normal((200, 4))
+    w = rng.standard_normal(4)
+    rare = np.zeros(400)
+    rare[7] = 5.0  # a pixel lit once in training and never in the test rows
+    y_train = np.column_stack([x_train @ w, rare])
+    y_test = np.column_stack([x_test @ w, np.zeros(200)])
+
+    r2 = ridge_probe_r2(x_train, y_train, x_test, y_test)
+
+    assert r2 == pytest.approx(ridge_probe_r2(x_train, y_train[:, 0], x_test, y_test[:, 0]))
+    assert r2 > 0.99
+    assert np.isnan(ridge_probe_r2(x_train, rare, x_test, np.zeros(200)))
+
+
 def test_pairwise_covers_every_ordered_pair() -> None:
     rng = np.random.default_rng(16)
     embs = {"a": rng.standard_normal((10, 3)), "b": rng.standard_normal((10, 3))}

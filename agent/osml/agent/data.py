@@ -14,6 +14,12 @@ Two on-disk formats are supported:
 * the paper format (:func:`read_paper_csv`, :func:`read_paper_dir`): one CSV per split holding every
   agent, one column per feature named ``Agent<ID>[<i>]``;
 * a plain per-agent CSV (:func:`read_agent_csv`): a header of feature names, then numeric rows.
+
+A paper-format directory may also hold labels, one per step, shared by every agent (a moment
+has one label): ``train_labels.csv`` and ``test_labels.csv`` beside the data files, each a
+header ``label`` and then one integer per row, row ``t`` labelling step ``t`` of the matching
+data file (:func:`read_labels_csv`). Both files or neither. They are never sent to an agent;
+the report uses them for its downstream probes (:mod:`osml.ops.downstream`).
 """
 
 from __future__ import annotations
@@ -32,13 +38,17 @@ from osml.errors import DataError
 
 __all__ = [
     "GENERATED_SPECS",
+    "LABEL_COLUMN",
     "TEST_FILE",
+    "TEST_LABELS_FILE",
     "TRAIN_FILE",
+    "TRAIN_LABELS_FILE",
     "AgentData",
     "Dataset",
     "check_min_rows",
     "load_dataset",
     "read_agent_csv",
+    "read_labels_csv",
     "read_paper_csv",
     "read_paper_dir",
     "window_steps",
@@ -47,6 +57,9 @@ __all__ = [
 
 TRAIN_FILE = "train_data.csv"
 TEST_FILE = "test_data.csv"
+TRAIN_LABELS_FILE = "train_labels.csv"
+TEST_LABELS_FILE = "test_labels.csv"
+LABEL_COLUMN = "label"
 GENERATED_SPECS = (
     "generated:simple",
     "generated:complex",
@@ -73,6 +86,22 @@ def _frozen_float32(name: str, value: object) -> np.ndarray:
         raise DataError(f"{name}: contains NaN or infinite values")
     arr.setflags(write=False)
     return arr
+
+
+def _frozen_labels(name: str, value: object, rows: int) -> np.ndarray:
+    """A read-only int64 (T,) copy of ``value``; DataError unless it is ``rows`` whole numbers."""
+    try:
+        arr = np.array(value, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name}: not an array of labels ({exc})") from exc
+    if arr.shape != (rows,):
+        raise DataError(f"{name}: expected {rows} labels (one per row), got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise DataError(f"{name}: labels must be integers")
+    labels = arr.astype(np.int64)
+    labels.setflags(write=False)
+    return labels
 
 
 @dataclass(frozen=True)
@@ -111,13 +140,16 @@ class Dataset:
     """The agents of one experiment; every agent has the same number of train and test rows.
 
     ``train_source`` and ``test_source`` describe where the rows came from (file paths for data read
-    from disk); error messages use them.
+    from disk); error messages use them. ``train_labels`` and ``test_labels``, when given, hold one
+    integer label per row (step), shared by every agent; the report's probes use them.
     """
 
     name: str
     agents: tuple[AgentData, ...]
     train_source: str = ""
     test_source: str = ""
+    train_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         agents = tuple(self.agents)
@@ -143,6 +175,16 @@ class Dataset:
                         f"rows but agent {first.agent_id!r} has {ref}; agents must be aligned"
                     )
         object.__setattr__(self, "agents", agents)
+        for split, rows in (("train", len(first.train)), ("test", len(first.test))):
+            value = getattr(self, f"{split}_labels")
+            if value is not None:
+                name = f"dataset {self.name!r} {split} labels"
+                object.__setattr__(self, f"{split}_labels", _frozen_labels(name, value, rows))
+
+    @property
+    def labelled(self) -> bool:
+        """True when the test rows have labels (what the report's probes need)."""
+        return self.test_labels is not None
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -195,6 +237,8 @@ class Dataset:
             agents=tuple(self[agent_id] for agent_id in ids),
             train_source=self.train_source,
             test_source=self.test_source,
+            train_labels=self.train_labels,
+            test_labels=self.test_labels,
         )
 
 
@@ -335,11 +379,54 @@ def read_agent_csv(path: StrPath) -> np.ndarray:
     return _to_matrix(path, header, rows)
 
 
+def read_labels_csv(path: StrPath) -> np.ndarray:
+    """Read a labels file (a header ``label``, then one integer per row) into int64 (T,)."""
+    path = Path(path)
+    header, rows = _read_rows(path)
+    if [cell.strip() for cell in header] != [LABEL_COLUMN]:
+        raise DataError(
+            f"{path}: line 1: expected the single column {LABEL_COLUMN!r}, got {header!r}"
+        )
+    labels = np.empty(len(rows), dtype=np.int64)
+    for r, (line, cells) in enumerate(rows):
+        if len(cells) != 1:
+            raise DataError(f"{path}: line {line}: has {len(cells)} cells, expected 1 label")
+        text = cells[0].strip()
+        try:
+            if "_" in text:  # int() reads "1_000"; digit separators are never meant here
+                raise ValueError(text)
+            labels[r] = int(text)
+        except (ValueError, OverflowError):
+            raise DataError(f"{path}: line {line}: label {cells[0]!r} is not an integer") from None
+    return labels
+
+
+def _read_labels(directory: Path, n_train: int, n_test: int) -> tuple[np.ndarray | None, ...]:
+    paths = (directory / TRAIN_LABELS_FILE, directory / TEST_LABELS_FILE)
+    present = [p.exists() for p in paths]
+    if not any(present):
+        return None, None
+    if not all(present):
+        have, lack = (paths[0], paths[1]) if present[0] else (paths[1], paths[0])
+        raise DataError(f"{have} has no partner: add {lack.name} too, or remove both label files")
+    out = []
+    for label_path, data_file, rows in zip(paths, (TRAIN_FILE, TEST_FILE), (n_train, n_test)):
+        labels = read_labels_csv(label_path)
+        if len(labels) != rows:
+            raise DataError(
+                f"{label_path}: has {len(labels)} labels but {directory / data_file} has "
+                f"{rows} rows; one label per row is needed"
+            )
+        out.append(labels)
+    return tuple(out)
+
+
 def read_paper_dir(path: StrPath, name: str | None = None) -> Dataset:
     """Read ``train_data.csv`` and ``test_data.csv`` of a paper-format directory.
 
     Both files must hold the same agents with the same feature counts; the agent order is the
-    order of the training file. ``name`` defaults to the directory name.
+    order of the training file. ``name`` defaults to the directory name. ``train_labels.csv``
+    and ``test_labels.csv``, when there, become the dataset's labels.
     """
     directory = Path(path)
     if not directory.is_dir():
@@ -362,11 +449,15 @@ def read_paper_dir(path: StrPath, name: str | None = None) -> Dataset:
                 f"but {f_test} in {test_path}"
             )
     agents = tuple(AgentData(agent_id, train[agent_id], test[agent_id]) for agent_id in train)
+    n_train, n_test = len(agents[0].train), len(agents[0].test)
+    train_labels, test_labels = _read_labels(directory, n_train, n_test)
     return Dataset(
         name=name if name is not None else directory.resolve().name,
         agents=agents,
         train_source=str(train_path),
         test_source=str(test_path),
+        train_labels=train_labels,
+        test_labels=test_labels,
     )
 
 
@@ -375,7 +466,7 @@ def load_dataset(spec: str, *, seed: int = 0) -> Dataset:
 
     ``generated:simple`` or ``generated:complex`` generate a synthetic dataset with ``seed``
     (see :func:`osml.agent.synthetic.generate`); anything else must be a directory in the paper
-    format.
+    format (with labels if it holds label files, see :func:`read_paper_dir`).
     """
     if spec.startswith("generated:"):
         # imported here: osml.agent.synthetic builds Dataset objects, so it imports this module

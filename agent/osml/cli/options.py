@@ -113,7 +113,9 @@ RUN_OPTIONS = [
         required=True,
         metavar="PATH",
         help="A directory with train_data.csv and test_data.csv (paper format, columns "
-        "Agent<ID>[<i>]), or generated:simple / generated:complex.",
+        "Agent<ID>[<i>]), or generated:simple / generated:complex.  With train_labels.csv and "
+        "test_labels.csv beside them (a header 'label', then one integer per row), the report "
+        "adds downstream probes of the embeddings (see osml report).",
     ),
     click.option(
         "--agents",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,9 +97,17 @@ def announce(job: Job, how: str = "") -> None:
 
 
 def finish(job: Job, run: RunResult) -> None:
-    """Write the run directory, then print the summary table and the files written."""
+    """Add the downstream probes (data with labels), write the run directory, then print the
+    summary table(s) and the files written."""
+    from osml.cli.report import downstream_table
     from osml.ops import report
+    from osml.ops.downstream import downstream
 
+    if run.downstream is None and job.dataset.labelled:
+        section = downstream(
+            job.dataset, run.embeddings, run.final.subcontexts, job.settings.window
+        )
+        run = dataclasses.replace(run, downstream=section)
     result = {
         "osml_version": __version__,
         "data": job.data_spec,
@@ -111,6 +120,9 @@ def finish(job: Job, run: RunResult) -> None:
         return
     click.echo()
     click.echo(report.summary_table(result))
+    if run.downstream is not None:
+        click.echo()
+        click.echo(downstream_table(run.downstream.to_json()))
     _print_files(job.out, list(job.agent_ids))
 
 

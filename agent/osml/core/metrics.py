@@ -55,6 +55,9 @@ def ridge_probe_r2(
 
     Used as the non-collapse figure: how well an agent's embedding predicts its own window's last
     value. Inputs are standardised with train statistics; ``alpha`` is relative to the sample count.
+    A target that is constant on the test set has no R^2 and is left out of the mean (NaN when
+    every target is): tabular data such as image pixels often has such columns, and dividing by
+    their zero variance gave figures like -1e9.
     """
     tx = np.asarray(train_x, dtype=np.float64)
     ty = np.asarray(train_y, dtype=np.float64).reshape(len(tx), -1)
@@ -68,8 +71,10 @@ def ridge_probe_r2(
     pred = vx @ coef + ymu
     ss_res = np.sum((vy - pred) ** 2, axis=0)
     ss_tot = np.sum((vy - vy.mean(axis=0)) ** 2, axis=0)
-    r2 = 1.0 - ss_res / np.maximum(ss_tot, 1e-12)
-    return float(np.mean(r2))
+    varies = ss_tot > 1e-12 * len(vy)
+    if not varies.any():
+        return float("nan")
+    return float(np.mean(1.0 - ss_res[varies] / ss_tot[varies]))
 
 
 def pairwise(

@@ -20,6 +20,7 @@ import numpy as np
 from osml.agent.records import RoundRecord, finite_or_none
 from osml.core.metrics import paper_similarity, ridge_probe_r2, spread
 from osml.core.similarity import centered_alignment, strict_alignment
+from osml.ops.downstream import Downstream
 
 __all__ = ["FIGURES", "FinalSection", "ReportRound", "RunResult", "evaluate", "report_round"]
 
@@ -119,6 +120,7 @@ class RunResult:
     embeddings: dict[str, np.ndarray]  # agent -> (test steps, dim), the final models
     elapsed_s: float | None = None
     workdir: str | None = None  # osml run: the fleet's work directory
+    downstream: Downstream | None = None  # data with labels: the probes (osml.ops.downstream)
 
     def report(self) -> dict[str, Any]:
         """The report as JSON-ready data, plus ``embeddings`` (what ``write_run`` takes)."""
@@ -134,6 +136,8 @@ class RunResult:
             out["elapsed_s"] = self.elapsed_s
         if self.workdir is not None:
             out["workdir"] = self.workdir
+        if self.downstream is not None:
+            out["downstream"] = self.downstream.to_json()
         out["embeddings"] = self.embeddings
         return out
 
