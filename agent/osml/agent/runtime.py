@@ -382,6 +382,7 @@ class AgentRuntime:
                 "trainer": self.round.trainer_status if self.round else self.trainer_status,
                 "mode": "inference-only" if self.cfg.inference_only else "training",
                 **self._live_status(),
+                "dropped_in": dict(self.transport.stats.dropped) if self.transport else {},
                 "time": time.time(),
             }
         ).encode()
@@ -398,6 +399,13 @@ class AgentRuntime:
             "anomalies": rec.anomalies if rec else 0,
         }
 
+    def _sender_of(self, topic: str) -> str:
+        """Whose share of the receive queue a message counts against: the neighbour named by
+        the inbox topic (the broker's ACL binds that level to the neighbour's login); every
+        other topic shares one."""
+        parsed = topics.parse_inbox(topic)
+        return parsed[2] if parsed is not None and parsed[2] in self.inbox.neighbours else ""
+
     def _connect(self, stop: threading.Event) -> Transport:
         t = Transport(
             self.cfg.broker,
@@ -408,6 +416,11 @@ class AgentRuntime:
                 json.dumps({"state": "offline", "agent": self.id}).encode(),
             ),
             drop_rate=self.cfg.drop_rate,
+            source_of=self._sender_of,
+            # A retained "frame" in an inbox would be replayed to every new session, even after
+            # a broker restart: refuse them, and delete any a neighbour left on our topics.
+            accept_retained=False,
+            clear_retained=[topics.inbox(self.ctx, self.id, nb) for nb in self.cfg.neighbours],
         )
         for delay in backoff_delays(0.5, 10.0):
             try:

@@ -12,7 +12,13 @@
 * sessions are persistent by default (MQTT 5: ``clean_start=False`` plus a session expiry;
   MQTT 3.1.1: ``clean_session=False``), so QoS 1 messages sent to an agent while it was briefly
   offline are queued by the broker and delivered when it comes back;
-* received messages land in a thread-safe queue read with :meth:`Transport.get`;
+* received messages land in a :class:`~osml.net.fairqueue.FairQueue` read with
+  :meth:`Transport.get`: bounded in bytes per source and in total, served source by source, so
+  one flooding sender costs bounded memory and never pushes out another sender's messages;
+* with ``accept_retained=False`` (an agent's inbox) retained messages are refused: MQTT 5
+  subscriptions ask for none (retain handling 2) and any that arrive anyway (3.1.1) are dropped
+  and counted; ``clear_retained`` topics get an empty retained message on every connect, which
+  deletes whatever a neighbour left there;
 * the optional last will is published (retained, QoS 1) by the broker only if the connection is
   lost without a DISCONNECT; :meth:`Transport.close` disconnects gracefully, so no will.
 
@@ -22,14 +28,14 @@ The paho callbacks are tiny adapters: they fill the queue, set events and bump c
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,8 +48,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from osml.errors import BrokerRefusedError, ConfigError, TransportError
+from osml.net.fairqueue import OVERHEAD, FairQueue, QueueLimits
 
-__all__ = ["BrokerSettings", "Message", "Transport", "TransportStats"]
+__all__ = ["BrokerSettings", "Message", "QueueLimits", "Transport", "TransportStats"]
 
 _log = logging.getLogger(__name__)
 
@@ -172,8 +179,11 @@ class TransportStats:
 
     ``frames_out``/``bytes_out`` count publishes handed to paho; ``dropped_out`` counts publishes
     dropped on purpose (``drop_rate``) or QoS 0 publishes lost while offline; ``dropped_in``
-    counts received messages dropped because the receive queue was full (a flood, or a reader
-    that stalled); ``reconnects`` counts successful connections after the first.
+    counts received messages dropped before :meth:`Transport.get`, and ``dropped`` the same by
+    reason: ``queue_full`` (the sender's share of the receive queue was full: a flood, or a
+    reader that stalled), ``queue_total`` (the whole queue was), ``retained`` (a retained
+    message where none is accepted); ``reconnects`` counts successful connections after the
+    first.
     """
 
     frames_in: int = 0
@@ -183,6 +193,7 @@ class TransportStats:
     dropped_out: int = 0
     dropped_in: int = 0
     reconnects: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def _describe(reason: ReasonCode) -> str:
@@ -218,6 +229,10 @@ class Transport:
     without a DISCONNECT. ``drop_rate`` (for tests) drops that share of ``droppable`` publishes at
     random, seeded by ``seed``. ``persistent`` keeps the broker-side session across disconnects,
     keyed by ``client_id``, which must therefore be stable and unique.
+
+    Receiving: ``receive_limits`` bound the receive queue; ``source_of(topic)`` names the
+    sender a message counts against (default: its topic); ``accept_retained=False`` refuses
+    retained messages; ``clear_retained`` topics are cleared of retained messages on each connect.
     """
 
     def __init__(
@@ -230,7 +245,10 @@ class Transport:
         drop_rate: float = 0.0,
         seed: int | None = None,
         persistent: bool = True,
-        max_queued_in: int = 10_000,
+        receive_limits: QueueLimits | None = None,
+        source_of: Callable[[str], Hashable] | None = None,
+        accept_retained: bool = True,
+        clear_retained: Sequence[str] = (),
     ) -> None:
         if not client_id:
             raise ConfigError("client_id is empty: give each agent a stable, unique id")
@@ -244,8 +262,13 @@ class Transport:
         self._drop_rate = drop_rate
         self._rng = random.Random(seed)
         self._v5 = settings.protocol == "5"
-        # Bounded: a flood of messages must cost memory up to this many, not without limit.
-        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=max_queued_in)
+        # Bounded in bytes per sender and in total: a flood costs at most total_bytes.
+        self._inbox: FairQueue[Message] = FairQueue(receive_limits)
+        self._arrived = threading.Condition()  # guards _inbox
+        self._source_of: Callable[[str], Hashable] = source_of or (lambda topic: topic)
+        self._accept_retained = accept_retained
+        self._clear_retained = tuple(clear_retained)
+        self._own_clears: Counter[str] = Counter()  # 3.1.1: our clears coming back to us
         self._lock = threading.Lock()  # guards stats and the state below
         self._session_up = threading.Event()  # CONNACK ok and subscriptions acknowledged
         self._settled = threading.Event()  # first CONNACK or SUBACK outcome, good or bad
@@ -335,10 +358,17 @@ class Transport:
             self._session_up.set()
             self._settled.set()
             return
-        # MQTT 5: resend retained messages only for new subscriptions, not on every reconnect.
+        self._clear_retained_messages(client)
+        # MQTT 5: resend retained messages only for new subscriptions, not on every reconnect;
+        # where none are accepted, never (and do not echo our own clearing publishes back).
         topics: list[tuple[str, SubscribeOptions]] | list[tuple[str, int]]
         if self._v5:
-            topics = [(t, SubscribeOptions(qos=1, retainHandling=1)) for t in self.subscriptions]
+            options = (
+                SubscribeOptions(qos=1, retainHandling=1)
+                if self._accept_retained
+                else SubscribeOptions(qos=1, retainHandling=2, noLocal=True)
+            )
+            topics = [(t, options) for t in self.subscriptions]
         else:
             topics = [(t, 1) for t in self.subscriptions]
         try:
@@ -385,16 +415,38 @@ class Transport:
         if not self._closed:
             _log.info("%s: connection lost (%s); paho reconnects", self.client_id, reason_code)
 
+    def _clear_retained_messages(self, client: mqtt.Client) -> None:
+        # Before subscribing: an empty retained message deletes the one stored on that topic.
+        for topic in self._clear_retained:
+            client.publish(topic, b"", qos=1, retain=True)
+            if not self._v5:  # no noLocal on 3.1.1: the (empty) message comes back to us
+                with self._lock:
+                    self._own_clears[topic] = 1  # one echo per connect at most
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
+        message = Message(msg.topic, payload, bool(msg.retain))
         with self._lock:
             self.stats.frames_in += 1
             self.stats.bytes_in += len(payload)
-        try:
-            self._inbox.put_nowait(Message(msg.topic, payload, bool(msg.retain)))
-        except queue.Full:  # never block paho's network thread: drop the newest and count it
-            with self._lock:
-                self.stats.dropped_in += 1
+            if not payload and not message.retain and self._own_clears[message.topic] > 0:
+                self._own_clears[message.topic] -= 1
+                return
+        if message.retain and not self._accept_retained:
+            self._count_drops(["retained"])
+            return
+        size = len(payload) + len(message.topic) + OVERHEAD
+        with self._arrived:  # never blocks for long: push only drops, it never waits
+            dropped = self._inbox.push(self._source_of(message.topic), message, size)
+            self._arrived.notify()
+        if dropped:
+            self._count_drops([reason for _, reason in dropped])
+
+    def _count_drops(self, reasons: list[str]) -> None:
+        with self._lock:
+            self.stats.dropped_in += len(reasons)
+            for reason in reasons:
+                self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -499,12 +551,27 @@ class Transport:
     def get(self, timeout: float | None = None) -> Message | None:
         """The next received message, or None if none arrives within ``timeout`` seconds.
 
-        ``timeout=None`` waits for ever. Safe to call from any thread.
+        ``timeout=None`` waits for ever. Messages of different senders come in turn (see
+        :class:`~osml.net.fairqueue.FairQueue`). Safe to call from any thread.
         """
-        try:
-            return self._inbox.get(timeout=None if timeout is None else max(timeout, 0.0))
-        except queue.Empty:
-            return None
+        with self._arrived:
+            if timeout is None:
+                self._arrived.wait_for(lambda: len(self._inbox) > 0)
+            else:
+                self._arrived.wait_for(lambda: len(self._inbox) > 0, max(timeout, 0.0))
+            return self._inbox.pop()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the receive queue now (payloads, topics and per-message overhead)."""
+        with self._arrived:
+            return self._inbox.bytes
+
+    @property
+    def queue_peak_bytes(self) -> int:
+        """The most bytes the receive queue has held at once; never above its total limit."""
+        with self._arrived:
+            return self._inbox.peak_bytes
 
     @property
     def connected(self) -> bool:
