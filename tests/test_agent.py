@@ -600,6 +600,47 @@ def test_hostile_frames_are_rejected_by_reason_and_never_used(
     assert "Traceback" not in (state_dir(configs["0"]).parent / "agent.log").read_text()
 
 
+def test_forged_frames_far_ahead_neither_move_nor_end_an_agent(
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
+    premade_models: dict[str, Path],
+) -> None:
+    """Frames for rounds 1,000,000 and 1,000,001 once made an agent skip past its round count
+    and exit: now they are refused, and the agent runs every round."""
+    ctx = unique_context("ahead")
+
+    def forged(done: int) -> list[tuple[str, bytes]]:
+        return [
+            (
+                topics.inbox(ctx, "0", "1"),
+                encode_frame(
+                    Frame(
+                        context=ctx,
+                        source="1",
+                        round=r,
+                        step_start=9,
+                        model_version=1,
+                        embeddings=np.ones((8, 5), np.float32),
+                    )
+                ),
+            )
+            for r in (10**6, 10**6 + 1)
+        ]
+
+    configs = intrude(
+        procs, tmp_path, mosquitto.url, ctx, premade_models, short_dir / "none.sock", forged
+    )
+
+    recs = read_rounds(configs["0"])
+    assert [r.round for r in recs] == list(range(5))
+    assert recs[-1].rejected.get("future") == 2
+    assert read_state(configs["0"])["next_round"] == 5
+    assert "skipping ahead" not in (configs["0"].parent / "agent.log").read_text()
+
+
 def test_signed_fleet_rejects_frames_forged_with_broker_credentials(
     mosquitto: MosquittoProcess,
     unique_context: Callable[[str], str],

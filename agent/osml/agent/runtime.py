@@ -128,6 +128,8 @@ class AgentRuntime:
             keys=keys,
             require_signature=bool(keys) and cfg.signing.require,
             max_frame_bytes=max(cfg.rounds.max_frame_bytes, 1 << 20),
+            # Live rounds come from the clock, and a frame never moves them: no end to check.
+            max_round=None if cfg.data.live or not cfg.rounds.count else cfg.rounds.count,
         )
         self._idle_rounds = 0
         self._last_record: RoundRecord | None = None
@@ -636,10 +638,8 @@ class AgentRuntime:
                         jump - 1,
                         self.state.next_round,
                     )
-                    self.state.next_round = jump
+                    self.state.next_round = jump  # always a round this run still has
                     save_state(self.state_dir, self.state)
-                    if count and jump >= count:
-                        break
                 rnd = self.state.next_round
                 record = agent_round.run(rnd, stop)
                 if record is None:
