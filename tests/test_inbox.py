@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from osml.errors import FrameError
 from osml.wire import topics
 from osml.wire.codec import Frame, decode_frame, encode_frame, signed_bytes
-from osml.wire.inbox import REASONS, Inbox
+from osml.wire.inbox import CHUNK_OVERHEAD, REASONS, Inbox
 from osml.wire.signing import sign
 
 CTX, ME, NB = "lab", "0", "1"
@@ -136,13 +136,33 @@ def test_chunks_must_agree_and_tile_one_range() -> None:
 
 
 def test_a_flooding_neighbour_fills_only_its_own_budget() -> None:
-    box = make_inbox(max_pending_bytes=8 * 5 * 4 * 3)  # three 8x5 float32 frames
+    held = 8 * 5 * 4 + CHUNK_OVERHEAD  # one 8x5 float32 frame
+    box = make_inbox(max_pending_bytes=3 * held)
     kinds = [box.offer(TOPIC, encode_frame(frame(rnd=r)), 3) for r in range(3, 11)]
     assert kinds == [None, None, None] + ["flood"] * 5
     other = topics.inbox(CTX, ME, "2")
     assert box.offer(other, encode_frame(frame(rnd=3, src="2")), 3) is None  # the other is heard
     box.forget_before(11)
     assert box.pending_bytes == 0
+
+
+def test_all_senders_together_are_bounded_too() -> None:
+    held = 8 * 5 * 4 + CHUNK_OVERHEAD
+    box = make_inbox(max_pending_bytes=3 * held, max_total_pending_bytes=4 * held)
+    other = topics.inbox(CTX, ME, "2")
+    kinds = [box.offer(TOPIC, encode_frame(frame(rnd=r)), 3) for r in range(3, 6)]
+    kinds += [box.offer(other, encode_frame(frame(rnd=r, src="2")), 3) for r in range(3, 6)]
+    assert kinds == [None, None, None, None, "flood", "flood"]
+    assert box.pending_bytes == 4 * held
+
+
+def test_a_flood_of_one_row_chunks_is_charged_its_overhead() -> None:
+    box = make_inbox(max_pending_bytes=10 * (5 * 4 + CHUNK_OVERHEAD))
+    kinds = [
+        box.offer(TOPIC, encode_frame(frame(rnd=3, n=1, s0=9 + i, chunk=i, n_chunks=1000)), 3)
+        for i in range(20)
+    ]
+    assert kinds == [None] * 10 + ["flood"] * 10
 
 
 # -- signatures ------------------------------------------------------------------------------------
@@ -301,7 +321,7 @@ def test_declared_sizes_are_bounded_before_any_allocation(n: int, d: int, declar
     )
 )
 def test_memory_stays_bounded_whatever_arrives(ops: list[tuple[int, str, int, int, int]]) -> None:
-    cap = 8 * 5 * 4 * 4
+    cap = (8 * 5 * 4 + CHUNK_OVERHEAD) * 4
     box = make_inbox(max_pending_bytes=cap, max_ahead=3)
     current = 0
     for rnd, src, chunk, nck, s0 in ops:

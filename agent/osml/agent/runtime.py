@@ -423,6 +423,7 @@ class AgentRuntime:
             # a broker restart: refuse them, and delete any a neighbour left on our topics.
             accept_retained=False,
             clear_retained=[topics.inbox(self.ctx, self.id, nb) for nb in self.cfg.neighbours],
+            receive_buffer=256 << 10,
         )
         for delay in backoff_delays(0.5, 10.0):
             try:

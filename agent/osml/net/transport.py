@@ -249,6 +249,7 @@ class Transport:
         source_of: Callable[[str], Hashable] | None = None,
         accept_retained: bool = True,
         clear_retained: Sequence[str] = (),
+        receive_buffer: int | None = None,
     ) -> None:
         if not client_id:
             raise ConfigError("client_id is empty: give each agent a stable, unique id")
@@ -269,6 +270,7 @@ class Transport:
         self._accept_retained = accept_retained
         self._clear_retained = tuple(clear_retained)
         self._own_clears: Counter[str] = Counter()  # 3.1.1: our clears coming back to us
+        self._receive_buffer = receive_buffer
         self._lock = threading.Lock()  # guards stats and the state below
         self._session_up = threading.Event()  # CONNACK ok and subscriptions acknowledged
         self._settled = threading.Event()  # first CONNACK or SUBACK outcome, good or bad
@@ -332,6 +334,14 @@ class Transport:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
+        if self._receive_buffer is not None:
+            # A fixed receive buffer turns off the kernel's autotuning (up to tcp_rmem's 32 MiB on
+            # Linux): a flood then waits at the broker, which drops it, not in our socket, where
+            # every honest frame would wait behind it in arrival order.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
+            except (OSError, AttributeError):
+                pass
 
     def _on_connect(
         self,

@@ -19,7 +19,8 @@ Reasons, besides the decoder's (:data:`osml.wire.codec.REASONS`):
 ``duplicate``      a chunk already held (a QoS 1 redelivery, or a replay)
 ``chunk``          chunks of one frame that disagree (count, dimension, model, step ranges)
 ``dimension``      an embedding dimension other than this agent's
-``flood``          the sender already has ``max_pending_bytes`` waiting here
+``flood``          the sender already has ``max_pending_bytes`` waiting here, or all senders
+                   together ``max_total_pending_bytes``
 ``steps``          a complete frame for other steps than this agent's round (see the runtime)
 =================  ==========================================================================
 """
@@ -41,6 +42,9 @@ from osml.wire.codec import Frame, decode_frame
 __all__ = ["REASONS", "Inbox"]
 
 _MAX_CATCH_UP = 2**62  # never jump to a round whose successors could overflow the frame format
+# Charged per held chunk besides its embeddings (the Frame and array objects), so that a flood of
+# one-row chunks is bounded by the same budget as a few big ones.
+CHUNK_OVERHEAD = 512
 
 REASONS = {
     **DECODER_REASONS,
@@ -66,7 +70,9 @@ class Inbox:
     ``dim`` is the embedding dimension this agent's model produces (None: any). With ``keys`` a
     frame's signature must verify; with ``require_signature`` unsigned frames are rejected too.
     ``max_ahead`` bounds how many rounds ahead a frame may be; ``max_pending_bytes`` bounds what
-    one sender can have waiting, and ``max_chunks`` the chunks of one frame. ``max_round`` is the
+    one sender can have waiting (decoded float32 embeddings plus :data:`CHUNK_OVERHEAD` per
+    chunk), ``max_total_pending_bytes`` all of them together, and ``max_chunks`` the chunks of
+    one frame. ``max_round`` is the
     round count (None: no end); ``catch_up_quorum`` how many neighbours must agree before
     :meth:`catch_up` moves the agent ahead.
     """
@@ -84,6 +90,7 @@ class Inbox:
         max_ahead: int = 8,
         max_chunks: int = 1024,
         max_pending_bytes: int = 32 << 20,
+        max_total_pending_bytes: int = 64 << 20,
         max_round: int | None = None,
         catch_up_quorum: int = 2,
     ) -> None:
@@ -97,6 +104,7 @@ class Inbox:
         self.max_ahead = max_ahead
         self.max_chunks = max_chunks
         self.max_pending_bytes = max_pending_bytes
+        self.max_total_pending_bytes = max_total_pending_bytes
         self.max_round = max_round
         self.catch_up_quorum = catch_up_quorum
         self.rejected: Counter[str] = Counter()
@@ -193,9 +201,11 @@ class Inbox:
                 return self.reject(
                     "chunk", f"{src} round {rnd}: chunk {frame.chunk} disagrees with the others"
                 )
-        size = frame.embeddings.nbytes
+        size = _held_size(frame)
         if self._pending[src] + size > self.max_pending_bytes:
             return self.reject("flood", f"{src} has {self._pending[src]} bytes waiting")
+        if self.pending_bytes + size > self.max_total_pending_bytes:
+            return self.reject("flood", f"all senders have {self.pending_bytes} bytes waiting")
         self._chunks.setdefault((rnd, src), parts)[frame.chunk] = frame
         self._pending[src] += size
         return None
@@ -274,12 +284,16 @@ class Inbox:
 
     def _drop(self, key: tuple[int, str]) -> None:
         parts = self._chunks.pop(key, {})
-        self._pending[key[1]] -= sum(p.embeddings.nbytes for p in parts.values())
+        self._pending[key[1]] -= sum(_held_size(p) for p in parts.values())
 
     @property
     def pending_bytes(self) -> int:
-        """Embedding bytes held for all senders."""
+        """Bytes held for all senders (embeddings plus per-chunk overhead)."""
         return sum(self._pending.values())
+
+
+def _held_size(frame: Frame) -> int:
+    return frame.embeddings.nbytes + CHUNK_OVERHEAD
 
 
 def _front(rounds: set[int], max_ahead: int) -> int | None:
