@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osml.net.fairqueue import FairQueue, QueueLimits
+from osml.net.fairqueue import FairQueue, FloodGuard, QueueLimits
 
 MIB = 1 << 20
 
@@ -107,3 +107,57 @@ def test_every_message_is_held_popped_or_dropped_and_bounds_always_hold(
         assert all(q.held(s) <= lim.per_source_bytes for s in "abcd")
     assert pushed == popped + dropped + len(q)
     assert sum(q.dropped.values()) == dropped
+
+
+# -- the flood guard: whom to stop receiving from, for how long -----------------------------------
+
+
+def guard(**kw: float) -> FloodGuard[str]:
+    settings = {"rate_messages": 1.0, "burst_messages": 3.0, "rate_bytes": 1e9, "burst_bytes": 1e9}
+    return FloodGuard(**{**settings, **kw})  # type: ignore[arg-type]
+
+
+def test_a_source_is_muted_after_its_strikes_and_longer_each_time() -> None:
+    g = guard(strikes=2, first_s=10.0, max_s=35.0, forgive_s=100.0)
+    assert [g.arrived("f", 10, 0.0) for _ in range(5)] == [None, None, None, None, 10.0]
+    assert g.muted("f", 5.0) and not g.muted("h", 5.0)
+    assert g.arrived("f", 10, 5.0) is None  # already muted: nothing more to count
+    assert g.release(9.9) == [] and g.release(10.0) == ["f"] and g.release(11.0) == []
+    assert [g.arrived("f", 10, 20.0) for _ in range(5)][-1] == 20.0  # doubled
+    g.release(40.0)
+    assert [g.arrived("f", 10, 50.0) for _ in range(5)][-1] == 35.0  # capped at max_s
+    g.release(85.0)
+    assert [g.arrived("f", 10, 500.0) for _ in range(5)][-1] == 10.0  # forgiven after a while
+
+
+def test_an_honest_rate_is_never_muted() -> None:
+    g = guard(strikes=1)
+    # a message a second forever, with a burst of three now and then
+    times = [t + 0.01 * k for t in range(0, 1000, 5) for k in range(3)]
+    assert all(g.arrived("h", 10, t) is None for t in times)
+
+
+def test_bytes_count_as_well_as_messages() -> None:
+    g = guard(
+        strikes=2, burst_messages=1e6, rate_messages=1e6, burst_bytes=1000.0, rate_bytes=100.0
+    )
+    assert g.arrived("f", 600, 0.0) is None
+    assert g.arrived("f", 600, 0.0) is None  # the first strike: only 400 bytes left
+    assert g.arrived("f", 500, 1.0) is None and not g.muted("f", 1.0)  # refilled to 500
+    assert g.arrived("f", 600, 1.0) == 30.0  # the second strike
+
+
+def test_sources_are_judged_apart() -> None:
+    g = guard(strikes=1, burst_messages=1.0)
+    g.arrived("a", 1, 0.0)
+    assert g.arrived("b", 1, 0.0) is None
+    assert g.arrived("a", 1, 0.0) == 30.0 and not g.muted("b", 0.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"strikes": 0}, {"first_s": 0.0}, {"first_s": 10.0, "max_s": 5.0}, {"rate_bytes": 0.0}],
+)
+def test_flood_guard_checks_its_settings(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        FloodGuard(**kwargs)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ import pytest
 
 from osml.errors import BrokerRefusedError, ConfigError, TransportError
 from osml.net.broker import MosquittoProcess, free_port
-from osml.net.transport import BrokerSettings, Message, QueueLimits, Transport
+from osml.net.transport import BrokerSettings, FloodGuard, Message, QueueLimits, Transport
 from osml.wire import topics
 
 PROTOCOLS = ["5", "3.1.1"]
@@ -310,6 +310,74 @@ def test_a_flooding_sender_never_pushes_out_another_senders_messages(
     assert victim.stats.dropped == {"queue_full": 200 - len(flood)}
     assert victim.stats.dropped_in == 200 - len(flood)
     assert victim.queued_bytes == 0
+
+
+def drain(t: Transport, quiet: float = 0.5) -> list[Message]:
+    """Everything ``t`` receives until nothing came for ``quiet`` seconds."""
+    got = []
+    while (msg := t.get(timeout=quiet)) is not None:
+        got.append(msg)
+    return got
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_source_that_keeps_flooding_is_unsubscribed_for_a_while(
+    mosquitto: MosquittoProcess,
+    make_transport: MakeTransport,
+    unique_context: Callable[[str], str],
+    protocol: str,
+) -> None:
+    ctx = unique_context("mute")
+    own = {s: topics.inbox(ctx, "v", s) for s in ("f", "h")}
+    victim = make_transport(
+        mosquitto.url,
+        f"{ctx}-v",
+        protocol=protocol,
+        subscriptions=list(own.values()),
+        source_of=lambda topic: (topics.parse_inbox(topic) or ("", "", ""))[2],
+        mute_floods=own,
+        flood_guard=FloodGuard(burst_messages=20, rate_messages=1, strikes=5, max_s=3600.0),
+    )
+    flooder = make_transport(mosquitto.url, f"{ctx}-f", protocol=protocol)
+    honest = make_transport(mosquitto.url, f"{ctx}-h", protocol=protocol)
+
+    for i in range(200):
+        flooder.publish(own["f"], b"flood %d" % i, qos=1)
+    assert wait_for(lambda: victim.stats.mutes == 1)
+    drain(victim)  # what was on its way before the broker heard of the mute
+    flooder.publish(own["f"], b"muted", qos=1)
+    flooder.close()  # waits for the PUBACK: the broker has routed it (to nobody)
+    honest.publish(own["h"], b"heard", qos=1)
+
+    got = [m.payload for m in drain(victim)]
+    assert got == [b"heard"]
+    assert victim.stats.mutes == 1 and victim.stats.dropped["muted"] >= 1
+    assert victim.muted == ["f"]
+
+
+def test_a_muted_source_is_heard_again_when_its_time_is_up(
+    mosquitto: MosquittoProcess, make_transport: MakeTransport, unique_context: Callable[[str], str]
+) -> None:
+    ctx = unique_context("unmute")
+    own = {"f": topics.inbox(ctx, "v", "f")}
+    victim = make_transport(
+        mosquitto.url,
+        f"{ctx}-v",
+        subscriptions=[own["f"]],
+        source_of=lambda topic: "f",
+        mute_floods=own,
+        flood_guard=FloodGuard(burst_messages=5, rate_messages=1, strikes=1, first_s=0.2),
+    )
+    sender = make_transport(mosquitto.url, f"{ctx}-f")
+    for i in range(50):
+        sender.publish(own["f"], b"flood %d" % i, qos=1)
+    assert wait_for(lambda: victim.stats.mutes >= 1)
+
+    def heard_again() -> bool:
+        sender.publish(own["f"], b"again", qos=1)
+        return any(m.payload == b"again" for m in drain(victim, quiet=0.2))
+
+    assert wait_for(heard_again)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -384,10 +384,19 @@ class AgentRuntime:
                 "trainer": self.round.trainer_status if self.round else self.trainer_status,
                 "mode": "inference-only" if self.cfg.inference_only else "training",
                 **self._live_status(),
-                "dropped_in": dict(self.transport.stats.dropped) if self.transport else {},
+                **self._flood_status(),
                 "time": time.time(),
             }
         ).encode()
+
+    def _flood_status(self) -> dict[str, Any]:
+        """What the transport dropped before the inbox saw it, by reason, and who is muted."""
+        if self.transport is None:
+            return {}
+        return {
+            "dropped_in": dict(self.transport.stats.dropped),
+            "muted": sorted(self.transport.muted),
+        }
 
     def _live_status(self) -> dict[str, Any]:
         """A live agent's source health and latest anomaly score, for its status."""
@@ -409,10 +418,13 @@ class AgentRuntime:
         return parsed[2] if parsed is not None and parsed[2] in self.inbox.neighbours else ""
 
     def _connect(self, stop: threading.Event) -> Transport:
+        # One subscription per neighbour (not osml/<ctx>/<me>/in/+), so that a neighbour that
+        # floods can be unsubscribed alone, and strangers' topics never reach us at all.
+        own = {nb: topics.inbox(self.ctx, self.id, nb) for nb in self.cfg.neighbours}
         t = Transport(
             self.cfg.broker,
             f"osml-{self.ctx}-{self.id}",
-            subscriptions=[topics.inbox_filter(self.ctx, self.id)],
+            subscriptions=list(own.values()),
             will=(
                 topics.status(self.ctx, self.id),
                 json.dumps({"state": "offline", "agent": self.id}).encode(),
@@ -422,8 +434,9 @@ class AgentRuntime:
             # A retained "frame" in an inbox would be replayed to every new session, even after
             # a broker restart: refuse them, and delete any a neighbour left on our topics.
             accept_retained=False,
-            clear_retained=[topics.inbox(self.ctx, self.id, nb) for nb in self.cfg.neighbours],
-            receive_buffer=256 << 10,
+            clear_retained=list(own.values()),
+            mute_floods=own,
+            retired=[topics.inbox_filter(self.ctx, self.id)],  # what earlier versions subscribed
         )
         for delay in backoff_delays(0.5, 10.0):
             try:

@@ -19,6 +19,11 @@
   subscriptions ask for none (retain handling 2) and any that arrive anyway (3.1.1) are dropped
   and counted; ``clear_retained`` topics get an empty retained message on every connect, which
   deletes whatever a neighbour left there;
+* ``mute_floods`` names, per source, its own subscription: a source that sends far more than an
+  honest one is unsubscribed for a while (:class:`~osml.net.fairqueue.FloodGuard`), so that
+  the broker stops routing its flood to us; what still arrives from it meanwhile is dropped
+  (``muted``). Otherwise the broker's one queue for this client, full of the flood, would drop
+  or strand the other senders' messages before they reach ours;
 * the optional last will is published (retained, QoS 1) by the broker only if the connection is
   lost without a DISCONNECT; :meth:`Transport.close` disconnects gracefully, so no will.
 
@@ -34,7 +39,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -48,9 +53,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from osml.errors import BrokerRefusedError, ConfigError, TransportError
-from osml.net.fairqueue import OVERHEAD, FairQueue, QueueLimits
+from osml.net.fairqueue import OVERHEAD, FairQueue, FloodGuard, QueueLimits
 
-__all__ = ["BrokerSettings", "Message", "QueueLimits", "Transport", "TransportStats"]
+__all__ = [
+    "BrokerSettings",
+    "FloodGuard",
+    "Message",
+    "QueueLimits",
+    "Transport",
+    "TransportStats",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -182,8 +194,9 @@ class TransportStats:
     counts received messages dropped before :meth:`Transport.get`, and ``dropped`` the same by
     reason: ``queue_full`` (the sender's share of the receive queue was full: a flood, or a
     reader that stalled), ``queue_total`` (the whole queue was), ``retained`` (a retained
-    message where none is accepted); ``reconnects`` counts successful connections after the
-    first.
+    message where none is accepted), ``muted`` (from a source muted for flooding);
+    ``reconnects`` counts successful connections after the first; ``mutes`` how often a
+    flooding source was unsubscribed.
     """
 
     frames_in: int = 0
@@ -193,6 +206,7 @@ class TransportStats:
     dropped_out: int = 0
     dropped_in: int = 0
     reconnects: int = 0
+    mutes: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
 
@@ -233,6 +247,10 @@ class Transport:
     Receiving: ``receive_limits`` bound the receive queue; ``source_of(topic)`` names the
     sender a message counts against (default: its topic); ``accept_retained=False`` refuses
     retained messages; ``clear_retained`` topics are cleared of retained messages on each connect.
+    ``mute_floods`` maps a source to its own filter in ``subscriptions``, which is unsubscribed
+    while ``flood_guard`` (default :class:`~osml.net.fairqueue.FloodGuard`) says the source is
+    flooding. ``retired`` filters are unsubscribed on every connect (a persistent session may
+    still hold them from an earlier run).
     """
 
     def __init__(
@@ -246,10 +264,12 @@ class Transport:
         seed: int | None = None,
         persistent: bool = True,
         receive_limits: QueueLimits | None = None,
-        source_of: Callable[[str], Hashable] | None = None,
+        source_of: Callable[[str], str] | None = None,
         accept_retained: bool = True,
         clear_retained: Sequence[str] = (),
-        receive_buffer: int | None = None,
+        mute_floods: Mapping[str, str] | None = None,
+        flood_guard: FloodGuard[str] | None = None,
+        retired: Sequence[str] = (),
     ) -> None:
         if not client_id:
             raise ConfigError("client_id is empty: give each agent a stable, unique id")
@@ -266,11 +286,18 @@ class Transport:
         # Bounded in bytes per sender and in total: a flood costs at most total_bytes.
         self._inbox: FairQueue[Message] = FairQueue(receive_limits)
         self._arrived = threading.Condition()  # guards _inbox
-        self._source_of: Callable[[str], Hashable] = source_of or (lambda topic: topic)
+        self._source_of: Callable[[str], str] = source_of or (lambda topic: topic)
         self._accept_retained = accept_retained
         self._clear_retained = tuple(clear_retained)
         self._own_clears: Counter[str] = Counter()  # 3.1.1: our clears coming back to us
-        self._receive_buffer = receive_buffer
+        self._mute_floods = dict(mute_floods or {})
+        stray = set(self._mute_floods.values()) - set(self.subscriptions)
+        if stray:
+            raise ConfigError(f"mute_floods filters {sorted(stray)} are not in subscriptions")
+        self._guard: FloodGuard[str] = flood_guard or FloodGuard()
+        self._muted: set[str] = set()  # filters unsubscribed for now (guarded by _lock)
+        self._retired = tuple(_check_filter(f) for f in retired)
+        self._sub_topics: list[str] = []  # what the last SUBSCRIBE from on_connect asked for
         self._lock = threading.Lock()  # guards stats and the state below
         self._session_up = threading.Event()  # CONNACK ok and subscriptions acknowledged
         self._settled = threading.Event()  # first CONNACK or SUBACK outcome, good or bad
@@ -334,14 +361,6 @@ class Transport:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
-        if self._receive_buffer is not None:
-            # A fixed receive buffer turns off the kernel's autotuning (up to tcp_rmem's 32 MiB on
-            # Linux): a flood then waits at the broker, which drops it, not in our socket, where
-            # every honest frame would wait behind it in arrival order.
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
-            except (OSError, AttributeError):
-                pass
 
     def _on_connect(
         self,
@@ -364,25 +383,19 @@ class Transport:
             if self._connects > 1:
                 self.stats.reconnects += 1
             self._max_packet = getattr(properties, "MaximumPacketSize", None)
-        if not self.subscriptions:
+        with self._lock:
+            active = [t for t in self.subscriptions if t not in self._muted]
+            gone = [*self._retired, *sorted(self._muted)]
+            self._sub_topics = active
+        if gone:  # the session may still hold them
+            client.unsubscribe(gone)
+        if not active:
             self._session_up.set()
             self._settled.set()
             return
         self._clear_retained_messages(client)
-        # MQTT 5: resend retained messages only for new subscriptions, not on every reconnect;
-        # where none are accepted, never (and do not echo our own clearing publishes back).
-        topics: list[tuple[str, SubscribeOptions]] | list[tuple[str, int]]
-        if self._v5:
-            options = (
-                SubscribeOptions(qos=1, retainHandling=1)
-                if self._accept_retained
-                else SubscribeOptions(qos=1, retainHandling=2, noLocal=True)
-            )
-            topics = [(t, options) for t in self.subscriptions]
-        else:
-            topics = [(t, 1) for t in self.subscriptions]
         try:
-            _rc, mid = client.subscribe(topics)
+            mid = self._subscribe(client, active)
         except ValueError as exc:  # filters are checked in __init__; never kill paho's thread
             with self._lock:
                 self._error = f"cannot subscribe to {self.subscriptions}: {exc}"
@@ -403,7 +416,7 @@ class Transport:
             if mid != self._sub_mid:
                 return
             failed = [
-                f"{t}: {rc}" for t, rc in zip(self.subscriptions, reason_codes) if rc.is_failure
+                f"{t}: {rc}" for t, rc in zip(self._sub_topics, reason_codes) if rc.is_failure
             ]
             if failed and self._connects == 1:
                 self._error = "broker refused subscription(s): " + "; ".join(failed)
@@ -425,6 +438,19 @@ class Transport:
         if not self._closed:
             _log.info("%s: connection lost (%s); paho reconnects", self.client_id, reason_code)
 
+    def _subscribe(self, client: mqtt.Client, filters: Sequence[str]) -> int | None:
+        """SUBSCRIBE ``filters`` with QoS 1; returns the packet id (None when offline)."""
+        if not self._v5:
+            return client.subscribe([(t, 1) for t in filters])[1]
+        # MQTT 5: resend retained messages only for new subscriptions, not on every reconnect;
+        # where none are accepted, never (and do not echo our own clearing publishes back).
+        options = (
+            SubscribeOptions(qos=1, retainHandling=1)
+            if self._accept_retained
+            else SubscribeOptions(qos=1, retainHandling=2, noLocal=True)
+        )
+        return client.subscribe([(t, options) for t in filters])[1]
+
     def _clear_retained_messages(self, client: mqtt.Client) -> None:
         # Before subscribing: an empty retained message deletes the one stored on that topic.
         for topic in self._clear_retained:
@@ -445,12 +471,51 @@ class Transport:
         if message.retain and not self._accept_retained:
             self._count_drops(["retained"])
             return
+        source = self._source_of(message.topic)
         size = len(payload) + len(message.topic) + OVERHEAD
+        if source in self._mute_floods and self._judge(source, size):
+            self._count_drops(["muted"])
+            return
         with self._arrived:  # never blocks for long: push only drops, it never waits
-            dropped = self._inbox.push(self._source_of(message.topic), message, size)
+            dropped = self._inbox.push(source, message, size)
             self._arrived.notify()
         if dropped:
             self._count_drops([reason for _, reason in dropped])
+
+    def _judge(self, source: str, size: int) -> bool:
+        """True if ``source`` is muted: already, or from now on because it floods."""
+        now = time.monotonic()
+        topic_filter = self._mute_floods[source]
+        with self._lock:
+            if self._guard.muted(source, now):
+                return True
+            duration = self._guard.arrived(source, size, now)
+            if duration is None:
+                return False
+            self._muted.add(topic_filter)
+            self.stats.mutes += 1
+        self._client.unsubscribe(topic_filter)  # the broker stops routing its messages to us
+        _log.warning(
+            "%s: %r floods (more than %g messages or %g MiB a second): not receiving %s for %.0f s",
+            self.client_id,
+            source,
+            self._guard.rate[0],
+            self._guard.rate[1] / (1 << 20),
+            topic_filter,
+            duration,
+        )
+        return True
+
+    def _release_mutes(self) -> None:
+        if not self._mute_floods:
+            return
+        with self._lock:
+            released = [self._mute_floods[s] for s in self._guard.release(time.monotonic())]
+            self._muted.difference_update(released)
+        for topic_filter in released:
+            if self.connected:  # else on_connect subscribes it
+                self._subscribe(self._client, [topic_filter])
+            _log.info("%s: receiving %s again", self.client_id, topic_filter)
 
     def _count_drops(self, reasons: list[str]) -> None:
         with self._lock:
@@ -562,14 +627,22 @@ class Transport:
         """The next received message, or None if none arrives within ``timeout`` seconds.
 
         ``timeout=None`` waits for ever. Messages of different senders come in turn (see
-        :class:`~osml.net.fairqueue.FairQueue`). Safe to call from any thread.
+        :class:`~osml.net.fairqueue.FairQueue`). Safe to call from any thread. Also where a
+        muted source is let back in once its time is up.
         """
+        self._release_mutes()
         with self._arrived:
             if timeout is None:
                 self._arrived.wait_for(lambda: len(self._inbox) > 0)
             else:
                 self._arrived.wait_for(lambda: len(self._inbox) > 0, max(timeout, 0.0))
             return self._inbox.pop()
+
+    @property
+    def muted(self) -> list[str]:
+        """The sources not received from for now (see ``mute_floods``)."""
+        with self._lock:
+            return [s for s, f in self._mute_floods.items() if f in self._muted]
 
     @property
     def queued_bytes(self) -> int:
