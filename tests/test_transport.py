@@ -355,6 +355,34 @@ def test_a_source_that_keeps_flooding_is_unsubscribed_for_a_while(
     assert victim.muted == ["f"]
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_retired_subscriptions_of_a_persistent_session_are_dropped(
+    mosquitto: MosquittoProcess,
+    make_transport: MakeTransport,
+    unique_context: Callable[[str], str],
+    protocol: str,
+) -> None:
+    """An agent of an earlier version subscribed to in/+; its session remembers that."""
+    ctx = unique_context("retired")
+    old = make_transport(
+        mosquitto.url, f"{ctx}-v", protocol=protocol, subscriptions=[topics.inbox_filter(ctx, "v")]
+    )
+    old.close()
+    new = make_transport(
+        mosquitto.url,
+        f"{ctx}-v",
+        protocol=protocol,
+        subscriptions=[topics.inbox(ctx, "v", "n")],
+        retired=[topics.inbox_filter(ctx, "v")],
+    )
+    sender = make_transport(mosquitto.url, f"{ctx}-s", protocol=protocol)
+
+    sender.publish(topics.inbox(ctx, "v", "stranger"), b"not for the new subscriptions", qos=1)
+    sender.publish(topics.inbox(ctx, "v", "n"), b"marker", qos=1)
+
+    assert [m.payload for m in drain(new)] == [b"marker"]
+
+
 def test_a_muted_source_is_heard_again_when_its_time_is_up(
     mosquitto: MosquittoProcess, make_transport: MakeTransport, unique_context: Callable[[str], str]
 ) -> None:
