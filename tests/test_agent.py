@@ -409,6 +409,58 @@ def test_another_agents_model_in_the_state_directory_stops_the_agent_with_one_li
     assert (state_dir(cfg) / "model.onnx").exists()  # left where it was, for the operator
 
 
+def test_a_flooding_neighbour_is_muted_and_the_honest_one_still_heard(
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
+) -> None:
+    """Agent 0 has neighbours 1 (honest) and 2 (runs no agent: a flooder writes 20 000 junk
+    messages on its topic). Agent 0 stops receiving from 2 and hears 1 in every round."""
+    ctx = unique_context("flooded")
+    shipped = MODELS / "mlp-w10-f1-d5" / "model.onnx"
+
+    def config(agent: str, nbs: tuple[str, ...], deadline: float) -> Path:
+        return write_config(
+            tmp_path,
+            ctx,
+            agent,
+            mosquitto.url,
+            count=8,
+            socket=short_dir / "unused.sock",
+            model_path=shipped,
+            trainer=False,
+            neighbours=nbs,
+            deadline=deadline,
+        )
+
+    victim = config("0", ("1", "2"), 1.0)  # waits a second for the silent 2 every round
+    honest = config("1", ("0",), 30.0)
+    agents = [start_agent(procs, victim), start_agent(procs, honest)]
+    wait_until(done_round(victim, 1), "agent 0 to finish round 1")
+    flood_from = read_rounds(victim)[-1].round + 1
+    flooder = Transport(BrokerSettings(url=mosquitto.url), f"flooder-{ctx}", persistent=False)
+    flooder.connect()
+    try:
+        for i in range(20_000):
+            flooder.publish(topics.inbox(ctx, "0", "2"), b"junk %d" % i, qos=0)
+    finally:
+        flooder.close()
+    for p in agents:
+        procs.wait_ok(p)
+
+    recs = read_rounds(victim)
+    assert [r.round for r in recs] == list(range(8))
+    assert all(r.missing == ["2"] for r in recs if r.round >= flood_from), [
+        (r.round, r.missing) for r in recs
+    ]
+    rejected = recs[-1].rejected
+    assert rejected.get("muted", 0) > 0, rejected
+    assert sum(rejected.get(k, 0) for k in ("muted", "malformed", "queue_full")) <= 20_000
+    assert "floods" in (victim.parent / "agent.log").read_text()
+
+
 def test_an_agent_with_no_trainer_and_no_model_is_a_config_error(tmp_path: Path) -> None:
     cfg = write_config(
         tmp_path, "ctx", "0", "mqtt://127.0.0.1:1", count=1, socket=tmp_path / "s", trainer=False
@@ -624,15 +676,59 @@ def test_hostile_frames_are_rejected_by_reason_and_never_used(
     recs = read_rounds(configs["0"])
     assert [r.round for r in recs] == list(range(5))  # it never stopped or stalled
     rejected = recs[-1].rejected
-    for reason, _, _ in cases:
+    # The agent subscribes to its neighbours' topics only: a stranger's frame never reaches it.
+    assert "not_neighbour" not in rejected
+    delivered = [reason for reason, _, _ in cases if reason != "not_neighbour"]
+    for reason in delivered:
         assert rejected.get(reason, 0) >= 1, (reason, rejected)
-    assert sum(rejected.values()) >= len(cases)
+    assert sum(rejected.values()) >= len(delivered)
     assert recs[-1].invalid_frames == sum(n for r, n in rejected.items() if r != "late")
     # The real neighbour was still heard (agents back off without a trainer, so not every round),
     # and nobody else ever pulled.
     assert recs[-1].missing == []
     assert all(set(r.osmosis_weights) <= {"0", "1"} for r in recs)
     assert "Traceback" not in (state_dir(configs["0"]).parent / "agent.log").read_text()
+
+
+def test_forged_frames_far_ahead_neither_move_nor_end_an_agent(
+    mosquitto: MosquittoProcess,
+    unique_context: Callable[[str], str],
+    tmp_path: Path,
+    procs: Procs,
+    short_dir: Path,
+    premade_models: dict[str, Path],
+) -> None:
+    """Frames for rounds 1,000,000 and 1,000,001 once made an agent skip past its round count
+    and exit: now they are refused, and the agent runs every round."""
+    ctx = unique_context("ahead")
+
+    def forged(done: int) -> list[tuple[str, bytes]]:
+        return [
+            (
+                topics.inbox(ctx, "0", "1"),
+                encode_frame(
+                    Frame(
+                        context=ctx,
+                        source="1",
+                        round=r,
+                        step_start=9,
+                        model_version=1,
+                        embeddings=np.ones((8, 5), np.float32),
+                    )
+                ),
+            )
+            for r in (10**6, 10**6 + 1)
+        ]
+
+    configs = intrude(
+        procs, tmp_path, mosquitto.url, ctx, premade_models, short_dir / "none.sock", forged
+    )
+
+    recs = read_rounds(configs["0"])
+    assert [r.round for r in recs] == list(range(5))
+    assert recs[-1].rejected.get("future") == 2
+    assert read_state(configs["0"])["next_round"] == 5
+    assert "skipping ahead" not in (configs["0"].parent / "agent.log").read_text()
 
 
 def test_signed_fleet_rejects_frames_forged_with_broker_credentials(

@@ -270,6 +270,8 @@ def test_acl_for_a_three_agent_ring() -> None:
         "topic write osml/lab/a/status",
         "topic write osml/lab/a/metrics",
         "topic read osml/lab/a/in/#",
+        "topic write osml/lab/a/in/b",
+        "topic write osml/lab/a/in/c",
     ]
     assert blocks["lab.c"] == [
         "topic write osml/lab/a/in/c",
@@ -277,6 +279,8 @@ def test_acl_for_a_three_agent_ring() -> None:
         "topic write osml/lab/c/status",
         "topic write osml/lab/c/metrics",
         "topic read osml/lab/c/in/#",
+        "topic write osml/lab/c/in/a",
+        "topic write osml/lab/c/in/b",
     ]
     assert blocks["watcher"] == ["topic read osml/lab/+/status", "topic read osml/lab/+/metrics"]
     assert set(blocks) == {"lab.a", "lab.b", "lab.c", "watcher"}
@@ -290,13 +294,15 @@ def test_acl_grants_nothing_broad() -> None:
     assert not [
         r for r in rules if r.startswith("topic write") and "+" in r or r.endswith(" osml/#")
     ]
-    # every agent's writes to inboxes carry its own id as the source level
+    # every agent's writes to inboxes carry its own id as the source level, or are in its own
+    # inbox (to clear retained messages there)
     user = ""
     for rule in rules:
         if rule.startswith("user "):
             user = rule[5:]
         elif rule.startswith("topic write") and "/in/" in rule:
-            assert rule.endswith("/in/" + user.split(".", 1)[1])
+            me = user.split(".", 1)[1]
+            assert rule.endswith("/in/" + me) or f"/{me}/in/" in rule, rule
 
 
 # ------------------------------------------------------------------------------- passwords
@@ -764,6 +770,36 @@ def test_agent_cannot_pose_as_another_sender(acl_broker: AclBroker) -> None:
         assert b.get(timeout=0.3) is None
     finally:
         a.close()
+        b.close()
+
+
+@needs_mosquitto
+def test_agent_can_clear_a_retained_message_a_neighbour_left_in_its_inbox(
+    acl_broker: AclBroker,
+) -> None:
+    ctx = acl_broker.context
+    planted = topics.inbox(ctx, "a", "b")
+    b = _agent(acl_broker, "b", subscribe=())
+    try:
+        b.publish(planted, b"replayed to every new session", qos=1, retain=True)
+        a = Transport(
+            acl_broker.settings(acl_broker.user("a")),
+            "test-a",
+            subscriptions=[topics.inbox_filter(ctx, "a")],
+            persistent=False,
+            accept_retained=False,
+            clear_retained=[planted],
+        )
+        a.connect(timeout=5)
+        a.close()
+        reader = _agent(acl_broker, "a")  # accepts retained messages: is one still there?
+        try:
+            b.publish(planted, b"marker", qos=1)
+            got = _next(reader)
+            assert (got.payload, got.retain) == (b"marker", False)
+        finally:
+            reader.close()
+    finally:
         b.close()
 
 

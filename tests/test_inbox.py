@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from osml.errors import FrameError
 from osml.wire import topics
 from osml.wire.codec import Frame, decode_frame, encode_frame, signed_bytes
-from osml.wire.inbox import REASONS, Inbox
+from osml.wire.inbox import CHUNK_OVERHEAD, REASONS, Inbox
 from osml.wire.signing import sign
 
 CTX, ME, NB = "lab", "0", "1"
@@ -136,13 +136,33 @@ def test_chunks_must_agree_and_tile_one_range() -> None:
 
 
 def test_a_flooding_neighbour_fills_only_its_own_budget() -> None:
-    box = make_inbox(max_pending_bytes=8 * 5 * 4 * 3)  # three 8x5 float32 frames
+    held = 8 * 5 * 4 + CHUNK_OVERHEAD  # one 8x5 float32 frame
+    box = make_inbox(max_pending_bytes=3 * held)
     kinds = [box.offer(TOPIC, encode_frame(frame(rnd=r)), 3) for r in range(3, 11)]
     assert kinds == [None, None, None] + ["flood"] * 5
     other = topics.inbox(CTX, ME, "2")
     assert box.offer(other, encode_frame(frame(rnd=3, src="2")), 3) is None  # the other is heard
     box.forget_before(11)
     assert box.pending_bytes == 0
+
+
+def test_all_senders_together_are_bounded_too() -> None:
+    held = 8 * 5 * 4 + CHUNK_OVERHEAD
+    box = make_inbox(max_pending_bytes=3 * held, max_total_pending_bytes=4 * held)
+    other = topics.inbox(CTX, ME, "2")
+    kinds = [box.offer(TOPIC, encode_frame(frame(rnd=r)), 3) for r in range(3, 6)]
+    kinds += [box.offer(other, encode_frame(frame(rnd=r, src="2")), 3) for r in range(3, 6)]
+    assert kinds == [None, None, None, None, "flood", "flood"]
+    assert box.pending_bytes == 4 * held
+
+
+def test_a_flood_of_one_row_chunks_is_charged_its_overhead() -> None:
+    box = make_inbox(max_pending_bytes=10 * (5 * 4 + CHUNK_OVERHEAD))
+    kinds = [
+        box.offer(TOPIC, encode_frame(frame(rnd=3, n=1, s0=9 + i, chunk=i, n_chunks=1000)), 3)
+        for i in range(20)
+    ]
+    assert kinds == [None] * 10 + ["flood"] * 10
 
 
 # -- signatures ------------------------------------------------------------------------------------
@@ -301,7 +321,7 @@ def test_declared_sizes_are_bounded_before_any_allocation(n: int, d: int, declar
     )
 )
 def test_memory_stays_bounded_whatever_arrives(ops: list[tuple[int, str, int, int, int]]) -> None:
-    cap = 8 * 5 * 4 * 4
+    cap = (8 * 5 * 4 + CHUNK_OVERHEAD) * 4
     box = make_inbox(max_pending_bytes=cap, max_ahead=3)
     current = 0
     for rnd, src, chunk, nck, s0 in ops:
@@ -320,25 +340,79 @@ def test_memory_stays_bounded_whatever_arrives(ops: list[tuple[int, str, int, in
 # -- catching up after a long absence --------------------------------------------------------------
 
 
+def offer_rounds(
+    box: Inbox, src: str, rounds: tuple[int, ...], current: int = 0
+) -> list[str | None]:
+    return [
+        box.offer(topics.inbox(CTX, ME, src), encode_frame(frame(rnd=r, src=src)), current)
+        for r in rounds
+    ]
+
+
 def test_an_agent_far_behind_is_told_where_its_neighbours_are() -> None:
     box = make_inbox(max_ahead=8)
     assert box.catch_up(0) is None
-    assert box.offer(TOPIC, encode_frame(frame(rnd=30)), 0) == "future"
-    assert box.offer(TOPIC, encode_frame(frame(rnd=31)), 0) == "future"
-    assert box.catch_up(0) == 32  # one past the newest round a neighbour sent
+    assert offer_rounds(box, NB, (40, 41)) == ["future", "future"]
+    assert box.catch_up(0) is None  # one neighbour alone does not move an agent that has two
+    assert offer_rounds(box, "2", (30, 31)) == ["future", "future"]
+    assert box.catch_up(0) == 32  # one past the round the least advanced of them reached
     assert box.catch_up(0) is None  # forgotten once used
 
 
 def test_one_stray_frame_far_ahead_moves_nobody() -> None:
     box = make_inbox()
+    offer_rounds(box, "2", (40, 41))
     assert box.offer(TOPIC, encode_frame(frame(rnd=10**6)), 0) == "future"
     assert box.catch_up(0) is None
-    assert (
-        box.offer(TOPIC, encode_frame(frame(rnd=40)), 0) == "future"
-    )  # far from 10**6: not a live run
+    assert offer_rounds(box, NB, (40,)) == ["future"]  # far from 10**6: not a live run
     assert box.catch_up(0) is None
-    assert box.offer(TOPIC, encode_frame(frame(rnd=41)), 0) == "future"
+    assert offer_rounds(box, NB, (41,)) == ["future"]
     assert box.catch_up(0) == 42
+
+
+def test_two_forged_frames_far_ahead_move_nobody() -> None:
+    """The attack: frames for rounds 1,000,000 and 1,000,001 (valid, from one neighbour)."""
+    box = make_inbox()
+    assert offer_rounds(box, NB, (10**6, 10**6 + 1)) == ["future", "future"]
+    assert box.catch_up(0) is None  # one neighbour of two: no quorum
+    assert offer_rounds(box, "2", (12, 13)) == ["future", "future"]
+    assert box.catch_up(0) == 14  # the honest neighbour's round, not the forger's
+
+    ended = make_inbox(max_round=20)  # a run of 20 rounds: round 10**6 never comes
+    assert offer_rounds(ended, NB, (10**6, 10**6 + 1)) == ["future", "future"]
+    assert offer_rounds(ended, "2", (10**6, 10**6 + 1)) == ["future", "future"]
+    assert ended.catch_up(0) is None and ended._ahead == {}  # not even remembered
+
+
+def test_an_agent_with_one_neighbour_follows_it_but_never_past_the_end() -> None:
+    box = Inbox(context=CTX, me=ME, neighbours=[NB], dim=5, max_round=20)
+    assert offer_rounds(box, NB, (12, 13)) == ["future", "future"]
+    assert box.catch_up(0) == 14
+    assert offer_rounds(box, NB, (18, 19), current=14) == [None, None]  # within the window
+    assert offer_rounds(box, NB, (20, 21)) == ["future", "future"]  # past the end
+    assert box.catch_up(0) is None
+
+    near_end = Inbox(context=CTX, me=ME, neighbours=[NB], dim=5, max_round=20)
+    offer_rounds(near_end, NB, (18, 19))
+    assert near_end.catch_up(0) == 19  # the last round, which the agent then still runs
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from([NB, "2"]), st.integers(0, 2**40)), min_size=1, max_size=40),
+    st.integers(1, 2**40),
+)
+@FUZZ
+def test_catch_up_only_moves_ahead_and_never_to_the_end(
+    sent: list[tuple[str, int]], end: int
+) -> None:
+    box = make_inbox(max_round=end)
+    current = 0
+    for src, rnd in sent:
+        offer_rounds(box, src, (rnd,), current)
+        jump = box.catch_up(current)
+        if jump is not None:
+            assert current < jump < end
+            current = jump
 
 
 def test_catch_up_ignores_what_failed_other_checks_and_absurd_rounds() -> None:

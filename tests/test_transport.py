@@ -22,7 +22,7 @@ import pytest
 
 from osml.errors import BrokerRefusedError, ConfigError, TransportError
 from osml.net.broker import MosquittoProcess, free_port
-from osml.net.transport import BrokerSettings, Message, Transport
+from osml.net.transport import BrokerSettings, FloodGuard, Message, QueueLimits, Transport
 from osml.wire import topics
 
 PROTOCOLS = ["5", "3.1.1"]
@@ -265,6 +265,188 @@ def test_non_persistent_session_does_not_queue(
 
     got = b2.get(timeout=WAIT)
     assert got is not None and got.payload == b"marker"
+
+
+# -- hostile load: floods and retained messages ---------------------------------------------------
+
+
+def test_a_flooding_sender_never_pushes_out_another_senders_messages(
+    mosquitto: MosquittoProcess, make_transport: MakeTransport, unique_context: Callable[[str], str]
+) -> None:
+    """A reader that is not reading (between rounds) while one sender floods its inbox: the
+    flood costs at most the queue's bytes, and the honest sender's messages all wait for it."""
+    ctx = unique_context("flood")
+    limits = QueueLimits(per_source_bytes=1 << 20, total_bytes=2 << 20)
+    victim = make_transport(
+        mosquitto.url,
+        f"{ctx}-v",
+        subscriptions=[topics.inbox_filter(ctx, "v")],
+        receive_limits=limits,
+        source_of=lambda topic: (topics.parse_inbox(topic) or ("", "", ""))[2],
+    )
+    flooder = make_transport(mosquitto.url, f"{ctx}-f")
+    honest = make_transport(mosquitto.url, f"{ctx}-h")
+    big = bytes(64 << 10)
+
+    for i in range(200):
+        flooder.publish(topics.inbox(ctx, "v", "f"), big, qos=1)
+        if i % 50 == 0:
+            honest.publish(topics.inbox(ctx, "v", "h"), b"honest %d" % i, qos=1)
+    assert wait_for(lambda: victim.stats.frames_in == 204)
+
+    assert victim.queue_peak_bytes <= limits.total_bytes
+    assert victim.queued_bytes <= limits.per_source_bytes + 4 * 1024
+    got = []
+    while (msg := victim.get(timeout=0)) is not None:
+        got.append(msg)
+    assert [m.payload for m in got if m.topic.endswith("/h")] == [
+        b"honest 0",
+        b"honest 50",
+        b"honest 100",
+        b"honest 150",
+    ]
+    flood = [m for m in got if m.topic.endswith("/f")]
+    assert 0 < len(flood) < 200
+    assert victim.stats.dropped == {"queue_full": 200 - len(flood)}
+    assert victim.stats.dropped_in == 200 - len(flood)
+    assert victim.queued_bytes == 0
+
+
+def drain(t: Transport, quiet: float = 0.5) -> list[Message]:
+    """Everything ``t`` receives until nothing came for ``quiet`` seconds."""
+    got = []
+    while (msg := t.get(timeout=quiet)) is not None:
+        got.append(msg)
+    return got
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_source_that_keeps_flooding_is_unsubscribed_for_a_while(
+    mosquitto: MosquittoProcess,
+    make_transport: MakeTransport,
+    unique_context: Callable[[str], str],
+    protocol: str,
+) -> None:
+    ctx = unique_context("mute")
+    own = {s: topics.inbox(ctx, "v", s) for s in ("f", "h")}
+    victim = make_transport(
+        mosquitto.url,
+        f"{ctx}-v",
+        protocol=protocol,
+        subscriptions=list(own.values()),
+        source_of=lambda topic: (topics.parse_inbox(topic) or ("", "", ""))[2],
+        mute_floods=own,
+        flood_guard=FloodGuard(burst_messages=20, rate_messages=1, strikes=5, max_s=3600.0),
+    )
+    flooder = make_transport(mosquitto.url, f"{ctx}-f", protocol=protocol)
+    honest = make_transport(mosquitto.url, f"{ctx}-h", protocol=protocol)
+
+    for i in range(200):
+        flooder.publish(own["f"], b"flood %d" % i, qos=1)
+    assert wait_for(lambda: victim.stats.mutes == 1)
+    drain(victim)  # what was on its way before the broker heard of the mute
+    flooder.publish(own["f"], b"muted", qos=1)
+    flooder.close()  # waits for the PUBACK: the broker has routed it (to nobody)
+    honest.publish(own["h"], b"heard", qos=1)
+
+    got = [m.payload for m in drain(victim)]
+    assert got == [b"heard"]
+    assert victim.stats.mutes == 1 and victim.stats.dropped["muted"] >= 1
+    assert victim.muted == ["f"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_retired_subscriptions_of_a_persistent_session_are_dropped(
+    mosquitto: MosquittoProcess,
+    make_transport: MakeTransport,
+    unique_context: Callable[[str], str],
+    protocol: str,
+) -> None:
+    """An agent of an earlier version subscribed to in/+; its session remembers that."""
+    ctx = unique_context("retired")
+    old = make_transport(
+        mosquitto.url, f"{ctx}-v", protocol=protocol, subscriptions=[topics.inbox_filter(ctx, "v")]
+    )
+    old.close()
+    new = make_transport(
+        mosquitto.url,
+        f"{ctx}-v",
+        protocol=protocol,
+        subscriptions=[topics.inbox(ctx, "v", "n")],
+        retired=[topics.inbox_filter(ctx, "v")],
+    )
+    sender = make_transport(mosquitto.url, f"{ctx}-s", protocol=protocol)
+
+    sender.publish(topics.inbox(ctx, "v", "stranger"), b"not for the new subscriptions", qos=1)
+    sender.publish(topics.inbox(ctx, "v", "n"), b"marker", qos=1)
+
+    assert [m.payload for m in drain(new)] == [b"marker"]
+
+
+def test_a_muted_source_is_heard_again_when_its_time_is_up(
+    mosquitto: MosquittoProcess, make_transport: MakeTransport, unique_context: Callable[[str], str]
+) -> None:
+    ctx = unique_context("unmute")
+    own = {"f": topics.inbox(ctx, "v", "f")}
+    victim = make_transport(
+        mosquitto.url,
+        f"{ctx}-v",
+        subscriptions=[own["f"]],
+        source_of=lambda topic: "f",
+        mute_floods=own,
+        flood_guard=FloodGuard(burst_messages=5, rate_messages=1, strikes=1, first_s=0.2),
+    )
+    sender = make_transport(mosquitto.url, f"{ctx}-f")
+    for i in range(50):
+        sender.publish(own["f"], b"flood %d" % i, qos=1)
+    assert wait_for(lambda: victim.stats.mutes >= 1)
+
+    def heard_again() -> bool:
+        sender.publish(own["f"], b"again", qos=1)
+        return any(m.payload == b"again" for m in drain(victim, quiet=0.2))
+
+    assert wait_for(heard_again)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_retained_messages_in_an_inbox_are_refused_and_cleared(
+    mosquitto: MosquittoProcess,
+    make_transport: MakeTransport,
+    unique_context: Callable[[str], str],
+    protocol: str,
+) -> None:
+    ctx = unique_context("retained")
+    planted = topics.inbox(ctx, "v", "n")
+    neighbour = make_transport(mosquitto.url, f"{ctx}-n", protocol=protocol)
+    neighbour.publish(planted, b"replayed to every new session", qos=1, retain=True)
+    checker = make_transport(mosquitto.url, f"{ctx}-c1", subscriptions=[planted], persistent=False)
+    seen = checker.get(timeout=WAIT)
+    assert seen is not None and seen.retain  # it really is stored at the broker
+
+    def victim(name: str, clear: list[str]) -> Transport:
+        return make_transport(
+            mosquitto.url,
+            f"{ctx}-{name}",
+            protocol=protocol,
+            subscriptions=[topics.inbox_filter(ctx, "v")],
+            accept_retained=False,
+            clear_retained=clear,
+            persistent=False,
+        )
+
+    refusing = victim("v1", [])
+    neighbour.publish(topics.inbox(ctx, "v", "n"), b"marker", qos=1)
+    got = refusing.get(timeout=WAIT)
+    assert got is not None and got.payload == b"marker"  # the retained one never came out
+    assert refusing.get(timeout=0) is None
+    # MQTT 5 asks the broker for none (retain handling 2); 3.1.1 gets it and drops it.
+    assert refusing.stats.dropped == ({} if protocol == "5" else {"retained": 1})
+
+    victim("v2", [planted])  # clears its inbox topic on connect
+    later = make_transport(mosquitto.url, f"{ctx}-c2", subscriptions=[planted], persistent=False)
+    neighbour.publish(planted, b"marker 2", qos=1)
+    after = later.get(timeout=WAIT)
+    assert after is not None and (after.payload, after.retain) == (b"marker 2", False)
 
 
 # -- last will ----------------------------------------------------------------------------------

@@ -335,10 +335,17 @@ class AgentRound:
         self.on_evaluate(rnd, self.encoder)
 
     def rejected(self) -> dict[str, int]:
-        """Frames refused so far, by reason (cumulative), with receive-queue overflows."""
+        """Frames refused so far, by reason (cumulative), with what the exchange dropped before
+        the inbox saw it (``queue_full``, ``queue_total``, ``retained``)."""
         out = dict(self.inbox.rejected)
-        if self.exchange.stats.dropped_in:
-            out["queue_full"] = self.exchange.stats.dropped_in
+        stats = self.exchange.stats
+        # The MQTT transport counts its drops by reason; an exchange that only has the total
+        # (the simulator's hub) drops for one reason: its queue was full.
+        by_reason: dict[str, int] | None = getattr(stats, "dropped", None)
+        if by_reason:
+            out.update(by_reason)
+        elif stats.dropped_in:
+            out["queue_full"] = stats.dropped_in
         return dict(sorted(out.items()))
 
     def _record(

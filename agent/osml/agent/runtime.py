@@ -136,6 +136,8 @@ class AgentRuntime:
             keys=keys,
             require_signature=bool(keys) and cfg.signing.require,
             max_frame_bytes=max(cfg.rounds.max_frame_bytes, 1 << 20),
+            # Live rounds come from the clock, and a frame never moves them: no end to check.
+            max_round=None if cfg.data.live or not cfg.rounds.count else cfg.rounds.count,
         )
         self._idle_rounds = 0
         self._last_record: RoundRecord | None = None
@@ -424,9 +426,19 @@ class AgentRuntime:
                 "trainer": self.round.trainer_status if self.round else self.trainer_status,
                 "mode": "inference-only" if self.cfg.inference_only else "training",
                 **self._live_status(),
+                **self._flood_status(),
                 "time": time.time(),
             }
         ).encode()
+
+    def _flood_status(self) -> dict[str, Any]:
+        """What the transport dropped before the inbox saw it, by reason, and who is muted."""
+        if self.transport is None:
+            return {}
+        return {
+            "dropped_in": dict(self.transport.stats.dropped),
+            "muted": sorted(self.transport.muted),
+        }
 
     def _live_status(self) -> dict[str, Any]:
         """A live agent's source health and latest anomaly score, for its status."""
@@ -440,16 +452,33 @@ class AgentRuntime:
             "anomalies": rec.anomalies if rec else 0,
         }
 
+    def _sender_of(self, topic: str) -> str:
+        """Whose share of the receive queue a message counts against: the neighbour named by
+        the inbox topic (the broker's ACL binds that level to the neighbour's login); every
+        other topic shares one."""
+        parsed = topics.parse_inbox(topic)
+        return parsed[2] if parsed is not None and parsed[2] in self.inbox.neighbours else ""
+
     def _connect(self, stop: threading.Event) -> Transport:
+        # One subscription per neighbour (not osml/<ctx>/<me>/in/+), so that a neighbour that
+        # floods can be unsubscribed alone, and strangers' topics never reach us at all.
+        own = {nb: topics.inbox(self.ctx, self.id, nb) for nb in self.cfg.neighbours}
         t = Transport(
             self.cfg.broker,
             f"osml-{self.ctx}-{self.id}",
-            subscriptions=[topics.inbox_filter(self.ctx, self.id)],
+            subscriptions=list(own.values()),
             will=(
                 topics.status(self.ctx, self.id),
                 json.dumps({"state": "offline", "agent": self.id}).encode(),
             ),
             drop_rate=self.cfg.drop_rate,
+            source_of=self._sender_of,
+            # A retained "frame" in an inbox would be replayed to every new session, even after
+            # a broker restart: refuse them, and delete any a neighbour left on our topics.
+            accept_retained=False,
+            clear_retained=list(own.values()),
+            mute_floods=own,
+            retired=[topics.inbox_filter(self.ctx, self.id)],  # what earlier versions subscribed
         )
         for delay in backoff_delays(0.5, 10.0):
             try:
@@ -669,10 +698,8 @@ class AgentRuntime:
                         jump - 1,
                         self.state.next_round,
                     )
-                    self.state.next_round = jump
+                    self.state.next_round = jump  # always a round this run still has
                     save_state(self.state_dir, self.state)
-                    if count and jump >= count:
-                        break
                 rnd = self.state.next_round
                 record = agent_round.run(rnd, stop)
                 if record is None:

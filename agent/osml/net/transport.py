@@ -12,7 +12,18 @@
 * sessions are persistent by default (MQTT 5: ``clean_start=False`` plus a session expiry;
   MQTT 3.1.1: ``clean_session=False``), so QoS 1 messages sent to an agent while it was briefly
   offline are queued by the broker and delivered when it comes back;
-* received messages land in a thread-safe queue read with :meth:`Transport.get`;
+* received messages land in a :class:`~osml.net.fairqueue.FairQueue` read with
+  :meth:`Transport.get`: bounded in bytes per source and in total, served source by source, so
+  one flooding sender costs bounded memory and never pushes out another sender's messages;
+* with ``accept_retained=False`` (an agent's inbox) retained messages are refused: MQTT 5
+  subscriptions ask for none (retain handling 2) and any that arrive anyway (3.1.1) are dropped
+  and counted; ``clear_retained`` topics get an empty retained message on every connect, which
+  deletes whatever a neighbour left there;
+* ``mute_floods`` names, per source, its own subscription: a source that sends far more than an
+  honest one is unsubscribed for a while (:class:`~osml.net.fairqueue.FloodGuard`), so that
+  the broker stops routing its flood to us; what still arrives from it meanwhile is dropped
+  (``muted``). Otherwise the broker's one queue for this client, full of the flood, would drop
+  or strand the other senders' messages before they reach ours;
 * the optional last will is published (retained, QoS 1) by the broker only if the connection is
   lost without a DISCONNECT; :meth:`Transport.close` disconnects gracefully, so no will.
 
@@ -22,14 +33,14 @@ The paho callbacks are tiny adapters: they fill the queue, set events and bump c
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,8 +53,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from osml.errors import BrokerRefusedError, ConfigError, TransportError
+from osml.net.fairqueue import OVERHEAD, FairQueue, FloodGuard, QueueLimits
 
-__all__ = ["BrokerSettings", "Message", "Transport", "TransportStats"]
+__all__ = [
+    "BrokerSettings",
+    "FloodGuard",
+    "Message",
+    "QueueLimits",
+    "Transport",
+    "TransportStats",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -172,8 +191,12 @@ class TransportStats:
 
     ``frames_out``/``bytes_out`` count publishes handed to paho; ``dropped_out`` counts publishes
     dropped on purpose (``drop_rate``) or QoS 0 publishes lost while offline; ``dropped_in``
-    counts received messages dropped because the receive queue was full (a flood, or a reader
-    that stalled); ``reconnects`` counts successful connections after the first.
+    counts received messages dropped before :meth:`Transport.get`, and ``dropped`` the same by
+    reason: ``queue_full`` (the sender's share of the receive queue was full: a flood, or a
+    reader that stalled), ``queue_total`` (the whole queue was), ``retained`` (a retained
+    message where none is accepted), ``muted`` (from a source muted for flooding);
+    ``reconnects`` counts successful connections after the first; ``mutes`` how often a
+    flooding source was unsubscribed.
     """
 
     frames_in: int = 0
@@ -183,6 +206,8 @@ class TransportStats:
     dropped_out: int = 0
     dropped_in: int = 0
     reconnects: int = 0
+    mutes: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def _describe(reason: ReasonCode) -> str:
@@ -243,6 +268,14 @@ class Transport:
     without a DISCONNECT. ``drop_rate`` (for tests) drops that share of ``droppable`` publishes at
     random, seeded by ``seed``. ``persistent`` keeps the broker-side session across disconnects,
     keyed by ``client_id``, which must therefore be stable and unique.
+
+    Receiving: ``receive_limits`` bound the receive queue; ``source_of(topic)`` names the
+    sender a message counts against (default: its topic); ``accept_retained=False`` refuses
+    retained messages; ``clear_retained`` topics are cleared of retained messages on each connect.
+    ``mute_floods`` maps a source to its own filter in ``subscriptions``, which is unsubscribed
+    while ``flood_guard`` (default :class:`~osml.net.fairqueue.FloodGuard`) says the source is
+    flooding. ``retired`` filters are unsubscribed on every connect (a persistent session may
+    still hold them from an earlier run).
     """
 
     def __init__(
@@ -255,7 +288,13 @@ class Transport:
         drop_rate: float = 0.0,
         seed: int | None = None,
         persistent: bool = True,
-        max_queued_in: int = 10_000,
+        receive_limits: QueueLimits | None = None,
+        source_of: Callable[[str], str] | None = None,
+        accept_retained: bool = True,
+        clear_retained: Sequence[str] = (),
+        mute_floods: Mapping[str, str] | None = None,
+        flood_guard: FloodGuard[str] | None = None,
+        retired: Sequence[str] = (),
     ) -> None:
         if not client_id:
             raise ConfigError("client_id is empty: give each agent a stable, unique id")
@@ -269,8 +308,21 @@ class Transport:
         self._drop_rate = drop_rate
         self._rng = random.Random(seed)
         self._v5 = settings.protocol == "5"
-        # Bounded: a flood of messages must cost memory up to this many, not without limit.
-        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=max_queued_in)
+        # Bounded in bytes per sender and in total: a flood costs at most total_bytes.
+        self._inbox: FairQueue[Message] = FairQueue(receive_limits)
+        self._arrived = threading.Condition()  # guards _inbox
+        self._source_of: Callable[[str], str] = source_of or (lambda topic: topic)
+        self._accept_retained = accept_retained
+        self._clear_retained = tuple(clear_retained)
+        self._own_clears: Counter[str] = Counter()  # 3.1.1: our clears coming back to us
+        self._mute_floods = dict(mute_floods or {})
+        stray = set(self._mute_floods.values()) - set(self.subscriptions)
+        if stray:
+            raise ConfigError(f"mute_floods filters {sorted(stray)} are not in subscriptions")
+        self._guard: FloodGuard[str] = flood_guard or FloodGuard()
+        self._muted: set[str] = set()  # filters unsubscribed for now (guarded by _lock)
+        self._retired = tuple(_check_filter(f) for f in retired)
+        self._sub_topics: list[str] = []  # what the last SUBSCRIBE from on_connect asked for
         self._lock = threading.Lock()  # guards stats and the state below
         self._session_up = threading.Event()  # CONNACK ok and subscriptions acknowledged
         self._settled = threading.Event()  # first CONNACK or SUBACK outcome, good or bad
@@ -358,18 +410,19 @@ class Transport:
             if self._connects > 1:
                 self.stats.reconnects += 1
             self._max_packet = getattr(properties, "MaximumPacketSize", None)
-        if not self.subscriptions:
+        with self._lock:
+            active = [t for t in self.subscriptions if t not in self._muted]
+            gone = [*self._retired, *sorted(self._muted)]
+            self._sub_topics = active
+        if gone:  # the session may still hold them
+            client.unsubscribe(gone)
+        if not active:
             self._session_up.set()
             self._settled.set()
             return
-        # MQTT 5: resend retained messages only for new subscriptions, not on every reconnect.
-        topics: list[tuple[str, SubscribeOptions]] | list[tuple[str, int]]
-        if self._v5:
-            topics = [(t, SubscribeOptions(qos=1, retainHandling=1)) for t in self.subscriptions]
-        else:
-            topics = [(t, 1) for t in self.subscriptions]
+        self._clear_retained_messages(client)
         try:
-            _rc, mid = client.subscribe(topics)
+            mid = self._subscribe(client, active)
         except ValueError as exc:  # filters are checked in __init__; never kill paho's thread
             with self._lock:
                 self._error = f"cannot subscribe to {self.subscriptions}: {exc}"
@@ -390,7 +443,7 @@ class Transport:
             if mid != self._sub_mid:
                 return
             failed = [
-                f"{t}: {rc}" for t, rc in zip(self.subscriptions, reason_codes) if rc.is_failure
+                f"{t}: {rc}" for t, rc in zip(self._sub_topics, reason_codes) if rc.is_failure
             ]
             if failed and self._connects == 1:
                 self._error = "broker refused subscription(s): " + "; ".join(failed)
@@ -412,16 +465,90 @@ class Transport:
         if not self._closed and self._connects:  # before a first session, connect() reports
             _log.info("%s: connection lost (%s); paho reconnects", self.client_id, reason_code)
 
+    def _subscribe(self, client: mqtt.Client, filters: Sequence[str]) -> int | None:
+        """SUBSCRIBE ``filters`` with QoS 1; returns the packet id (None when offline)."""
+        if not self._v5:
+            return client.subscribe([(t, 1) for t in filters])[1]
+        # MQTT 5: resend retained messages only for new subscriptions, not on every reconnect;
+        # where none are accepted, never (and do not echo our own clearing publishes back).
+        options = (
+            SubscribeOptions(qos=1, retainHandling=1)
+            if self._accept_retained
+            else SubscribeOptions(qos=1, retainHandling=2, noLocal=True)
+        )
+        return client.subscribe([(t, options) for t in filters])[1]
+
+    def _clear_retained_messages(self, client: mqtt.Client) -> None:
+        # Before subscribing: an empty retained message deletes the one stored on that topic.
+        for topic in self._clear_retained:
+            client.publish(topic, b"", qos=1, retain=True)
+            if not self._v5:  # no noLocal on 3.1.1: the (empty) message comes back to us
+                with self._lock:
+                    self._own_clears[topic] = 1  # one echo per connect at most
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
+        message = Message(msg.topic, payload, bool(msg.retain))
         with self._lock:
             self.stats.frames_in += 1
             self.stats.bytes_in += len(payload)
-        try:
-            self._inbox.put_nowait(Message(msg.topic, payload, bool(msg.retain)))
-        except queue.Full:  # never block paho's network thread: drop the newest and count it
-            with self._lock:
-                self.stats.dropped_in += 1
+            if not payload and not message.retain and self._own_clears[message.topic] > 0:
+                self._own_clears[message.topic] -= 1
+                return
+        if message.retain and not self._accept_retained:
+            self._count_drops(["retained"])
+            return
+        source = self._source_of(message.topic)
+        size = len(payload) + len(message.topic) + OVERHEAD
+        if source in self._mute_floods and self._judge(source, size):
+            self._count_drops(["muted"])
+            return
+        with self._arrived:  # never blocks for long: push only drops, it never waits
+            dropped = self._inbox.push(source, message, size)
+            self._arrived.notify()
+        if dropped:
+            self._count_drops([reason for _, reason in dropped])
+
+    def _judge(self, source: str, size: int) -> bool:
+        """True if ``source`` is muted: already, or from now on because it floods."""
+        now = time.monotonic()
+        topic_filter = self._mute_floods[source]
+        with self._lock:
+            if self._guard.muted(source, now):
+                return True
+            duration = self._guard.arrived(source, size, now)
+            if duration is None:
+                return False
+            self._muted.add(topic_filter)
+            self.stats.mutes += 1
+        self._client.unsubscribe(topic_filter)  # the broker stops routing its messages to us
+        _log.warning(
+            "%s: %r floods (more than %g messages or %g MiB a second): not receiving %s for %.0f s",
+            self.client_id,
+            source,
+            self._guard.rate[0],
+            self._guard.rate[1] / (1 << 20),
+            topic_filter,
+            duration,
+        )
+        return True
+
+    def _release_mutes(self) -> None:
+        if not self._mute_floods:
+            return
+        with self._lock:
+            released = [self._mute_floods[s] for s in self._guard.release(time.monotonic())]
+            self._muted.difference_update(released)
+        for topic_filter in released:
+            if self.connected:  # else on_connect subscribes it
+                self._subscribe(self._client, [topic_filter])
+            _log.info("%s: receiving %s again", self.client_id, topic_filter)
+
+    def _count_drops(self, reasons: list[str]) -> None:
+        with self._lock:
+            self.stats.dropped_in += len(reasons)
+            for reason in reasons:
+                self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -530,12 +657,35 @@ class Transport:
     def get(self, timeout: float | None = None) -> Message | None:
         """The next received message, or None if none arrives within ``timeout`` seconds.
 
-        ``timeout=None`` waits for ever. Safe to call from any thread.
+        ``timeout=None`` waits for ever. Messages of different senders come in turn (see
+        :class:`~osml.net.fairqueue.FairQueue`). Safe to call from any thread. Also where a
+        muted source is let back in once its time is up.
         """
-        try:
-            return self._inbox.get(timeout=None if timeout is None else max(timeout, 0.0))
-        except queue.Empty:
-            return None
+        self._release_mutes()
+        with self._arrived:
+            if timeout is None:
+                self._arrived.wait_for(lambda: len(self._inbox) > 0)
+            else:
+                self._arrived.wait_for(lambda: len(self._inbox) > 0, max(timeout, 0.0))
+            return self._inbox.pop()
+
+    @property
+    def muted(self) -> list[str]:
+        """The sources not received from for now (see ``mute_floods``)."""
+        with self._lock:
+            return [s for s, f in self._mute_floods.items() if f in self._muted]
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the receive queue now (payloads, topics and per-message overhead)."""
+        with self._arrived:
+            return self._inbox.bytes
+
+    @property
+    def queue_peak_bytes(self) -> int:
+        """The most bytes the receive queue has held at once; never above its total limit."""
+        with self._arrived:
+            return self._inbox.peak_bytes
 
     @property
     def connected(self) -> bool:

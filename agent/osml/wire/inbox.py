@@ -14,11 +14,13 @@ Reasons, besides the decoder's (:data:`osml.wire.codec.REASONS`):
 ``not_neighbour``  the sender is not one of this agent's neighbours
 ``late``           a round this agent has finished (a slow neighbour, or a replay)
 ``future``         more than ``max_ahead`` rounds ahead of this agent (the round is remembered:
-                   see :meth:`Inbox.catch_up`)
+                   see :meth:`Inbox.catch_up`), or a round at or past ``max_round``, which
+                   never comes (the configured round count; not remembered)
 ``duplicate``      a chunk already held (a QoS 1 redelivery, or a replay)
 ``chunk``          chunks of one frame that disagree (count, dimension, model, step ranges)
 ``dimension``      an embedding dimension other than this agent's
-``flood``          the sender already has ``max_pending_bytes`` waiting here
+``flood``          the sender already has ``max_pending_bytes`` waiting here, or all senders
+                   together ``max_total_pending_bytes``
 ``steps``          a complete frame for other steps than this agent's round (see the runtime)
 =================  ==========================================================================
 """
@@ -40,6 +42,9 @@ from osml.wire.codec import REASONS as DECODER_REASONS
 __all__ = ["REASONS", "Inbox"]
 
 _MAX_CATCH_UP = MAX_ROUND  # never jump to a round state.json would refuse on the next start
+# Charged per held chunk besides its embeddings (the Frame and array objects), so that a flood of
+# one-row chunks is bounded by the same budget as a few big ones.
+CHUNK_OVERHEAD = 512
 
 REASONS = {
     **DECODER_REASONS,
@@ -65,7 +70,11 @@ class Inbox:
     ``dim`` is the embedding dimension this agent's model produces (None: any). With ``keys`` a
     frame's signature must verify; with ``require_signature`` unsigned frames are rejected too.
     ``max_ahead`` bounds how many rounds ahead a frame may be; ``max_pending_bytes`` bounds what
-    one sender can have waiting, and ``max_chunks`` the chunks of one frame.
+    one sender can have waiting (decoded float32 embeddings plus :data:`CHUNK_OVERHEAD` per
+    chunk), ``max_total_pending_bytes`` all of them together, and ``max_chunks`` the chunks of
+    one frame. ``max_round`` is the
+    round count (None: no end); ``catch_up_quorum`` how many neighbours must agree before
+    :meth:`catch_up` moves the agent ahead.
     """
 
     def __init__(
@@ -81,6 +90,9 @@ class Inbox:
         max_ahead: int = 8,
         max_chunks: int = 1024,
         max_pending_bytes: int = 32 << 20,
+        max_total_pending_bytes: int = 64 << 20,
+        max_round: int | None = None,
+        catch_up_quorum: int = 2,
     ) -> None:
         self.context = context
         self.me = me
@@ -92,6 +104,9 @@ class Inbox:
         self.max_ahead = max_ahead
         self.max_chunks = max_chunks
         self.max_pending_bytes = max_pending_bytes
+        self.max_total_pending_bytes = max_total_pending_bytes
+        self.max_round = max_round
+        self.catch_up_quorum = catch_up_quorum
         self.rejected: Counter[str] = Counter()
         self.frames_in = 0
         self.bytes_in = 0
@@ -154,6 +169,8 @@ class Inbox:
         src, rnd = frame.source, frame.round
         if rnd < current_round:
             return self.reject("late", f"{src} round {rnd} < current {current_round}")
+        if self.max_round is not None and rnd >= self.max_round:
+            return self.reject("future", f"{src} round {rnd}: this run ends at {self.max_round}")
         if rnd > current_round + self.max_ahead:
             if rnd < _MAX_CATCH_UP:
                 seen = self._ahead.setdefault(src, set())
@@ -184,9 +201,11 @@ class Inbox:
                 return self.reject(
                     "chunk", f"{src} round {rnd}: chunk {frame.chunk} disagrees with the others"
                 )
-        size = frame.embeddings.nbytes
+        size = _held_size(frame)
         if self._pending[src] + size > self.max_pending_bytes:
             return self.reject("flood", f"{src} has {self._pending[src]} bytes waiting")
+        if self.pending_bytes + size > self.max_total_pending_bytes:
+            return self.reject("flood", f"all senders have {self.pending_bytes} bytes waiting")
         self._chunks.setdefault((rnd, src), parts)[frame.chunk] = frame
         self._pending[src] += size
         return None
@@ -196,24 +215,37 @@ class Inbox:
 
         An agent that was down for a while comes back many rounds behind its neighbours; their
         frames are then all too far ahead, and its own are all late for them, so neither side
-        would ever hear the other again. Rounds are only exchange slots, so the agent skips to
-        one past the highest round a neighbour sent and the fleet is in step again. A neighbour
-        counts when it sent valid frames (from a neighbour, on its own topic, signed when signing
-        is on) for at least two different rounds close together, as a live neighbour does round
-        after round: one stray or forged frame with a huge round number moves nobody. Round
-        numbers only ever grow.
+        would ever hear the other again. Rounds are only exchange slots, so the agent skips
+        ahead and the fleet is in step again. What counts as evidence:
+
+        * a neighbour counts when it sent valid frames (from a neighbour, on its own topic,
+          signed when signing is on) for at least two different rounds close together, as a
+          live neighbour does round after round: one stray frame with a huge round number
+          moves nobody;
+        * ``catch_up_quorum`` (2) distinct neighbours must be ahead (all of them, for an agent
+          with fewer), and the agent goes to one past the round the least advanced of them
+          reached: a neighbour that lies about its round moves the agent no further than an
+          honest one already is;
+        * never to or past ``max_round``: at most to the last round, which it then still runs.
+          Frames for rounds past the end were refused on arrival.
+
+        Round numbers only ever grow.
         """
-        live = [
-            b
-            for rounds in self._ahead.values()
-            for a, b in pairwise(sorted(rounds))
-            if b - a <= self.max_ahead
-        ]
-        ahead = max(live, default=-1)
-        if ahead > current_round + self.max_ahead:
-            self._ahead.clear()
-            return ahead + 1
-        return None
+        fronts = sorted(
+            (f for f in (_front(r, self.max_ahead) for r in self._ahead.values()) if f is not None),
+            reverse=True,
+        )
+        quorum = min(self.catch_up_quorum, len(self.neighbours))
+        if quorum < 1 or len(fronts) < quorum:
+            return None
+        ahead = fronts[quorum - 1]
+        if ahead <= current_round + self.max_ahead:
+            return None
+        self._ahead.clear()
+        target = ahead + 1
+        if self.max_round is not None:
+            target = min(target, self.max_round - 1)
+        return target
 
     # -- reassembly -------------------------------------------------------------------------
 
@@ -252,12 +284,22 @@ class Inbox:
 
     def _drop(self, key: tuple[int, str]) -> None:
         parts = self._chunks.pop(key, {})
-        self._pending[key[1]] -= sum(p.embeddings.nbytes for p in parts.values())
+        self._pending[key[1]] -= sum(_held_size(p) for p in parts.values())
 
     @property
     def pending_bytes(self) -> int:
-        """Embedding bytes held for all senders."""
+        """Bytes held for all senders (embeddings plus per-chunk overhead)."""
         return sum(self._pending.values())
+
+
+def _held_size(frame: Frame) -> int:
+    return frame.embeddings.nbytes + CHUNK_OVERHEAD
+
+
+def _front(rounds: set[int], max_ahead: int) -> int | None:
+    """The highest of a sender's far rounds that follows another within ``max_ahead``."""
+    ordered = sorted(rounds)
+    return max((b for a, b in pairwise(ordered) if b - a <= max_ahead), default=None)
 
 
 def _is_power_of_ten(n: int) -> bool:

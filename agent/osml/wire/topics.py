@@ -1,8 +1,8 @@
 """The MQTT topic layout and the rules for the names in it, in one place.
 
     osml/<context>/<dst>/in/<src>   a frame from agent <src> to agent <dst> (the inbox of <dst>);
-                                    QoS 1, not retained. <dst> subscribes to
-                                    osml/<context>/<dst>/in/+
+                                    QoS 1, not retained. <dst> subscribes to this topic of
+                                    each of its neighbours (earlier: osml/<context>/<dst>/in/+)
     osml/<context>/<id>/status      retained JSON: online/offline, round, model version,
                                     sub-context, equilibrium, trainer, mode (and, for live
                                     sources, source health and anomaly score); the broker
@@ -92,7 +92,8 @@ def inbox(context: str, dst: str, src: str) -> str:
 
 
 def inbox_filter(context: str, agent: str) -> str:
-    """What ``agent`` subscribes to for its frames: ``osml/<ctx>/<agent>/in/+``."""
+    """All of ``agent``'s inbox, ``osml/<ctx>/<agent>/in/+`` (what agents subscribed to before they
+    subscribed to each neighbour's topic; they now unsubscribe it)."""
     return f"{ROOT}/{_context(context)}/{_agent(agent)}/in/+"
 
 
