@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import struct
@@ -538,14 +539,29 @@ def test_trainer_killed_mid_job_raises(tmp_short: Path) -> None:
             assert proc.poll() is None, (tmp_short / "stderr.log").read_text()
             assert time.monotonic() < deadline, "trainer subprocess did not come up"
             time.sleep(0.1)
-        init(client, settings={"steps_per_round": 10**7, "batch_size": 64})
-        killer = threading.Timer(1.0, proc.kill)
-        killer.start()
-        t0 = time.perf_counter()
-        with pytest.raises(TrainerError, match="closed"):
-            client.train("a1", 0, WINDOWS, TARGETS, 1)
-        assert time.perf_counter() - t0 < 15
-        killer.join()
+        init(client, settings={"steps_per_round": 10**6, "batch_size": 64})
+        outcome: list[BaseException | None] = []
+
+        def train() -> None:
+            try:
+                client.train("a1", 0, WINDOWS, TARGETS, 1)
+                outcome.append(None)
+            except BaseException as exc:  # handed to the test thread below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=train)
+        busy_from = _cpu_seconds(proc.pid)
+        worker.start()
+        # Kill it mid-job: once the job has burnt a second of CPU (the trainer is idle before).
+        deadline = time.monotonic() + 120
+        while _cpu_seconds(proc.pid) < busy_from + 1.0:
+            assert worker.is_alive(), f"the job ended before the kill: {outcome}"
+            assert time.monotonic() < deadline, "the trainer never started the job"
+            time.sleep(0.05)
+        proc.kill()
+        worker.join(60)
+        assert not worker.is_alive()
+        assert isinstance(outcome[0], TrainerError) and "closed" in str(outcome[0]), outcome
         assert proc.wait(10) == -9
         assert not client.ping()
         with pytest.raises(TrainerError, match="refused"):
@@ -554,6 +570,13 @@ def test_trainer_killed_mid_job_raises(tmp_short: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far, from /proc (clock ticks of 1/100 s)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the client's checks on what the trainer returns ------------------------------------------
