@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
@@ -28,11 +27,8 @@ from osml.agent.data import load_dataset
 from osml.core.anchor import context_anchor
 from osml.core.learner import LearnerSettings
 from osml.core.screening import ScreenSettings, median_norm
+from osml.ops.adversaries import parse_adversary
 from osml.ops.simulate import SimulationSettings, simulate
-
-# The drill helpers live beside the package in the source tree, not in the installed wheel.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
-from osml_testing.adversary import parse_adversary  # noqa: E402
 
 OFF = ScreenSettings(max_scale=float("inf"), min_spread=0.0, copy_memory=0)
 

@@ -8,10 +8,19 @@ import pytest
 from osml.core.anchor import context_anchor
 from osml.core.learner import OsmoticLearner
 from osml.core.screening import CopyDetector, median_norm, relative_spread, screen
-from osml_testing.adversary import constant, parse_adversary, replay, scaled
+from osml.ops.adversaries import KINDS, parse_adversary, parse_adversary_option, rotation
 
 RNG = np.random.default_rng(7)
 ANCHOR = context_anchor("sim", 5, 3.8)
+
+
+def test_rotation_turns_every_plane_by_the_angle() -> None:
+    r = rotation(5, 30.0, np.random.default_rng(3))
+    np.testing.assert_allclose(r @ r.T, np.eye(5), atol=1e-12)
+    eig = np.linalg.eigvals(r)
+    angles = sorted(np.degrees(np.abs(np.angle(eig))))
+    np.testing.assert_allclose(angles, [0, 30, 30, 30, 30], atol=1e-9)
+    np.testing.assert_allclose(rotation(1, 90.0, np.random.default_rng(0)), [[1.0]])
 
 
 def honest_pair(n: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -53,14 +62,13 @@ def test_copy_detector_names_replays_and_echoes_but_not_repeats() -> None:
 def test_learner_gives_an_adversary_no_weight(attack: str) -> None:
     """Pure numpy: honest a and b, adversary x; x never pulls on a, a's target stays a's size."""
     learner = OsmoticLearner("a", ["b", "x"])
-    behave = {"constant": constant(ANCHOR), "scaled": scaled("b", 1e6), "replay": replay("b", 2)}[
-        attack
-    ]
+    spec = {"constant": "constant", "scaled": "scaled:b:1e6", "replay": "replay:b:2"}[attack]
+    behave = parse_adversary(spec, ANCHOR, ["a", "b"])
     history: list[dict[str, np.ndarray]] = []
     for _ in range(8):
         a, b = honest_pair()
         honest = {"a": a, "b": b}
-        x = behave(len(history), honest, history)
+        x = behave(len(history), "a", honest, history)
         history.append(honest)
         out = learner.step(a, {"b": b, "x": x})
         assert median_norm(out.target) <= 1.05 * median_norm(a)  # never inflated
@@ -71,9 +79,55 @@ def test_learner_gives_an_adversary_no_weight(attack: str) -> None:
 
 def test_parse_adversary_errors_name_the_forms() -> None:
     assert callable(parse_adversary("replay:0:2", ANCHOR, ["0", "1"]))
-    for bad in ("nonsense", "scaled", "scaled:9", "replay:0:zero", "constant:1"):
+    assert callable(parse_adversary("rotate-copy:45:1e-2:src=1:to=all", ANCHOR, ["0", "1"]))
+    for bad in (
+        "nonsense",
+        "scaled:9",
+        "replay:0:zero",
+        "constant:1",
+        "rotate-copy:angle=x",
+        "rotate-copy:to=some",
+        "echo:to=all",
+        "no_such_module_here:fn",
+    ):
         with pytest.raises(ValueError, match="adversary"):
             parse_adversary(bad, ANCHOR, ["0", "1"])
+    with pytest.raises(ValueError, match="honest agent"):
+        parse_adversary_option("0=copy", ANCHOR, ["0", "1"])
+    assert parse_adversary_option("x=copy", ANCHOR, ["0", "1"])[0] == "x"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_kind_sends_a_finite_matrix_of_the_right_shape(kind: str) -> None:
+    a, b = honest_pair(30)
+    honest = {"a": a, "b": b}
+    behave = parse_adversary(kind, ANCHOR, ["a", "b"])
+    for rnd in range(3):
+        for dst in ("a", "b"):
+            x = behave(rnd, dst, honest, [honest] * rnd)
+            assert x.shape == a.shape and x.dtype == np.float32 and np.isfinite(x).all()
+
+
+def test_per_victim_and_alike() -> None:
+    a, b = honest_pair(40)
+    c = (a + np.sin(a)).astype(np.float32)
+    honest = {"a": a, "b": b, "c": c}
+    each = parse_adversary("rotate-copy:angle=0:noise=0", ANCHOR, list(honest))
+    alike = parse_adversary("rotate-copy:angle=60:to=all", ANCHOR, list(honest))
+    np.testing.assert_array_equal(each(0, "b", honest, []), a)  # b's closest peer: a (or c)
+    assert not np.array_equal(each(0, "a", honest, []), a)  # never the victim's own
+    np.testing.assert_array_equal(alike(0, "a", honest, []), alike(0, "c", honest, []))
+
+
+def test_an_attack_from_elsewhere_is_imported_by_name() -> None:
+    behave = parse_adversary("test_screening:mirror", ANCHOR, ["a", "b"])
+    a, b = honest_pair(20)
+    np.testing.assert_array_equal(behave(0, "a", {"a": a, "b": b}, []), -b)
+
+
+def mirror(rnd: int, dst: str, honest: dict, history: list) -> np.ndarray:
+    """An attack written elsewhere: the other agent's embeddings, negated."""
+    return -next(v for k, v in honest.items() if k != dst)
 
 
 # -- with the real trainer ------------------------------------------------------------------------
@@ -92,6 +146,7 @@ def test_honest_agents_keep_their_subcontext_next_to_an_adversary(attack: str) -
     rep = simulate(
         ds, settings, ["0", "1"], adversaries={"x": parse_adversary(attack, ANCHOR, ["0", "1"])}
     )
+    assert rep.adversaries == {"x": attack}
     final = rep.final
     assert final.subcontexts == {"0": ["0", "1"], "1": ["0", "1"]}
     assert all(w.get("x", 0.0) == 0.0 for w in final.osmosis_weights.values())

@@ -12,7 +12,7 @@ fields a row does not have.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -119,6 +119,9 @@ class RunResult:
     embeddings: dict[str, np.ndarray]  # agent -> (test steps, dim), the final models
     elapsed_s: float | None = None
     workdir: str | None = None  # osml run: the fleet's work directory
+    # osml simulate --adversary: hostile agents (id -> spec); linked to every honest agent, never
+    # evaluated, so no figure of the report is about them.
+    adversaries: dict[str, str] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         """The report as JSON-ready data, plus ``embeddings`` (what ``write_run`` takes)."""
@@ -134,6 +137,8 @@ class RunResult:
             out["elapsed_s"] = self.elapsed_s
         if self.workdir is not None:
             out["workdir"] = self.workdir
+        if self.adversaries:
+            out["adversaries"] = dict(self.adversaries)
         out["embeddings"] = self.embeddings
         return out
 
