@@ -11,8 +11,10 @@ Decision, with hysteresis so that a neighbour near the line does not flap in and
 
 * during the agent's first ``warmup_rounds`` rounds every neighbour is a member (encoders are
   still random; the first pulls are what makes related agents' affinity grow);
-* afterwards a non-member joins when its memory reaches ``enter`` and a member leaves when its
-  memory drops below ``leave`` (``leave < enter``).
+* afterwards a non-member joins when its memory has been at ``enter`` or above for
+  ``confirm_rounds`` consecutive rounds (one round of high affinity is not enough: a neighbour
+  left out as a copy cannot rejoin on the strength of one clean frame), and a member leaves when
+  its memory drops below ``leave`` (``leave < enter``).
 
 The pure functions hold the policy; :class:`SubcontextMemory` holds the per-neighbour state and
 serialises to plain JSON-able dicts for the agent's state directory.
@@ -35,6 +37,7 @@ class SubcontextPolicy:
     enter: float = 0.6
     leave: float = 0.45
     warmup_rounds: int = 2
+    confirm_rounds: int = 2
 
     def __post_init__(self) -> None:
         if not 0.0 < self.memory <= 1.0:
@@ -43,6 +46,8 @@ class SubcontextPolicy:
             raise ValueError("need 0 <= leave <= enter <= 1")
         if self.warmup_rounds < 0:
             raise ValueError("warmup_rounds must be >= 0")
+        if self.confirm_rounds < 1:
+            raise ValueError("confirm_rounds must be >= 1")
 
 
 def update_memory(previous: float | None, observed: float, weight: float) -> float:
@@ -53,14 +58,21 @@ def update_memory(previous: float | None, observed: float, weight: float) -> flo
 
 
 def decide_member(
-    is_member: bool, memory: float, rounds_seen: int, policy: SubcontextPolicy
+    is_member: bool,
+    memory: float,
+    rounds_seen: int,
+    policy: SubcontextPolicy,
+    rounds_above: int | None = None,
 ) -> bool:
-    """Membership after this round, given the current one and the neighbour's memory."""
+    """Membership after this round, given the current one and the neighbour's memory;
+    ``rounds_above`` is how many consecutive rounds (this one included) the memory has been at
+    ``enter`` or above (None: as many as it takes)."""
     if rounds_seen <= policy.warmup_rounds:
         return True
     if is_member:
         return memory >= policy.leave
-    return memory >= policy.enter
+    confirmed = rounds_above is None or rounds_above >= policy.confirm_rounds
+    return memory >= policy.enter and confirmed
 
 
 @dataclass
@@ -71,6 +83,7 @@ class SubcontextMemory:
     affinity: dict[str, float] = field(default_factory=dict)
     seen: dict[str, int] = field(default_factory=dict)
     members: dict[str, bool] = field(default_factory=dict)
+    above: dict[str, int] = field(default_factory=dict)  # consecutive rounds at memory >= enter
 
     def is_member(self, neighbour: str) -> bool:
         # A neighbour never heard from yet is given the benefit of the doubt (warm-up rule).
@@ -90,8 +103,10 @@ class SubcontextMemory:
             self.affinity[nb] = update_memory(self.affinity.get(nb), value, self.policy.memory)
             self.seen[nb] = self.seen.get(nb, 0) + 1
             rounds = own_round if own_round is not None else self.seen[nb]
+            high = self.affinity[nb] >= self.policy.enter
+            self.above[nb] = self.above.get(nb, 0) + 1 if high else 0
             self.members[nb] = decide_member(
-                self.is_member(nb), self.affinity[nb], rounds, self.policy
+                self.is_member(nb), self.affinity[nb], rounds, self.policy, self.above[nb]
             )
         return dict(self.members)
 
@@ -104,6 +119,7 @@ class SubcontextMemory:
             "affinity": dict(self.affinity),
             "seen": dict(self.seen),
             "members": dict(self.members),
+            "above": dict(self.above),
         }
 
     @classmethod
@@ -115,4 +131,5 @@ class SubcontextMemory:
         mem.affinity = {str(k): float(v) for k, v in dict(data.get("affinity", {})).items()}
         mem.seen = {str(k): int(v) for k, v in dict(data.get("seen", {})).items()}
         mem.members = {str(k): bool(v) for k, v in dict(data.get("members", {})).items()}
+        mem.above = {str(k): int(v) for k, v in dict(data.get("above", {})).items()}
         return mem
