@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
-"""Can a hostile neighbour take over? Honest agents with one adversary, screening on and off.
+"""Can a hostile neighbour split or capture honest agents? The drill matrix.
 
-    python scripts/adversary_drill.py                       # generated simple pair + adversary
-    python scripts/adversary_drill.py --data generated:complex --agents 0,1,2,3,4 --rounds 12
+    python scripts/adversary_drill.py                         # the whole matrix (about 2 h)
+    python scripts/adversary_drill.py --quick                 # a few attacks, simple data, seed 0
+    python scripts/adversary_drill.py --attacks rotate-copy:angle=90:noise=1e-1 --seeds 0
+    python scripts/adversary_drill.py --defences old --quick  # the same, defences as before
 
-For each attack (none, constant, scaled:SRC:1e6, replay:SRC:3) it runs ``osml simulate``'s core
-with the adversary ``x`` linked to every honest agent (full topology), once with the agents'
-screening (the default) and once with it switched off, and prints per run: the honest agents'
-sub-contexts, whether ``x`` is in any of them, the largest mean osmosis weight on ``x``, the
-centred alignment inside each true group, the honest embeddings' median norm (a scale attack
-that gets through inflates it) and what screening left out. Exits 1 if, with screening on, an
-attack changes an honest sub-context, lets ``x`` in, or costs a group more than 0.05 of
-alignment against the no-attack run.
+Honest agents (generated simple: 0, 1 and the unrelated M0, 8 rounds; generated complex: 0-4, 12
+rounds) run with one adversary ``x`` that is linked to every honest agent, sends real frames each
+round and never learns (``osml simulate --adversary``; the kinds are in
+``osml.ops.adversaries``). Every attack runs on every data set and seed next to the run of the
+same data and seed with no attack. Per run it prints: the honest sub-contexts (x left out) and
+whether they are the no-attack run's, whether x is in any sub-context, the largest mean osmosis
+weight any honest agent gave x in any round, the centred alignment inside each true group minus
+the no-attack run's, and what screening left out. Then a summary per attack: sub-contexts
+unchanged in every run (y/n) and the worst alignment delta.
+
+Exits 1 if, with the defences on, an attack changes an honest sub-context or costs a group more
+than ``--tolerance`` (0.01) of centred alignment against the no-attack run.
 """
 
 from __future__ import annotations
@@ -20,46 +26,94 @@ import argparse
 import json
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
 from osml.agent.data import load_dataset
 from osml.core.anchor import context_anchor
 from osml.core.learner import LearnerSettings
-from osml.core.screening import ScreenSettings, median_norm
+from osml.core.screening import ScreenSettings
+from osml.ops.adversaries import parse_adversary
 from osml.ops.simulate import SimulationSettings, simulate
 
-# The drill helpers live beside the package in the source tree, not in the installed wheel.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
-from osml_testing.adversary import parse_adversary  # noqa: E402
+DATA = {
+    "simple": ("generated:simple", ["0", "1", "M0"], 8, [["0", "1"], ["M0"]]),
+    "complex": ("generated:complex", ["0", "1", "2", "3", "4"], 12, [["0", "1"], ["2", "3", "4"]]),
+}
 
-OFF = ScreenSettings(max_scale=float("inf"), min_spread=0.0, copy_memory=0)
+
+def matrix() -> list[str]:
+    """Every attack of the drill: turned copies from 10 to 180 degrees, noise 1e-3 to 1e-1,
+    per victim and alike, and the other kinds."""
+    out = [f"rotate-copy:angle={a}:noise={n}" for a in (10, 45, 90, 180) for n in ("1e-3", "1e-1")]
+    out += ["rotate-copy:angle=45:noise=1e-2"]
+    out += ["rotate-copy:angle=90:noise=1e-3:to=all", "rotate-copy:angle=180:noise=1e-1:to=all"]
+    out += [f"noisy-replay:noise={n}" for n in ("1e-3", "1e-1")]
+    out += ["noisy-replay:noise=1e-2:to=all"]
+    out += [f"echo:angle={a}:noise={n}" for a in (0, 90) for n in ("1e-3", "1e-1")]
+    out += ["drift:noise=1e-3", "drift:noise=1e-1", "drift:noise=1e-2:to=all"]
+    out += ["in-band-scale:noise=1e-3", "in-band-scale:noise=1e-1", "in-band-scale:to=all"]
+    out += ["copy", "copy:to=all", "constant", "scaled:factor=1e6", "replay"]
+    return out
 
 
-def run_once(ds, ids, attack: str | None, screening: bool, rounds: int, seed: int) -> dict:
-    settings = SimulationSettings(
-        rounds=rounds,
-        seed=seed,
-        learner=LearnerSettings(screen=ScreenSettings() if screening else OFF),
+QUICK = [
+    "rotate-copy:angle=90:noise=1e-3",
+    "rotate-copy:angle=45:noise=1e-1",
+    "echo:noise=1e-1",
+    "copy",
+]
+
+
+DEFENCES = ("on", "no-twins", "no-trim", "old", "off")
+
+
+def learner_settings(defences: str) -> LearnerSettings:
+    """``on``: the defaults; ``no-twins``: without twins (near-duplicate members share no vote);
+    ``no-trim``: the plain blend whatever the number of votes; ``old``: the blend and screening
+    before bounded influence (plain blend, exact copies only); ``off``: no screening at all and
+    the plain blend."""
+    if defences == "on":
+        return LearnerSettings()
+    if defences == "no-twins":
+        return LearnerSettings(screen=ScreenSettings(twin_threshold=0.0))
+    if defences == "no-trim":
+        return LearnerSettings(trim=0)
+    if defences == "old":
+        exact = ScreenSettings(copy_threshold=1e-6, echo_threshold=0.0, twin_threshold=0.0)
+        return LearnerSettings(trim=0, screen=exact)
+    off = ScreenSettings(
+        max_scale=float("inf"),
+        min_spread=0.0,
+        copy_memory=0,
+        copy_threshold=0.0,
+        echo_threshold=0.0,
+        twin_threshold=0.0,
     )
+    return LearnerSettings(trim=0, screen=off)
+
+
+def run_once(data: str, seed: int, attack: str | None, learner: LearnerSettings) -> dict:
+    spec, ids, rounds, _ = DATA[data]
+    ds = load_dataset(spec, seed=seed)
+    settings = SimulationSettings(rounds=rounds, seed=seed, learner=learner)
     advs = {}
     if attack:
         anchor = context_anchor(settings.context, settings.embedding_dim, settings.anchor_norm)
         advs["x"] = parse_adversary(attack, anchor, ids)
     rep = simulate(ds, settings, ids, adversaries=advs)
     final = rep.final
-    subs = {a: sorted(s) for a, s in final.subcontexts.items()}
-    weights = final.osmosis_weights
     screened = Counter(
         r for rnd in rep.rounds for per in (rnd.screened or {}).values() for r in per.values()
     )
     return {
-        "subcontexts": subs,
-        "x_inside": any("x" in s for s in subs.values()),
-        "max_weight_x": max((w.get("x", 0.0) for w in weights.values()), default=0.0),
+        "subcontexts": {a: [m for m in s if m != "x"] for a, s in final.subcontexts.items()},
+        "x_inside": any("x" in s for s in final.subcontexts.values()),
+        "max_weight_x": max(
+            (w.get("x", 0.0) for row in rep.rounds for w in (row.osmosis_weights or {}).values()),
+            default=0.0,
+        ),
         "centered": final.centered_alignment,
-        "norm": float(np.median([median_norm(e) for e in rep.embeddings.values()])),
         "screened": dict(screened),
     }
 
@@ -74,56 +128,75 @@ def group_alignment(result: dict, groups: list[list[str]]) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--data", default="generated:simple", help="dataset spec (default generated:simple)"
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--agents", default="0,1,M0", help="honest agents (default 0,1,M0)")
-    ap.add_argument("--source", default="0", help="whose embeddings the scaled/replay attacks use")
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--data", default="simple,complex", help="simple, complex or both")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--attacks", help="comma list of attack specs (default: the matrix)")
+    ap.add_argument("--quick", action="store_true", help=f"attacks {QUICK}, simple data, seed 0")
+    ap.add_argument("--defences", choices=DEFENCES, default="on", help="see learner_settings")
+    ap.add_argument("--tolerance", type=float, default=0.01)
+    ap.add_argument("--json", help="also write every run's results here")
     args = ap.parse_args()
-    ds = load_dataset(args.data, seed=args.seed)
-    ids = args.agents.split(",")
-    attacks = [None, "constant", f"scaled:{args.source}:1e6", f"replay:{args.source}:3"]
-    out, failed = [], False
-    baseline = None
-    for screening in (True, False):
-        for attack in attacks:
+    attacks = args.attacks.split(",") if args.attacks else (QUICK if args.quick else matrix())
+    datas = ["simple"] if args.quick else args.data.split(",")
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    learner = learner_settings(args.defences)
+    out: list[dict] = []
+    failed = False
+    for data in datas:
+        groups = DATA[data][3]
+        for seed in seeds:
+            base = run_once(data, seed, None, learner)
+            base_groups = group_alignment(base, groups)
             print(
-                f"... {attack or 'no attack'}, screening {'on' if screening else 'off'}",
-                file=sys.stderr,
+                f"{data:7} seed {seed} no attack: subs {json.dumps(base['subcontexts'])} "
+                + " ".join(f"{g}={v:.4f}" for g, v in base_groups.items()),
                 flush=True,
             )
-            res = run_once(ds, ids, attack, screening, args.rounds, args.seed)
-            if baseline is None:
-                baseline = res
-            groups = sorted({tuple(s) for s in baseline["subcontexts"].values()})
-            res["groups"] = group_alignment(res, [list(g) for g in groups])
-            res.update(attack=attack or "none", screening=screening)
-            if screening and attack:
-                base = group_alignment(baseline, [list(g) for g in groups])
-                res["ok"] = (
-                    res["subcontexts"] == baseline["subcontexts"]
-                    and not res["x_inside"]
-                    and all(res["groups"][g] >= base[g] - 0.05 for g in base)
+            out.append({"data": data, "seed": seed, "attack": "none", **base})
+            for attack in attacks:
+                res = run_once(data, seed, attack, learner)
+                deltas = {g: v - base_groups[g] for g, v in group_alignment(res, groups).items()}
+                res.update(
+                    data=data,
+                    seed=seed,
+                    attack=attack,
+                    same_subcontexts=res["subcontexts"] == base["subcontexts"],
+                    delta=deltas,
+                    worst_delta=min(deltas.values()),
                 )
+                res["ok"] = res["same_subcontexts"] and res["worst_delta"] >= -args.tolerance
                 failed |= not res["ok"]
-            out.append(res)
-            groups_txt = " ".join(f"{g}={v:.3f}" for g, v in res["groups"].items())
-            print(
-                f"{res['attack']:<18} screening={'on ' if screening else 'off'} "
-                f"x_inside={res['x_inside']!s:<5} "
-                f"w(x)={res['max_weight_x']:.3f} norm={res['norm']:.3g} {groups_txt} "
-                f"screened={json.dumps(res['screened'])}"
-                + ("" if "ok" not in res else f" {'PASS' if res['ok'] else 'FAIL'}"),
-                flush=True,
-            )
+                out.append(res)
+                print(
+                    f"{data:7} seed {seed} {attack:<40} subs "
+                    f"{'same' if res['same_subcontexts'] else 'CHANGED'} "
+                    f"x_inside={res['x_inside']!s:<5} w(x)={res['max_weight_x']:.3f} "
+                    + " ".join(f"d{g}={v:+.4f}" for g, v in deltas.items())
+                    + f" screened={json.dumps(res['screened'])} {'ok' if res['ok'] else 'FAIL'}",
+                    flush=True,
+                )
+    print(f"\nsummary (defences {args.defences}; delta = centred alignment minus no attack)")
+    print(
+        f"{'attack':<40} {'runs':>4} {'subs same':>9} {'x inside':>8} {'max w(x)':>8} "
+        f"{'worst delta':>11}"
+    )
+    for attack in attacks:
+        runs = [r for r in out if r["attack"] == attack]
+        print(
+            f"{attack:<40} {len(runs):>4} "
+            f"{'y' if all(r['same_subcontexts'] for r in runs) else 'n':>9} "
+            f"{sum(r['x_inside'] for r in runs):>8} "
+            f"{max(r['max_weight_x'] for r in runs):>8.3f} "
+            f"{min(r['worst_delta'] for r in runs):>+11.4f}",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1, default=str)
-    return 1 if failed else 0
+    return 1 if failed and args.defences == "on" else 0
 
 
 if __name__ == "__main__":

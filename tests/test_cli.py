@@ -275,6 +275,72 @@ def test_simulate_help_shows_every_flag_and_an_example() -> None:
     assert "osml simulate --data generated:simple" in result.stdout
 
 
+def test_simulate_help_lists_the_adversary_kinds() -> None:
+    from osml.ops.adversaries import KINDS
+
+    result = invoke("simulate", "--help")
+
+    assert "--adversary" in result.stdout
+    for kind in KINDS:
+        assert kind in result.stdout
+    assert "MODULE:FUNCTION" in result.stdout
+
+
+@pytest.mark.usefixtures("needs_torch")
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("x", "expected ID=KIND"),
+        ("x=spin", "use one of"),
+        ("0=copy", "also an honest agent"),
+        ("x=rotate-copy:angle=ninety", "rotate-copy"),
+        ("x/y=copy", "x/y"),
+    ],
+)
+def test_simulate_bad_adversary_is_one_line(tmp_path: Path, spec: str, fragment: str) -> None:
+    result = invoke(
+        "simulate",
+        "--data",
+        "generated:simple",
+        "--agents",
+        "0,1",
+        "--adversary",
+        spec,
+        "--out",
+        str(tmp_path),
+    )
+
+    assert_one_line_error(result, fragment)
+
+
+@pytest.mark.usefixtures("needs_torch")
+def test_simulate_with_an_adversary_marks_it_in_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke(
+        "simulate",
+        "--data",
+        "generated:simple",
+        "--agents",
+        "0,1",
+        "--rounds",
+        "1",
+        "--adversary",
+        "x=copy",
+        "--out",
+        str(out),
+    )
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["adversaries"] == {"x": "copy"}
+    assert report["agents"] == ["0", "1"]  # figures cover the honest agents only
+    assert set(report["final"]["centered_alignment"]) == {"0", "1"}
+    assert report["neighbours"]["x"] == ["0", "1"]
+    assert "x" in report["neighbours"]["0"]
+    assert "x: adversary (copy)" in result.stdout
+    assert "adversaries x=copy" in result.stdout
+
+
 def test_parse_agents() -> None:
     assert parse_agents(None) is None
     assert parse_agents(" 0, 1 ,M0") == ["0", "1", "M0"]

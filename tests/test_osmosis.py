@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from osml.core.osmosis import osmosis_target, osmosis_weights
-from osml.core.similarity import same_step_cosine
+from osml.core.osmosis import osmosis_target, osmosis_weights, share_votes, trimmed_target
+from osml.core.similarity import linear_residual, same_step_cosine
 
 E = math.e
 
@@ -226,3 +226,83 @@ def test_target_rejects_weights_of_wrong_shape() -> None:
 
     with pytest.raises(ValueError, match="weights"):
         osmosis_target(own, nbs, np.full((2, 2), 0.5))
+
+
+# --- the robust blend -------------------------------------------------------------------------
+
+
+def test_trimmed_target_by_hand() -> None:
+    """Four contributors: the middle two per coordinate; three or two: the weighted mean."""
+    own = np.array([[0.0, 10.0]])
+    nbs = np.array([[[1.0, 0.0]], [[-5.0, 4.0]], [[3.0, 3.0]]])
+
+    target, share = trimmed_target(own, nbs, np.full((4, 1), 0.25))
+
+    np.testing.assert_allclose(target, [[0.5, 3.5]])
+    np.testing.assert_allclose(share[:, 0], [0.25, 0.25, 0.25, 0.25])
+    three, share3 = trimmed_target(own, nbs[:2], np.full((3, 1), 1 / 3))
+    np.testing.assert_allclose(three, [[-4 / 3, 14 / 3]], rtol=1e-6)
+    np.testing.assert_allclose(share3[:, 0], [1 / 3, 1 / 3, 1 / 3])
+    two, share2 = trimmed_target(own, nbs[:1], np.array([[0.25], [0.75]]))
+    np.testing.assert_allclose(two, [[0.75, 2.5]])
+    np.testing.assert_allclose(share2[:, 0], [0.25, 0.75])
+
+
+def test_trimmed_target_with_five_drops_one_each_side_and_ignores_zero_weights() -> None:
+    own = np.array([[0.0]])
+    nbs = np.array([[[1.0]], [[2.0]], [[100.0]], [[-50.0]], [[7.0]]])
+    w = np.array([[0.2], [0.2], [0.2], [0.2], [0.2], [0.0]])  # the last one is no member
+
+    target, share = trimmed_target(own, nbs, w)
+
+    np.testing.assert_allclose(target, [[1.0]])  # mean of 0, 1, 2
+    np.testing.assert_allclose(share[:, 0], [1 / 3, 1 / 3, 1 / 3, 0, 0, 0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_hostile_contributor_cannot_push_the_target_out_of_the_honest_range(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, d, k = 40, 4, int(rng.integers(3, 7))  # own plus k neighbours, the last one hostile
+    own = rng.normal(size=(n, d))
+    honest = rng.normal(size=(k - 1, n, d))
+    hostile = rng.normal(scale=1e3, size=(1, n, d))
+    w = rng.uniform(0.1, 1.0, size=(k + 1, n))
+    w /= w.sum(axis=0)
+
+    target, share = trimmed_target(own, np.concatenate([honest, hostile]), w)
+
+    values = np.concatenate([own[None], honest])
+    assert np.all(target >= values.min(axis=0) - 1e-5)
+    assert np.all(target <= values.max(axis=0) + 1e-5)
+    np.testing.assert_allclose(share.sum(axis=0), 1.0)
+
+
+def test_trimmed_target_rejects_bad_input() -> None:
+    own, nbs = two_step_example()
+    with pytest.raises(ValueError, match="trim"):
+        trimmed_target(own, nbs, np.full((3, 2), 1 / 3), trim=-1)
+    with pytest.raises(ValueError, match="weights"):
+        trimmed_target(own, nbs, np.full((2, 2), 0.5))
+
+
+def test_share_votes_groups_linked_ids_in_order() -> None:
+    assert share_votes(["a", "b", "c", "d"], [("c", "b"), ("d", "zz"), ("a", "d")]) == [
+        ["a", "d"],
+        ["b", "c"],
+    ]
+    assert share_votes(["a", "b"], []) == [["a"], ["b"]]
+    assert share_votes([], [("a", "b")]) == []
+
+
+def test_linear_residual_sees_through_affine_maps_only() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(300, 5))
+    m = rng.normal(size=(5, 5))
+    assert linear_residual(y @ m + 7.0, y) == pytest.approx(0.0, abs=1e-9)  # any affine map
+    noisy = y @ m + 0.01 * np.std(y @ m) * rng.normal(size=y.shape)
+    assert 0.005 < linear_residual(noisy, y) < 0.02  # about the noise
+    assert linear_residual(rng.normal(size=(300, 5)), y) > 0.9  # unrelated
+    assert linear_residual(np.tanh(2 * y), y) > 0.2  # bent, not affine
+    assert linear_residual(np.ones((300, 5)), y) == 1.0  # nothing to explain
+    with pytest.raises(ValueError):
+        linear_residual(y[:10], y)

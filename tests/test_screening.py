@@ -1,4 +1,5 @@
-"""A bad neighbour cannot take over: screening, and honest agents learning next to an adversary."""
+"""A bad neighbour cannot take over: screening, copy detection, and honest agents learning next to
+an adversary."""
 
 from __future__ import annotations
 
@@ -7,19 +8,30 @@ import pytest
 
 from osml.core.anchor import context_anchor
 from osml.core.learner import OsmoticLearner
-from osml.core.screening import CopyDetector, median_norm, relative_spread, screen
-from osml_testing.adversary import constant, parse_adversary, replay, scaled
+from osml.core.screening import CopyDetector, ScreenSettings, median_norm, relative_spread, screen
+from osml.ops.adversaries import KINDS, parse_adversary, parse_adversary_option, rotation
 
 RNG = np.random.default_rng(7)
 ANCHOR = context_anchor("sim", 5, 3.8)
+Q = rotation(5, 40.0, np.random.default_rng(1))
 
 
 def honest_pair(n: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """Two agents that see the same thing: anchor plus a shared signal plus a little noise."""
+    """Two agents that see the same thing through different encoders: anchor plus a shared
+    signal, one linear and one bent (so neither is an affine copy of the other), plus noise."""
     signal = RNG.normal(size=(n, 5))
-    a = ANCHOR + signal + 0.1 * RNG.normal(size=(n, 5))
-    b = ANCHOR + signal + 0.1 * RNG.normal(size=(n, 5))
+    a = ANCHOR + signal + 0.05 * RNG.normal(size=(n, 5))
+    b = ANCHOR + np.tanh(signal @ Q) + 0.05 * RNG.normal(size=(n, 5))
     return a.astype(np.float32), b.astype(np.float32)
+
+
+def turned(x: np.ndarray, angle: float, noise: float, seed: int = 0) -> np.ndarray:
+    """``x``'s variation turned by ``angle`` degrees about its mean, plus relative noise."""
+    rng = np.random.default_rng(seed)
+    mu = x.mean(axis=0)
+    y = mu + (x - mu) @ rotation(x.shape[1], angle, rng).T
+    rms = np.sqrt(np.mean((x - mu) ** 2))
+    return (y + noise * rms * rng.normal(size=x.shape)).astype(np.float32)
 
 
 def test_relative_spread_and_median_norm() -> None:
@@ -39,66 +51,242 @@ def test_screen_leaves_out_constant_and_scaled_and_rescales_the_rest() -> None:
     assert median_norm(kept["b"]) == pytest.approx(median_norm(a), rel=1e-5)  # 2x brought back
 
 
-def test_copy_detector_names_replays_and_echoes_but_not_repeats() -> None:
+def test_rotation_turns_every_plane_by_the_angle() -> None:
+    r = rotation(5, 30.0, np.random.default_rng(3))
+    np.testing.assert_allclose(r @ r.T, np.eye(5), atol=1e-12)
+    eig = np.linalg.eigvals(r)
+    angles = sorted(np.degrees(np.abs(np.angle(eig))))
+    np.testing.assert_allclose(angles, [0, 30, 30, 30, 30], atol=1e-9)
+    np.testing.assert_allclose(rotation(1, 90.0, np.random.default_rng(0)), [[1.0]])
+
+
+# -- copy detection ---------------------------------------------------------------------------
+
+
+def test_copy_detector_names_turned_noisy_echoes_and_replays() -> None:
     a, b = honest_pair()
     det = CopyDetector(memory=4)
-    assert det.copies({"b": b}, "a", a) == {}
-    assert det.copies({"b": b, "x": b}, "a", a) == {"x": "b"}  # b's matrix of an earlier round
-    assert det.copies({"b": b}, "a", a) == {}  # a neighbour repeating itself (no new model) is fine
-    assert det.copies({"x": a}, "a", a) == {"x": "a"}  # an echo of our own embeddings
-    assert CopyDetector(memory=0).copies({"x": a}, "a", a) == {}
+    assert det.copies({"b": b}, "a", a).found == {}
+    a2, b2 = a + 0.01, b + 0.01  # next round: both honest agents moved a little
+    found = det.copies(
+        {"b": b2, "x": turned(b, 90, 1e-2), "e": turned(a2, 60, 1e-2)}, "a", a2
+    ).found
+    assert found == {"x": "b", "e": "a"}  # x: b's last round, turned; e: our own, turned
 
 
-@pytest.mark.parametrize("attack", ["constant", "scaled", "replay"])
-def test_learner_gives_an_adversary_no_weight(attack: str) -> None:
-    """Pure numpy: honest a and b, adversary x; x never pulls on a, a's target stays a's size."""
+def test_a_noisy_echo_seen_in_the_first_round_is_screened_once_the_agent_moves() -> None:
+    a, b = honest_pair()
+    det = CopyDetector(memory=4)
+    assert det.copies({"b": b, "x": turned(a, 0, 0.1, 1)}, "a", a).found == {}  # a suspect
+    assert det.suspects == {"x"}
+    a2, b2 = honest_pair()
+    # An agent that only infers does not move: devices sharing a shipped model start close.
+    still = det.copies({"b": b, "x": turned(a, 0, 0.1, 2)}, "a", a, moved=False)
+    assert still.found == {}
+    got = det.copies({"b": b2, "x": turned(a2, 0, 0.1, 3)}, "a", a2, moved=True)
+    assert got.found == {"x": "a"}
+    # Honest encoders are never that close in the first round; a noisy echo that starts later is
+    # not recognised (its residual, 0.1, is that of a well aligned honest neighbour).
+    late = CopyDetector(memory=4)
+    late.copies({"b": b}, "a", a)
+    assert late.copies({"b": b2, "x": turned(a2, 0, 0.1, 4)}, "a", a2).found == {}
+    assert late.suspects == set()
+
+
+def test_an_honest_agent_continuing_its_own_embeddings_is_no_copy() -> None:
+    """x sent a turned copy of b's embeddings; b's next ones are close to an affine map of what
+    x sent, but closer still to b's own: b is no replay of x."""
+    a, b = honest_pair()
+    det = CopyDetector(memory=4)
+    det.copies({"b": b, "x": turned(b, 90, 0.5)}, "a", a)  # too noisy to be a copy
+    b_next = b + 0.005 * RNG.normal(size=b.shape).astype(np.float32)
+    assert "b" not in det.copies({"b": b_next}, "a", a).found
+    assert det.copies({"b": b_next}, "a", a).found == {}  # repeating itself (no new model)
+    assert CopyDetector(memory=0).copies({"x": a}, "a", a).found == {}
+
+
+def test_same_round_twins_share_a_vote_until_one_is_aligned_with_own() -> None:
+    a, b = honest_pair()
+    b = turned(b, 90, 0.0, seed=5)  # b's encoder not yet aligned with a's
+    det = CopyDetector(memory=4)
+    got = det.copies({"b": b, "x": turned(b, 90, 1e-3, seed=6)}, "a", a)
+    assert got.found == {} and got.twins == [("b", "x")]  # neither agrees with a: no verdict
+    assert got.outvoted == {}
+    # Osmosis has aligned b with a: now the turned twin is outvoted (left out of the blend, but
+    # not screened: a twin crafted to agree better must not get an honest neighbour dropped).
+    aligned = (a + 0.1 * RNG.normal(size=a.shape)).astype(np.float32)
+    got = det.copies({"b": aligned, "x": turned(aligned, 90, 1e-3)}, "a", a + 0.5 * np.tanh(a))
+    assert got.found == {} and got.twins == [] and got.outvoted == {"x": "b"}
+
+
+def test_a_twin_cannot_make_the_neighbour_it_copied_a_replay() -> None:
+    """x sends b's embeddings extrapolated one round ahead; next round b's real ones are within
+    the copy bar of what x sent. b is not screened: x's matrix was a twin's."""
+    a, b = honest_pair()
+    det = CopyDetector(memory=4)
+    step = (0.02 * RNG.normal(size=b.shape)).astype(np.float32)
+    det.copies({"b": b - step}, "a", a)
+    det.copies({"b": b, "x": b + step + 1e-4 * RNG.normal(size=b.shape)}, "a", a)
+    got = det.copies({"b": b + step}, "a", a)
+    assert got.found == {}
+
+
+# -- the learner ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "constant",
+        "scaled:b:1e6",
+        "replay:b:2",
+        "rotate-copy:angle=90:noise=1e-3",
+        "echo:angle=45:noise=1e-1",
+        "copy",
+        "in-band-scale",
+    ],
+)
+def test_learner_bounds_an_adversary(spec: str) -> None:
+    """Pure numpy: honest a and b, adversary x. x's mean weight stays at most a third, and after
+    the warm-up (whose targets get a's own spread back, see restore_spread) the target lies
+    between a's own value and b's at every step and coordinate."""
     learner = OsmoticLearner("a", ["b", "x"])
-    behave = {"constant": constant(ANCHOR), "scaled": scaled("b", 1e6), "replay": replay("b", 2)}[
-        attack
-    ]
+    behave = parse_adversary(spec, ANCHOR, ["a", "b"])
     history: list[dict[str, np.ndarray]] = []
-    for _ in range(8):
+    for rnd in range(6):
         a, b = honest_pair()
         honest = {"a": a, "b": b}
-        x = behave(len(history), honest, history)
+        x = behave(rnd, "a", honest, history)
         history.append(honest)
         out = learner.step(a, {"b": b, "x": x})
-        assert median_norm(out.target) <= 1.05 * median_norm(a)  # never inflated
-    assert out.subcontext == ["a", "b"]
-    assert out.weights.get("x", 0.0) == 0.0
-    assert "x" in out.screened or out.memory["x"] < 0.45
+        assert median_norm(out.target) <= 1.1 * median_norm(a)  # never inflated
+        # Inside [min(a, b), max(a, b)] (b as the learner saw it: rescaled to a's median norm).
+        b_seen = b * (median_norm(a) / median_norm(b))
+        lo, hi = np.minimum(a, b_seen), np.maximum(a, b_seen)
+        if rnd >= 2:
+            assert np.all(out.target >= lo - 1e-4) and np.all(out.target <= hi + 1e-4)
+        assert out.weights.get("x", 0.0) <= 1 / 3 + 1e-9
+    assert out.subcontext in (["a", "b"], ["a", "b", "x"])
 
 
 def test_parse_adversary_errors_name_the_forms() -> None:
     assert callable(parse_adversary("replay:0:2", ANCHOR, ["0", "1"]))
-    for bad in ("nonsense", "scaled", "scaled:9", "replay:0:zero", "constant:1"):
+    assert callable(parse_adversary("rotate-copy:45:1e-2:src=1:to=all", ANCHOR, ["0", "1"]))
+    for bad in (
+        "nonsense",
+        "scaled:9",
+        "replay:0:zero",
+        "constant:1",
+        "rotate-copy:angle=x",
+        "rotate-copy:to=some",
+        "echo:to=all",
+        "no_such_module_here:fn",
+    ):
         with pytest.raises(ValueError, match="adversary"):
             parse_adversary(bad, ANCHOR, ["0", "1"])
+    with pytest.raises(ValueError, match="honest agent"):
+        parse_adversary_option("0=copy", ANCHOR, ["0", "1"])
+    assert parse_adversary_option("x=copy", ANCHOR, ["0", "1"])[0] == "x"
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_kind_sends_a_finite_matrix_of_the_right_shape(kind: str) -> None:
+    a, b = honest_pair(30)
+    honest = {"a": a, "b": b}
+    behave = parse_adversary(kind, ANCHOR, ["a", "b"])
+    for rnd in range(3):
+        for dst in ("a", "b"):
+            x = behave(rnd, dst, honest, [honest] * rnd)
+            assert x.shape == a.shape and x.dtype == np.float32 and np.isfinite(x).all()
+
+
+def test_per_victim_and_alike() -> None:
+    a, b = honest_pair(40)
+    c = (a + np.sin(a)).astype(np.float32)
+    honest = {"a": a, "b": b, "c": c}
+    each = parse_adversary("rotate-copy:angle=0:noise=0", ANCHOR, list(honest))
+    alike = parse_adversary("rotate-copy:angle=60:to=all", ANCHOR, list(honest))
+    np.testing.assert_array_equal(each(0, "b", honest, []), a)  # b's closest peer: a (or c)
+    assert not np.array_equal(each(0, "a", honest, []), a)  # never the victim's own
+    np.testing.assert_array_equal(alike(0, "a", honest, []), alike(0, "c", honest, []))
+
+
+def test_an_attack_from_elsewhere_is_imported_by_name() -> None:
+    behave = parse_adversary("test_screening:mirror", ANCHOR, ["a", "b"])
+    a, b = honest_pair(20)
+    np.testing.assert_array_equal(behave(0, "a", {"a": a, "b": b}, []), -b)
+
+
+def mirror(rnd: int, dst: str, honest: dict, history: list) -> np.ndarray:
+    """An attack written elsewhere: the other agent's embeddings, negated."""
+    return -next(v for k, v in honest.items() if k != dst)
 
 
 # -- with the real trainer ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("attack", ["constant", "scaled:0:1e6", "replay:0:3"])
-@pytest.mark.usefixtures("needs_torch")
-def test_honest_agents_keep_their_subcontext_next_to_an_adversary(attack: str) -> None:
-    """Generated simple context, agents 0 and 1 (correlated), adversary x linked to both."""
+def _drill_run(attack: str | None):  # -> RunResult (torch imports stay inside)
     from osml.agent.data import load_dataset
     from osml.ops.simulate import SimulationSettings, simulate
     from osml.trainer.settings import TrainerSettings
 
     ds = load_dataset("generated:simple", seed=3)
     settings = SimulationSettings(rounds=6, seed=3, trainer=TrainerSettings(steps_per_round=80))
-    rep = simulate(
-        ds, settings, ["0", "1"], adversaries={"x": parse_adversary(attack, ANCHOR, ["0", "1"])}
-    )
+    ids = ["0", "1", "M0"]
+    advs = {"x": parse_adversary(attack, ANCHOR, ids)} if attack else {}
+    return simulate(ds, settings, ids, adversaries=advs)
+
+
+@pytest.fixture(scope="module")
+def no_attack(needs_torch: None):  # -> RunResult
+    return _drill_run(None)
+
+
+@pytest.mark.parametrize(
+    ("attack", "aligned"),
+    [
+        ("constant", True),
+        ("scaled:0:1e6", True),
+        ("replay:0:3", True),
+        ("copy", True),
+        ("rotate-copy:angle=90:noise=1e-3", True),
+        ("rotate-copy:angle=90:noise=1e-1", True),
+        ("echo:noise=1e-1", True),
+        ("noisy-replay:noise=1e-1", True),
+        # A reflected copy of a pair's only other member: the agent cannot tell the original
+        # from the copy (each is an affine map of the other), so their shared vote stalls the
+        # pair in the reflected directions. Bounded, but not aligned (docs/security.md).
+        ("rotate-copy:angle=180:noise=1e-3", False),
+    ],
+)
+def test_honest_agents_keep_their_subcontext_next_to_an_adversary(
+    attack: str, aligned: bool, no_attack
+) -> None:
+    """Generated simple context, agents 0 and 1 (correlated) and M0 (not), adversary x linked to
+    all: the honest sub-contexts are those of the run without x, x never holds much more than a
+    third of an agent's blend, and the pair's centred alignment is within 0.01 of the run without
+    x (where the copy can be told from the original)."""
+    rep = _drill_run(attack)
+
     final = rep.final
-    assert final.subcontexts == {"0": ["0", "1"], "1": ["0", "1"]}
-    assert all(w.get("x", 0.0) == 0.0 for w in final.osmosis_weights.values())
-    assert final.centered_alignment["0"]["1"] >= 0.95
+    honest_subs = {a: [m for m in s if m != "x"] for a, s in final.subcontexts.items()}
+    assert (
+        honest_subs
+        == no_attack.final.subcontexts
+        == {"0": ["0", "1"], "1": ["0", "1"], "M0": ["M0"]}
+    )
+    assert rep.adversaries == {"x": attack}
+    for row in rep.rounds[:-1]:
+        assert row.osmosis_weights is not None
+        for w in row.osmosis_weights.values():  # at most one vote of three (or a shared one)
+            assert w.get("x", 0.0) <= 0.4
+    base = no_attack.final.centered_alignment["0"]["1"]
+    if aligned:
+        assert final.centered_alignment["0"]["1"] >= base - 0.01
     norms = [median_norm(e) for e in rep.embeddings.values()]
     assert max(norms) < 3 * np.linalg.norm(ANCHOR)  # no inflation through the blend
-    screened = {
-        r for rnd in rep.rounds for per in (rnd.screened or {}).values() for r in per.values()
-    }
-    assert screened  # the adversary was noticed, not merely outvoted
+
+
+def test_screen_settings_check_the_copy_threshold() -> None:
+    with pytest.raises(ValueError, match="copy_threshold"):
+        ScreenSettings(copy_threshold=1.5)

@@ -31,6 +31,7 @@ def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
         {"enter": 1.2},
         {"leave": -0.1},
         {"warmup_rounds": -1},
+        {"confirm_rounds": 0},
     ],
 )
 def test_policy_rejects_bad_values(kwargs: dict[str, Any]) -> None:
@@ -112,7 +113,9 @@ def test_memory_hysteresis_sequence() -> None:
     # memory = 1 makes the memory equal the newest affinity, so the hysteresis is visible directly;
     # enter_alone = enter switches off the alone rule (one neighbour: the agent is alone when out).
     mem = SubcontextMemory(
-        policy=SubcontextPolicy(memory=1.0, enter=0.6, leave=0.45, warmup_rounds=0, enter_alone=0.6)
+        policy=SubcontextPolicy(
+            memory=1.0, enter=0.6, leave=0.45, warmup_rounds=0, confirm_rounds=1, enter_alone=0.6
+        )
     )
     sequence = [
         (0.5, True),
@@ -127,6 +130,27 @@ def test_memory_hysteresis_sequence() -> None:
     got = [(value, mem.observe({"nb": value})["nb"]) for value, _ in sequence]
 
     assert got == sequence
+
+
+def test_rejoining_needs_consecutive_rounds_at_the_enter_bar() -> None:
+    # enter_alone = enter: the alone rule (one neighbour) adds nothing here.
+    mem = SubcontextMemory(policy=SubcontextPolicy(memory=1.0, warmup_rounds=0, enter_alone=0.6))
+    sequence = [
+        (0.2, False),  # leaves
+        (0.9, False),  # one clean round is not enough
+        (0.3, False),
+        (0.9, False),
+        (0.95, True),  # two in a row
+        (0.5, True),  # hysteresis as before
+    ]
+
+    got = [(value, mem.observe({"nb": value})["nb"]) for value, _ in sequence]
+
+    assert got == sequence
+    assert mem.above == {"nb": 0}
+    assert decide_member(False, 0.9, 5, SubcontextPolicy(), rounds_above=1) is False
+    assert decide_member(False, 0.9, 5, SubcontextPolicy(), rounds_above=2) is True
+    assert decide_member(False, 0.9, 5, SubcontextPolicy()) is True  # streak unknown
 
 
 def test_memory_is_member_defaults_true_for_unknown() -> None:
@@ -164,6 +188,7 @@ def test_memory_roundtrip_through_json() -> None:
     assert restored.affinity == mem.affinity
     assert restored.seen == mem.seen
     assert restored.members == mem.members
+    assert restored.above == mem.above
     assert restored.policy == policy
     # and both continue identically
     assert restored.observe({"a": 0.5, "b": 0.7}) == mem.observe({"a": 0.5, "b": 0.7})
@@ -184,7 +209,8 @@ def learner_round(
     rng: np.random.Generator, q: np.ndarray, n: int = 200, d: int = 8
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     own = rng.standard_normal((n, d)).astype(np.float32)
-    related = (1.5 * own @ q + 0.1 * rng.standard_normal((n, d))).astype(np.float32)
+    # Another encoder of the same data: related, but no affine copy of own (that would be an echo).
+    related = (1.5 * np.tanh(0.8 * own @ q) + 0.1 * rng.standard_normal((n, d))).astype(np.float32)
     noise = rng.standard_normal((n, d)).astype(np.float32)
     return own, {"related": related, "noise": noise}
 
@@ -252,13 +278,15 @@ def test_learner_ignores_senders_that_are_not_neighbours() -> None:
     learner = OsmoticLearner("me", ["a"])
     own = rng.standard_normal((20, 3)).astype(np.float32)
 
-    near = (own + 0.01 * rng.standard_normal((20, 3))).astype(np.float32)  # not an exact echo
+    # A neighbour that agrees closely, but is no affine copy of own (which would be an echo).
+    near = (own + 0.3 * np.sin(3 * own)).astype(np.float32)
     out = learner.step(
         own, {"a": near, "stranger": rng.standard_normal((20, 3)).astype(np.float32)}
     )
 
+    assert out.screened == {}
     assert set(out.weights) == {"me", "a"}
-    assert out.weights["me"] == pytest.approx(0.5, abs=0.01)
+    assert out.weights["me"] == pytest.approx(0.5, abs=0.02)
 
 
 def test_learner_alone_is_pulled_to_itself() -> None:
@@ -285,7 +313,8 @@ def test_learner_reaches_equilibrium_when_nothing_moves() -> None:
     own = rng.standard_normal((50, 4)).astype(np.float32)
     settings = LearnerSettings(equilibrium_patience=2)
     learner = OsmoticLearner("me", ["a"], settings)
-    received = {"a": own @ random_rotation(4, rng).astype(np.float32)}
+    # Related but no affine copy of own (a turned copy would be screened as an echo).
+    received = {"a": np.tanh(own @ random_rotation(4, rng)).astype(np.float32)}
 
     flags = [learner.step(own, received) for _ in range(4)]
 
@@ -319,7 +348,9 @@ def test_without_own_round_warmup_counts_observations_per_neighbour() -> None:
 
 
 def test_an_agent_left_alone_takes_its_best_neighbour_above_enter_alone() -> None:
-    policy = SubcontextPolicy(memory=1.0, enter=0.6, leave=0.45, warmup_rounds=0, enter_alone=0.3)
+    policy = SubcontextPolicy(
+        memory=1.0, enter=0.6, leave=0.45, warmup_rounds=0, confirm_rounds=1, enter_alone=0.3
+    )
     mem = SubcontextMemory(policy=policy)
     assert mem.observe({"a": 0.9, "b": 0.1, "c": 0.35}, own_round=1) == {
         "a": True,
@@ -337,3 +368,14 @@ def test_an_agent_left_alone_takes_its_best_neighbour_above_enter_alone() -> Non
     assert not any(mem.observe({"a": 0.05, "b": 0.1, "c": 0.2}, own_round=3).values())
     with pytest.raises(ValueError):
         SubcontextPolicy(enter=0.5, enter_alone=0.6)
+
+
+def test_the_alone_rule_needs_confirm_rounds_at_enter_alone() -> None:
+    policy = SubcontextPolicy(
+        memory=1.0, enter=0.6, leave=0.45, warmup_rounds=0, confirm_rounds=2, enter_alone=0.3
+    )
+    mem = SubcontextMemory(policy=policy)
+    assert not any(mem.observe({"a": 0.35, "b": 0.1}, own_round=1).values())  # one round: no
+    assert mem.observe({"a": 0.35, "b": 0.1}, own_round=2) == {"a": True, "b": False}
+    again = SubcontextMemory.from_dict(mem.to_dict(), policy)  # the count survives a restart
+    assert again.near == mem.near == {"a": 2, "b": 0}

@@ -31,7 +31,8 @@ class RoundRecord:
     equilibrium: bool = False
     embedding_change: float | None = None  # relative change of own embeddings since last round
     missing: list[str] = field(default_factory=list)  # neighbours not heard from in time
-    screened: dict[str, str] = field(default_factory=dict)  # neighbour -> why it was left out
+    # neighbour -> what screening found (osml.core.learner.RoundOutcome.screened)
+    screened: dict[str, str] = field(default_factory=dict)
     losses: dict[str, float] | None = None  # of the training job whose model arrived this round
     frames_in: int = 0  # cumulative counters from here on
     frames_out: int = 0

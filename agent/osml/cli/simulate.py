@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -9,14 +10,27 @@ import click
 from osml.cli.errors import one_line_errors
 from osml.cli.options import prepare, run_options
 from osml.cli.progress import announce, finish, print_rounds
+from osml.errors import ConfigError
+from osml.ops.adversaries import kinds_help
 
 __all__ = ["simulate"]
 
-SIMULATE_EPILOG = """\b
+SIMULATE_EPILOG = f"""\b
 Examples:
   osml simulate --data generated:simple --rounds 10 --out runs/demo
   osml simulate --data path/to/simple-context --agents 0,1,M0 --topology ring
   osml simulate --data generated:complex --architecture 0=gru,4=mlp --objective masked
+  osml simulate --data generated:simple --agents 0,1 --adversary x=rotate-copy:angle=90:noise=1e-3
+  osml simulate --data generated:simple --adversary x=mypkg.attacks:flip
+
+\b
+Adversary kinds (--adversary ID=KIND[:ARG...], arguments positional or NAME=VALUE):
+{kinds_help()}
+
+\b
+or ID=MODULE:FUNCTION, called each round for each honest agent as
+fn(round, dst, honest, history) -> (steps, dim) array: honest maps every honest
+agent to the embeddings it sends this round, history lists earlier rounds'.
 
 \b
 Writes OUT/report.json, OUT/embeddings/<agent>.npy and, with matplotlib
@@ -26,17 +40,54 @@ Writes OUT/report.json, OUT/embeddings/<agent>.npy and, with matplotlib
 
 @click.command("simulate", epilog=SIMULATE_EPILOG)
 @run_options
+@click.option(
+    "--adversary",
+    "adversary_specs",
+    multiple=True,
+    metavar="ID=KIND[:ARGS]",
+    help="Add a hostile agent ID, linked to every honest agent, that sends what KIND (or "
+    "MODULE:FUNCTION) says and never learns; repeatable. Kinds are listed below. The report "
+    "marks it; its figures cover the honest agents only.",
+)
 @one_line_errors
-def simulate(**flags: Any) -> None:
+def simulate(adversary_specs: Sequence[str], **flags: Any) -> None:
     """Run several agents in one process with an in-memory exchange.
 
     Everything but the network is the real thing: each agent trains its own encoder, embeds with
     onnxruntime, sends int8 wire frames to its neighbours and decides its sub-context from what
     it alone received.
     """
+    job = prepare(**flags)
+    adversaries = _adversaries(adversary_specs, job)
     from osml.ops.simulate import simulate as run_simulation
 
-    job = prepare(**flags)
-    announce(job)
-    result = run_simulation(job.dataset, job.settings, job.agent_ids, progress=print_rounds(job))
+    announce(job, "; adversaries " + ", ".join(adversary_specs) if adversary_specs else "")
+    result = run_simulation(
+        job.dataset,
+        job.settings,
+        job.agent_ids,
+        progress=print_rounds(job),
+        adversaries=adversaries,
+    )
     finish(job, result)
+
+
+def _adversaries(specs: Sequence[str], job: Any) -> dict[str, Any]:
+    """``--adversary`` flags -> id -> adversary (ConfigError naming the flag when malformed)."""
+    from osml.core.anchor import context_anchor
+    from osml.ops.adversaries import parse_adversary_option
+    from osml.wire import topics
+
+    s = job.settings
+    anchor = context_anchor(s.context, s.embedding_dim, s.anchor_norm)
+    out: dict[str, Any] = {}
+    for spec in specs:
+        try:
+            ident, adversary = parse_adversary_option(spec, anchor, job.agent_ids)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if ident in out:
+            raise ConfigError(f"--adversary {spec!r}: {ident!r} given twice")
+        topics.check_name("agent id", ident)
+        out[ident] = adversary
+    return out

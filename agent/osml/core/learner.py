@@ -5,10 +5,14 @@
 embeddings its neighbours sent for the same steps, it
 
 0. screens what each neighbour sent (:mod:`osml.core.screening`): constant, wildly scaled or copied
-   embeddings are left out, the rest are rescaled to the agent's own median norm;
+   (echoed, replayed: turned and noised copies included) embeddings are left out, the rest are
+   rescaled to the agent's own median norm;
 1. measures each neighbour's affinity (linear CKA, :func:`osml.core.similarity.linear_cka`) and
    updates the per-neighbour memory and sub-context (:mod:`osml.core.subcontext`);
-2. computes the osmosis weights and target (:mod:`osml.core.osmosis`);
+2. computes the osmosis weights and target (:mod:`osml.core.osmosis`): members that are
+   near-duplicates of each other (twins) share one vote, a twin clearly less aligned than its
+   pair is left out, and with four votes or more the largest and smallest value of each
+   coordinate are dropped (:func:`~osml.core.osmosis.trimmed_target`);
 3. tracks its own equilibrium (:mod:`osml.core.equilibrium`).
 
 It sees only what this agent received: there is no global view anywhere.
@@ -22,8 +26,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from osml.core.equilibrium import EquilibriumDetector, relative_change
-from osml.core.osmosis import osmosis_target, osmosis_weights, restore_spread
-from osml.core.screening import CopyDetector, ScreenSettings, screen
+from osml.core.osmosis import (
+    osmosis_target,
+    osmosis_weights,
+    restore_spread,
+    share_votes,
+    trimmed_target,
+)
+from osml.core.screening import ScreenSettings, screen
 from osml.core.similarity import linear_cka
 from osml.core.subcontext import SubcontextMemory, SubcontextPolicy
 
@@ -45,10 +55,17 @@ class LearnerSettings:
     equilibrium_tolerance: float = 0.02
     equilibrium_patience: int = 3
     screen: ScreenSettings = field(default_factory=ScreenSettings)
+    # Per step and coordinate, drop the `trim` largest and smallest values of the agent and its
+    # members' votes before blending (when there are at least 2 * trim + 2), so that no one
+    # neighbour can push the target outside the range of the others' values
+    # (osmosis.trimmed_target); 0 is the plain blend.
+    trim: int = 1
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if self.trim < 0:
+            raise ValueError("trim must be >= 0")
         if self.keep_spread not in ("warmup", "always", "never"):
             raise ValueError("keep_spread must be warmup, always or never")
 
@@ -62,7 +79,10 @@ class RoundOutcome:
     subcontext: list[str]  # self plus member neighbours
     change: float | None  # relative change of own embeddings since the last round
     equilibrium: bool
-    screened: dict[str, str] = field(default_factory=dict)  # neighbour -> why it was left out
+    # neighbour -> what screening found: constant, scale, nonfinite, copy (left out, and
+    # affinity 0 for the round), outvoted (left out of this round's blend only) or twin (a
+    # near-duplicate of another neighbour, with which it shares one vote)
+    screened: dict[str, str] = field(default_factory=dict)
 
 
 class OsmoticLearner:
@@ -78,7 +98,7 @@ class OsmoticLearner:
         )
         self._previous: np.ndarray | None = None
         self._previous_steps: np.ndarray | None = None
-        self._copies = CopyDetector(self.settings.screen.copy_memory)
+        self._copies = self.settings.screen.detector()
         self.rounds = 0
 
     def step(
@@ -107,12 +127,16 @@ class OsmoticLearner:
                 masks[nb] = np.asarray(mask, dtype=bool)
         heard = list(masks)
         mine = {nb: received[nb] for nb in heard}
-        copies = self._copies.copies(mine, self.agent_id, own)
+        change = self._change(own, steps)
+        moved = change is not None and change > 1e-6  # an agent that only infers never moves
+        copies = self._copies.copies(
+            mine, self.agent_id, own, masks, steps, self.rounds == 0, moved
+        )
         kept: dict[str, np.ndarray] = {}
         screened: dict[str, str] = {}
         for nb in heard:
             m = masks[nb]
-            ok, why = screen(own[m], {nb: mine[nb][m]}, self.settings.screen, copies)
+            ok, why = screen(own[m], {nb: mine[nb][m]}, self.settings.screen, copies.found)
             screened.update(why)
             if nb in ok:
                 full = np.zeros_like(own)
@@ -126,13 +150,29 @@ class OsmoticLearner:
         }
         self.memory.observe(affinity, own_round=self.rounds + 1)
         heard = [nb for nb in heard if nb in kept]
-        members = np.array([self.memory.is_member(nb) for nb in heard], dtype=bool)
-        stack = (
-            np.stack([kept[nb] for nb in heard]) if heard else np.zeros((0, *own.shape), np.float32)
-        )
-        rows = np.stack([masks[nb] for nb in heard]) if heard else np.zeros((0, n), dtype=bool)
-        w = osmosis_weights(own, stack, members, self.settings.temperature, present=rows)
-        target = osmosis_target(own, stack, w)
+        # Members that are near-duplicates of each other (twins) share one vote, so that a copy
+        # of a member cannot double its pull; the vote is the coordinate median of the twins and
+        # the agent's own embeddings, so that a turned copy cannot drag it away either.
+        # An outvoted twin keeps its affinity but is left out of this round's blend; twins are
+        # named too (they share one vote), so that an operator sees who copies whom.
+        screened.update({nb: "twin" for pair in copies.twins for nb in pair if nb in kept})
+        screened.update({nb: "outvoted" for nb in copies.outvoted if nb in kept})
+        members = [nb for nb in heard if self.memory.is_member(nb) and nb not in copies.outvoted]
+        groups = share_votes(members, copies.twins)
+        stack = np.zeros((len(groups), *own.shape), np.float32)
+        rows = np.zeros((len(groups), n), dtype=bool)
+        for j, g in enumerate(groups):
+            rows[j] = np.any([masks[nb] for nb in g], axis=0)
+            if len(g) == 1:
+                stack[j] = kept[g[0]]
+                continue
+            votes = np.stack([own, *(np.where(masks[nb][:, None], kept[nb], np.nan) for nb in g)])
+            stack[j] = np.where(rows[j][:, None], np.nanmedian(votes, axis=0), 0.0)
+        w = osmosis_weights(own, stack, np.ones(len(groups), bool), self.settings.temperature, rows)
+        if self.settings.trim:
+            target, w = trimmed_target(own, stack, w, self.settings.trim)
+        else:
+            target = osmosis_target(own, stack, w)
         self.rounds += 1
         mode = self.settings.keep_spread
         in_warmup = self.rounds <= self.settings.policy.warmup_rounds
@@ -141,9 +181,9 @@ class OsmoticLearner:
         mean_w = w.mean(axis=1)
         weights = {
             self.agent_id: float(mean_w[0]),
-            **{nb: float(mean_w[1 + j]) for j, nb in enumerate(heard)},
+            **{nb: 0.0 for nb in heard},
+            **{nb: float(mean_w[1 + j]) / len(g) for j, g in enumerate(groups) for nb in g},
         }
-        change = self._change(own, steps)
         sub = self.memory.subcontext(self.agent_id)
         eq = self.equilibrium.update(change, sub)
         return RoundOutcome(

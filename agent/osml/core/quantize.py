@@ -2,8 +2,7 @@
 
 ``scale[i] = max|x[i]| / 127`` and ``q[i] = round(x[i] / scale[i])``: the row cosine to the
 original stays above 0.9999 at about a quarter of the float32 size. Frames carry embeddings this
-way (:mod:`osml.wire.codec`) and screening fingerprints them the same way
-(:mod:`osml.core.screening`), so a re-sent copy is recognised exactly.
+way (:mod:`osml.wire.codec`).
 """
 
 from __future__ import annotations

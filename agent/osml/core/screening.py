@@ -11,29 +11,31 @@ embeddings for the round are screened against the agent's own (pure numpy):
   than the agent's own. Inside that band the neighbour is *rescaled* to the agent's own median
   norm, so no neighbour can inflate (or shrink) the target, round after round, by sending larger
   (or smaller) vectors: osmosis moves where embeddings point, not how long they are.
-* ``copy``: the neighbour sent, quantized to int8, exactly what another neighbour sent in an
-  earlier round, or what the agent itself sent in this or an earlier round (a replay under a
-  new name, or an echo). Honest encoders never produce identical matrices.
+* ``copy``: the neighbour sent (close to) an affine transform of the agent's own embeddings (an
+  echo), or of what another neighbour sent in an earlier round (a replay under a new name):
+  turned, rescaled or lightly noised copies included (:class:`CopyDetector`). Honest encoders
+  never produce one another's embeddings up to an affine map.
 
 Screened neighbours are left out of the blend and count as affinity 0 for the round, so a
-neighbour that stays broken leaves the sub-context.
+neighbour that stays broken leaves the sub-context. :class:`CopyDetector` also names twins
+(near-duplicate neighbours, which share one vote in the blend) and outvoted ones (left out of
+one round's blend without losing affinity); see :mod:`osml.core.learner`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from osml.core.quantize import quantize_int8
+from osml.core.similarity import linear_residual, same_step_cosine
 
 __all__ = [
+    "Copies",
     "CopyDetector",
     "ScreenSettings",
-    "fingerprint",
     "median_norm",
     "relative_spread",
     "screen",
@@ -46,7 +48,13 @@ _EPS = 1e-12
 class ScreenSettings:
     max_scale: float = 10.0
     min_spread: float = 1e-4
-    copy_memory: int = 8  # rounds of fingerprints kept to recognise replays
+    copy_memory: int = 8  # rounds of embeddings kept to recognise replays
+    # Affine-residual bars of CopyDetector (0 turns the check off): a copy of another's
+    # embeddings; an echo suspect (in the agent's first round); twins (two neighbours that are
+    # near-duplicates of each other, sharing one vote).
+    copy_threshold: float = 0.03
+    echo_threshold: float = 0.15
+    twin_threshold: float = 0.12
 
     def __post_init__(self) -> None:
         if self.max_scale < 1.0:
@@ -55,6 +63,15 @@ class ScreenSettings:
             raise ValueError("min_spread must be in [0, 1)")
         if self.copy_memory < 0:
             raise ValueError("copy_memory must be >= 0")
+        for name in ("copy_threshold", "echo_threshold", "twin_threshold"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1)")
+
+    def detector(self) -> CopyDetector:
+        """A :class:`CopyDetector` with these settings."""
+        return CopyDetector(
+            self.copy_memory, self.copy_threshold, self.echo_threshold, self.twin_threshold
+        )
 
 
 def median_norm(x: np.ndarray) -> float:
@@ -72,43 +89,197 @@ def relative_spread(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum((x - x.mean(axis=0)) ** 2, axis=1)) / total))
 
 
-def fingerprint(x: np.ndarray) -> bytes:
-    """A digest of ``x`` quantized to int8 the way frames carry it: equal for a re-sent copy."""
-    q, _ = quantize_int8(np.asarray(x, dtype=np.float32))
-    return hashlib.sha256(q.tobytes()).digest()
+@dataclass(frozen=True)
+class Copies:
+    """What :meth:`CopyDetector.copies` found in one round."""
+
+    # Screened: neighbour -> whose embeddings it copies (the agent's own id for an echo).
+    found: dict[str, str]
+    # Pairs of neighbours that are near-duplicates with neither shown to be the copy: they share
+    # one vote in the blend.
+    twins: list[tuple[str, str]] = field(default_factory=list)
+    # Near-duplicates of a neighbour that agrees clearly better with the agent's own embeddings:
+    # left out of this round's blend (not screened: their affinity stands).
+    outvoted: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    owner: str
+    rows: np.ndarray  # (n, d) float32
+    steps: np.ndarray  # the step of each row
+    twin: bool = False  # one of a pair of near-duplicates: cannot make anyone a copy later
+
+
+def _common(a: _Seen, b: _Seen, min_rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows of ``a`` and ``b`` for the steps both have, if there are ``min_rows`` or more."""
+    if len(a.steps) == len(b.steps) and np.array_equal(a.steps, b.steps):
+        return (a.rows, b.rows) if len(a.rows) >= min_rows else None
+    _, i, j = np.intersect1d(a.steps, b.steps, assume_unique=True, return_indices=True)
+    if len(i) < min_rows:
+        return None
+    return a.rows[i], b.rows[j]
 
 
 class CopyDetector:
-    """Remembers who sent which matrix over the last ``memory`` rounds."""
+    """Recognises neighbours that send (a transform of) someone else's embeddings.
 
-    def __init__(self, memory: int = 8) -> None:
-        self._rounds: deque[dict[bytes, str]] = deque(maxlen=max(memory, 1))
-        self.enabled = memory > 0
+    The test is the :func:`~osml.core.similarity.linear_residual`: how much of a neighbour's
+    embeddings no affine map of another matrix explains. A turned, rescaled or shifted copy
+    with noise has about the noise as its residual (int8 quantisation alone leaves about 0.01).
+    Honest encoders never send one another's embeddings up to an affine map: on the generated
+    data, agents that see the *same* data and have been pulled together for many rounds stay at
+    0.07 or above, agents with only part of a context in common at 0.14 or above, and freshly
+    initialised encoders at 0.27 or above. So:
+
+    * **echo** (screened): within ``threshold`` (0.03) of the agent's own embeddings of this or
+      an earlier round. A neighbour within ``echo_threshold`` (0.15) of them in the agent's
+      first round, when its encoder and its neighbours' are fresh and unrelated, is a suspect,
+      and is screened in any later round in which it is still that close while the agent's own
+      embeddings have moved (the agent trains). Devices that share a shipped model and only
+      infer may start that close without copying anyone; their embeddings do not move;
+    * **replay** (screened): within ``threshold`` of what another neighbour sent in an earlier
+      round, unless it is closer still to its own last matrix (an honest agent's next embeddings
+      are close to an affine map of what a copier sent before); a noisier replay, within
+      ``twin_threshold`` (0.12) of a neighbour heard this round, shares that neighbour's vote;
+    * **twins**: two neighbours of this round within ``twin_threshold`` of each other share one
+      vote. Only one of them can be the original: once one agrees with the agent's own
+      embeddings step by step (centred cosine at least ``aligned``) and the other clearly less
+      (by ``margin``), the other is *outvoted*: left out of the blend, but not screened, so that
+      no crafted twin can get an honest neighbour dropped from a sub-context.
+
+    A neighbour repeating itself (no new model) is no copy. Remembers ``memory`` rounds.
+    """
+
+    def __init__(
+        self,
+        memory: int = 8,
+        threshold: float = 0.03,
+        echo_threshold: float = 0.15,
+        twin_threshold: float = 0.12,
+        margin: float = 0.1,
+        aligned: float = 0.5,
+        min_rows: int = 16,
+    ) -> None:
+        self._rounds: deque[list[_Seen]] = deque(maxlen=max(memory, 1))
+        self.enabled = memory > 0 and max(threshold, echo_threshold, twin_threshold) > 0
+        self.threshold = threshold
+        self.echo_threshold = echo_threshold
+        self.twin_threshold = twin_threshold
+        self.margin = margin
+        self.aligned = aligned
+        self.min_rows = min_rows
+        self.suspects: set[str] = set()  # within echo_threshold of own in the first round
+        self.calls = 0
+
+    def _residual(self, x: _Seen, y: _Seen) -> float:
+        pair = _common(x, y, self.min_rows)
+        return 1.0 if pair is None else linear_residual(*pair)
 
     def copies(
-        self, received: Mapping[str, np.ndarray], own_id: str, own: np.ndarray
-    ) -> dict[str, str]:
-        """Neighbours that sent a matrix first seen from someone else -> that someone: another
-        neighbour in an earlier round, or this agent (``own_id``, whose matrix this round is
-        ``own``) in this or an earlier round. Then remembers this round's matrices."""
+        self,
+        received: Mapping[str, np.ndarray],
+        own_id: str,
+        own: np.ndarray,
+        present: Mapping[str, np.ndarray] | None = None,
+        steps: np.ndarray | None = None,
+        first_round: bool | None = None,
+        moved: bool = True,
+    ) -> Copies:
+        """What this round's neighbours copy (see the class docstring). ``received`` holds each
+        neighbour's (n, d) rows aligned to ``own``'s, ``present`` (neighbour -> bool (n,)) where
+        it had data (default: everywhere), ``steps`` the rows' absolute steps (default: row i is
+        step i in every round), ``first_round`` whether this is the agent's very first round,
+        with a fresh encoder (default: the first call), ``moved`` whether the agent's own
+        embeddings changed since its last round. Then remembers this round's matrices (not those
+        screened)."""
         if not self.enabled:
-            return {}
-        mine = fingerprint(own)
-        prints = {nb: fingerprint(x) for nb, x in received.items()}
+            return Copies({})
+        own = np.asarray(own, dtype=np.float32)
+        at = np.arange(len(own)) if steps is None else np.asarray(steps, dtype=np.int64)
+        mine = _Seen(own_id, own, at)
+        now: dict[str, _Seen] = {}
+        for nb, x in received.items():
+            m = np.ones(len(own), bool) if present is None or nb not in present else present[nb]
+            m = np.asarray(m, dtype=bool)
+            now[nb] = _Seen(nb, np.asarray(x, dtype=np.float32)[m], at[m])
+        first = self.calls == 0 if first_round is None else first_round
+        self.calls += 1
         found: dict[str, str] = {}
-        for nb, fp in prints.items():
-            if fp == mine:
-                found[nb] = own_id
+        shared: set[tuple[str, str]] = set()
+        for nb, seen in now.items():
+            owner = self._copied(nb, seen, mine, own_id, first, moved, shared, now)
+            if owner is not None:
+                found[nb] = owner
+        outvoted: dict[str, str] = {}
+        rest = [nb for nb in now if nb not in found]
+        for i, a in enumerate(rest):
+            for b in rest[i + 1 :]:
+                if self._residual(now[a], now[b]) >= self.twin_threshold:
+                    continue
+                agree = {nb: self._agreement(mine, now[nb]) for nb in (a, b)}
+                lo, hi = sorted((a, b), key=agree.__getitem__)
+                if agree[hi] >= self.aligned and agree[lo] + self.margin <= agree[hi]:
+                    outvoted.setdefault(lo, hi)
+                else:
+                    shared.add((a, b))
+        twins = sorted(
+            (a, b) for a, b in shared if not {a, b} & set(found) and not {a, b} & set(outvoted)
+        )
+        paired = {nb for pair in (*twins, *outvoted.items()) for nb in pair}
+        self._rounds.append(
+            [mine, *(replace(now[nb], twin=nb in paired) for nb in now if nb not in found)]
+        )
+        return Copies(found, twins, outvoted)
+
+    def _copied(
+        self,
+        nb: str,
+        seen: _Seen,
+        mine: _Seen,
+        own_id: str,
+        first: bool,
+        moved: bool,
+        shared: set[tuple[str, str]],
+        now: Mapping[str, _Seen],
+    ) -> str | None:
+        """Whose embeddings ``nb`` copies (screened), or None; noisy replays of a neighbour heard
+        this round go to ``shared``."""
+        echo = self._residual(seen, mine)
+        if echo < self.threshold:
+            return own_id
+        # In the agent's first round its encoder and its neighbours' are fresh and unrelated, so
+        # a noisy echo stands out: a suspect, screened once the agent's embeddings have moved and
+        # it is still that close.
+        close = echo < self.echo_threshold
+        if first and close:
+            self.suspects.add(nb)
+        elif nb in self.suspects and not close:
+            self.suspects.discard(nb)
+        elif nb in self.suspects and moved:
+            return own_id
+        past = [p for round_ in reversed(self._rounds) for p in round_]
+        own_last = next((p for p in past if p.owner == nb), None)
+        itself = self._residual(seen, own_last) if own_last is not None else 1.0
+        for other in past:
+            if other.owner == nb:
                 continue
-            for seen in self._rounds:
-                owner = seen.get(fp)
-                if owner is not None and owner != nb:
-                    found[nb] = owner
-                    break
-        now = {fp: nb for nb, fp in prints.items() if nb not in found}
-        now[mine] = own_id
-        self._rounds.append(now)
-        return found
+            r = self._residual(seen, other)
+            if r >= itself and other.owner != own_id:
+                continue  # it continues its own embeddings better
+            if r < self.threshold and (other.owner == own_id or not other.twin):
+                return other.owner
+            if r < self.twin_threshold and other.owner in now:
+                shared.add((nb, other.owner))  # a noisy replay: it shares that one's vote
+        return None
+
+    def _agreement(self, mine: _Seen, other: _Seen) -> float:
+        """Mean same-step cosine of the centred rows, in the agent's own coordinates."""
+        pair = _common(mine, other, 1)
+        if pair is None:
+            return -1.0
+        a, b = (np.asarray(p, dtype=np.float64) for p in pair)
+        return float(np.mean(same_step_cosine(a - a.mean(axis=0), b - b.mean(axis=0))))
 
 
 def screen(

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["centered_alignment", "linear_cka", "same_step_cosine", "strict_alignment"]
+__all__ = [
+    "centered_alignment",
+    "linear_cka",
+    "linear_residual",
+    "same_step_cosine",
+    "strict_alignment",
+]
 
 _EPS = 1e-12
 
@@ -57,3 +63,25 @@ def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
     if den <= 0.0:
         return 0.0
     return float(cross / den)
+
+
+def linear_residual(x: np.ndarray, y: np.ndarray) -> float:
+    """How much of ``x`` no affine map of ``y`` explains: ``|x_c - y_c B| / |x_c|`` for the least
+    squares ``B``, where ``_c`` removes each side's mean; in [0, 1].
+
+    0 means ``x`` is exactly an affine transform of ``y`` (a rotated, rescaled or shifted copy);
+    independent embeddings give about 1. For a constant ``x`` there is nothing to explain and the
+    result is 1 (no evidence of copying).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.shape[0] != y.shape[0] or x.ndim != 2 or y.ndim != 2:
+        raise ValueError(f"need two (steps, dim) arrays of as many steps, got {x.shape}, {y.shape}")
+    xc = x - x.mean(axis=0)
+    yc = y - y.mean(axis=0)
+    total = float(np.sum(xc**2))
+    if total <= _EPS * max(1, xc.size):
+        return 1.0
+    b, *_ = np.linalg.lstsq(yc, xc, rcond=None)
+    left = float(np.sum((xc - yc @ b) ** 2))
+    return float(np.sqrt(min(max(left / total, 0.0), 1.0)))

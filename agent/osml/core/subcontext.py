@@ -11,14 +11,17 @@ Decision, with hysteresis so that a neighbour near the line does not flap in and
 
 * during the agent's first ``warmup_rounds`` rounds every neighbour is a member (encoders are
   still random; the first pulls are what makes related agents' affinity grow);
-* afterwards a non-member joins when its memory reaches ``enter`` and a member leaves when its
-  memory drops below ``leave`` (``leave < enter``);
+* afterwards a non-member joins when its memory has been at ``enter`` or above for
+  ``confirm_rounds`` consecutive rounds (one round of high affinity is not enough: a neighbour
+  left out as a copy cannot rejoin on the strength of one clean frame), and a member leaves when
+  its memory drops below ``leave`` (``leave < enter``);
 * an agent left alone (after the warm-up, no neighbour a member) takes the neighbour with the
-  highest memory as a member once that memory reaches ``enter_alone`` (below ``enter``). A device
-  whose data changed (moved to another room) lands in a group whose encoders were trained on its
-  new signal, but its own encoder was trained on the old one: their affinity is partial (0.2-0.6
-  measured) and, without a pull, stays there. The pull is one-sided: the group admits it by its
-  own rule once the spaces agree. Unrelated data stays near 0 (0.05-0.15 measured), well below.
+  highest memory as a member once that memory has been at ``enter_alone`` (below ``enter``) or
+  above for ``confirm_rounds`` rounds. A device whose data changed (moved to another room) lands
+  in a group whose encoders were trained on its new signal, but its own encoder was trained on
+  the old one: their affinity is partial (0.2-0.6 measured) and, without a pull, stays there.
+  The pull is one-sided: the group admits it by its own rule once the spaces agree. Unrelated
+  data stays near 0 (0.05-0.15 measured), well below.
 
 The pure functions hold the policy; :class:`SubcontextMemory` holds the per-neighbour state and
 serialises to plain JSON-able dicts for the agent's state directory.
@@ -41,6 +44,7 @@ class SubcontextPolicy:
     enter: float = 0.6
     leave: float = 0.45
     warmup_rounds: int = 2
+    confirm_rounds: int = 2
     enter_alone: float = 0.3  # an agent with no member takes its best neighbour from here on
 
     def __post_init__(self) -> None:
@@ -52,6 +56,8 @@ class SubcontextPolicy:
             raise ValueError("need 0 <= enter_alone <= enter")
         if self.warmup_rounds < 0:
             raise ValueError("warmup_rounds must be >= 0")
+        if self.confirm_rounds < 1:
+            raise ValueError("confirm_rounds must be >= 1")
 
 
 def update_memory(previous: float | None, observed: float, weight: float) -> float:
@@ -62,14 +68,21 @@ def update_memory(previous: float | None, observed: float, weight: float) -> flo
 
 
 def decide_member(
-    is_member: bool, memory: float, rounds_seen: int, policy: SubcontextPolicy
+    is_member: bool,
+    memory: float,
+    rounds_seen: int,
+    policy: SubcontextPolicy,
+    rounds_above: int | None = None,
 ) -> bool:
-    """Membership after this round, given the current one and the neighbour's memory."""
+    """Membership after this round, given the current one and the neighbour's memory;
+    ``rounds_above`` is how many consecutive rounds (this one included) the memory has been at
+    ``enter`` or above (None: as many as it takes)."""
     if rounds_seen <= policy.warmup_rounds:
         return True
     if is_member:
         return memory >= policy.leave
-    return memory >= policy.enter
+    confirmed = rounds_above is None or rounds_above >= policy.confirm_rounds
+    return memory >= policy.enter and confirmed
 
 
 @dataclass
@@ -80,6 +93,8 @@ class SubcontextMemory:
     affinity: dict[str, float] = field(default_factory=dict)
     seen: dict[str, int] = field(default_factory=dict)
     members: dict[str, bool] = field(default_factory=dict)
+    above: dict[str, int] = field(default_factory=dict)  # consecutive rounds at memory >= enter
+    near: dict[str, int] = field(default_factory=dict)  # ... at memory >= enter_alone
 
     def is_member(self, neighbour: str) -> bool:
         # A neighbour never heard from yet is given the benefit of the doubt (warm-up rule).
@@ -99,13 +114,17 @@ class SubcontextMemory:
             self.affinity[nb] = update_memory(self.affinity.get(nb), value, self.policy.memory)
             self.seen[nb] = self.seen.get(nb, 0) + 1
             rounds = own_round if own_round is not None else self.seen[nb]
+            high = self.affinity[nb] >= self.policy.enter
+            self.above[nb] = self.above.get(nb, 0) + 1 if high else 0
+            near = self.affinity[nb] >= self.policy.enter_alone
+            self.near[nb] = self.near.get(nb, 0) + 1 if near else 0
             self.members[nb] = decide_member(
-                self.is_member(nb), self.affinity[nb], rounds, self.policy
+                self.is_member(nb), self.affinity[nb], rounds, self.policy, self.above[nb]
             )
         alone = self.members and not any(self.members.values())
         if alone and (own_round is None or own_round > self.policy.warmup_rounds):
             best = max(sorted(self.affinity), key=lambda nb: self.affinity[nb])
-            if best in self.members and self.affinity[best] >= self.policy.enter_alone:
+            if best in self.members and self.near.get(best, 0) >= self.policy.confirm_rounds:
                 self.members[best] = True
         return dict(self.members)
 
@@ -118,6 +137,8 @@ class SubcontextMemory:
             "affinity": dict(self.affinity),
             "seen": dict(self.seen),
             "members": dict(self.members),
+            "above": dict(self.above),
+            "near": dict(self.near),
         }
 
     @classmethod
@@ -129,4 +150,6 @@ class SubcontextMemory:
         mem.affinity = {str(k): float(v) for k, v in dict(data.get("affinity", {})).items()}
         mem.seen = {str(k): int(v) for k, v in dict(data.get("seen", {})).items()}
         mem.members = {str(k): bool(v) for k, v in dict(data.get("members", {})).items()}
+        mem.above = {str(k): int(v) for k, v in dict(data.get("above", {})).items()}
+        mem.near = {str(k): int(v) for k, v in dict(data.get("near", {})).items()}
         return mem

@@ -243,6 +243,9 @@ def summary_table(report: Mapping[str, Any]) -> str:
     round_no = final.get("round")
     if round_no is not None:
         out.append(f"(after round {round_no}; best = highest with another sub-context member)")
+    adversaries = report.get("adversaries") or {}
+    for name, spec in sorted(adversaries.items()):
+        out.append(f"{name}: adversary ({spec}), linked to every agent; not evaluated")
     return "\n".join(out)
 
 

@@ -12,7 +12,7 @@ fields a row does not have.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -121,6 +121,9 @@ class RunResult:
     elapsed_s: float | None = None
     workdir: str | None = None  # osml run: the fleet's work directory
     downstream: Downstream | None = None  # data with labels: the probes (osml.ops.downstream)
+    # osml simulate --adversary: hostile agents (id -> spec); linked to every honest agent, never
+    # evaluated, so no figure of the report is about them.
+    adversaries: dict[str, str] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         """The report as JSON-ready data, plus ``embeddings`` (what ``write_run`` takes)."""
@@ -138,6 +141,8 @@ class RunResult:
             out["workdir"] = self.workdir
         if self.downstream is not None:
             out["downstream"] = self.downstream.to_json()
+        if self.adversaries:
+            out["adversaries"] = dict(self.adversaries)
         out["embeddings"] = self.embeddings
         return out
 

@@ -32,17 +32,13 @@ from osml.agent.rounddata import FileWindows, TrainingBuffer
 from osml.core.anchor import context_anchor
 from osml.core.learner import LearnerSettings, OsmoticLearner
 from osml.core.topology import neighbours as topology_neighbours
+from osml.ops.adversaries import Behaviour, describe
 from osml.ops.rows import FinalSection, ReportRound, RunResult, evaluate, report_round
 from osml.wire import topics
 from osml.wire.codec import Frame, encode_frame
 from osml.wire.inbox import Inbox
 
 __all__ = ["Behaviour", "MemoryHub", "SimulationSettings", "simulate"]
-
-# A hostile neighbour for drills: (round, honest embeddings by agent, earlier rounds) -> embeddings.
-Behaviour = Callable[
-    [int, Mapping[str, np.ndarray], Sequence[Mapping[str, np.ndarray]]], np.ndarray
-]
 
 
 @dataclass(frozen=True)
@@ -120,9 +116,10 @@ def simulate(
 ) -> RunResult:
     """Run the simulation: the report's rows and the final test embeddings.
 
-    ``adversaries`` adds hostile agents (id -> behaviour, see ``osml_testing.adversary``): they
-    are linked by the topology like the others and send frames every round, but never learn and
-    are not evaluated; the report covers the honest agents only."""
+    ``adversaries`` adds hostile agents (id -> behaviour, see :mod:`osml.ops.adversaries`): each
+    is linked to every honest agent, sends each of them a frame every round (the behaviour is
+    called once per addressee), never learns and is not evaluated; the report names them and its
+    figures cover the honest agents only."""
     from osml.trainer import EncoderTrainer, TrainerSettings  # torch only from here on
     from osml.trainer.local import LocalTrainer
 
@@ -132,7 +129,12 @@ def simulate(
     clash = set(adversaries) & set(ids)
     if clash:
         raise ValueError(f"adversary ids {sorted(clash)} are also honest agents")
-    links = topology_neighbours([*ids, *adversaries], settings.topology, settings.seed)
+    links = topology_neighbours(ids, settings.topology, settings.seed)
+    # An adversary is linked to every honest agent, whatever the honest topology.
+    for a in adversaries:
+        links[a] = list(ids)
+        for h in ids:
+            links[h] = [*links[h], a]
     tset = settings.trainer if settings.trainer is not None else TrainerSettings()
     anchor = context_anchor(settings.context, settings.embedding_dim, settings.anchor_norm)
     hub = MemoryHub()
@@ -213,15 +215,10 @@ def simulate(
             ag.begin(r)
         honest = {a: ag.own for a, ag in agents.items() if ag.own is not None}
         for a, behave in adversaries.items():
-            _send_hostile(
-                hub,
-                settings.context,
-                a,
-                links[a],
-                r,
-                behave(r, honest, history),
-                settings.window - 1,
-            )
+            for dst in links[a]:
+                _send_hostile(
+                    hub, settings.context, a, dst, r, behave(r, dst, honest, history), settings
+                )
         history = [*history[-31:], honest]
         records: dict[str, RoundRecord] = {}
         for a, ag in agents.items():
@@ -263,6 +260,7 @@ def simulate(
         rounds=rows,
         final=FinalSection.of(rows),
         embeddings={a: evals[settings.rounds][a][1] for a in ids},
+        adversaries=describe(adversaries),
     )
 
 
@@ -274,20 +272,27 @@ def _send_hostile(
     hub: MemoryHub,
     context: str,
     source: str,
-    links: Sequence[str],
+    dst: str,
     rnd: int,
     embeddings: np.ndarray,
-    step_start: int,
+    settings: SimulationSettings,
 ) -> None:
+    """One adversary frame to ``dst``, covering the same steps as the honest frames (file data:
+    the first window ends at step ``window - 1``)."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[1] != settings.embedding_dim:
+        raise ValueError(
+            f"adversary {source} sent {dst} a {emb.shape} matrix; expected (steps, "
+            f"{settings.embedding_dim})"
+        )
     payload = encode_frame(
         Frame(
             context=context,
             source=source,
             round=rnd,
-            step_start=step_start,
+            step_start=settings.window - 1,
             model_version=0,
-            embeddings=np.asarray(embeddings, dtype=np.float32),
+            embeddings=emb,
         )
     )
-    for nb in links:
-        hub.deliver(topics.inbox(context, nb, source), payload)
+    hub.deliver(topics.inbox(context, dst, source), payload)
