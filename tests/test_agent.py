@@ -421,7 +421,7 @@ def test_a_flooding_neighbour_is_muted_and_the_honest_one_still_heard(
     ctx = unique_context("flooded")
     shipped = MODELS / "mlp-w10-f1-d5" / "model.onnx"
 
-    def config(agent: str, nbs: tuple[str, ...], deadline: float) -> Path:
+    def config(agent: str, nbs: tuple[str, ...], deadline: float, interval: float) -> Path:
         return write_config(
             tmp_path,
             ctx,
@@ -433,10 +433,15 @@ def test_a_flooding_neighbour_is_muted_and_the_honest_one_still_heard(
             trainer=False,
             neighbours=nbs,
             deadline=deadline,
+            interval=interval,
         )
 
-    victim = config("0", ("1", "2"), 1.0)  # waits a second for the silent 2 every round
-    honest = config("1", ("0",), 30.0)
+    # The victim waits a second for the silent 2 every round, then rests 2 s: the honest 1, which
+    # waits for the victim's frame, is then always a round ahead, and its frame for a round is
+    # there before the victim starts it, however slow the machine (a victim that ran ahead of 1
+    # would refuse its frames as late, flood or not).
+    victim = config("0", ("1", "2"), 1.0, 2.0)
+    honest = config("1", ("0",), 30.0, 0.0)
     agents = [start_agent(procs, victim), start_agent(procs, honest)]
     wait_until(done_round(victim, 1), "agent 0 to finish round 1")
     flood_from = read_rounds(victim)[-1].round + 1
