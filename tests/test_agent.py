@@ -149,6 +149,13 @@ def read_state(config: Path) -> dict[str, Any]:
     return json.loads((state_dir(config) / "state.json").read_text())
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def done_round(config: Path, rnd: int) -> Callable[[], bool]:
     return lambda: any(r.round >= rnd for r in read_rounds(config))
 
@@ -442,7 +449,13 @@ def test_a_flooding_neighbour_is_muted_and_the_honest_one_still_heard(
     # would refuse its frames as late, flood or not).
     victim = config("0", ("1", "2"), 1.0, 2.0)
     honest = config("1", ("0",), 30.0, 0.0)
-    agents = [start_agent(procs, victim), start_agent(procs, honest)]
+    # The honest agent first, subscribed (it connects before it installs its model), so that it
+    # cannot miss the victim's round-0 frame and sit out its 30 s deadline in round 0.
+    agents = [start_agent(procs, honest)]
+    wait_until(
+        lambda: "installed model" in _text(honest.parent / "agent.log"), "agent 1 to connect"
+    )
+    agents.append(start_agent(procs, victim))
     wait_until(done_round(victim, 1), "agent 0 to finish round 1")
     flood_from = read_rounds(victim)[-1].round + 1
     flooder = Transport(BrokerSettings(url=mosquitto.url), f"flooder-{ctx}", persistent=False)
