@@ -55,9 +55,9 @@ class LearnerSettings:
     equilibrium_tolerance: float = 0.02
     equilibrium_patience: int = 3
     screen: ScreenSettings = field(default_factory=ScreenSettings)
-    # Per step and coordinate, drop the `trim` largest and smallest values of the agent and its
-    # members' votes before blending (when there are at least 2 * trim + 2), so that no one
-    # neighbour can push the target outside the range of the others' values
+    # After the warm-up, per step and coordinate, drop the `trim` largest and smallest values of
+    # the agent and its members' votes before blending (when there are at least 2 * trim + 2),
+    # so that no one neighbour can push the target outside the range of the others' values
     # (osmosis.trimmed_target); 0 is the plain blend.
     trim: int = 1
 
@@ -150,13 +150,13 @@ class OsmoticLearner:
         }
         self.memory.observe(affinity, own_round=self.rounds + 1)
         heard = [nb for nb in heard if nb in kept]
+        # An outvoted twin keeps its affinity but is left out of this round's blend. Twins are
+        # named too, so that an operator sees who copies whom.
+        screened.update({nb: "twin" for pair in copies.twins for nb in pair if nb in kept})
+        screened.update({nb: "outvoted" for nb in copies.outvoted if nb in kept})
         # Members that are near-duplicates of each other (twins) share one vote, so that a copy
         # of a member cannot double its pull; the vote is the coordinate median of the twins and
         # the agent's own embeddings, so that a turned copy cannot drag it away either.
-        # An outvoted twin keeps its affinity but is left out of this round's blend; twins are
-        # named too (they share one vote), so that an operator sees who copies whom.
-        screened.update({nb: "twin" for pair in copies.twins for nb in pair if nb in kept})
-        screened.update({nb: "outvoted" for nb in copies.outvoted if nb in kept})
         members = [nb for nb in heard if self.memory.is_member(nb) and nb not in copies.outvoted]
         groups = share_votes(members, copies.twins)
         stack = np.zeros((len(groups), *own.shape), np.float32)
@@ -169,13 +169,15 @@ class OsmoticLearner:
             votes = np.stack([own, *(np.where(masks[nb][:, None], kept[nb], np.nan) for nb in g)])
             stack[j] = np.where(rows[j][:, None], np.nanmedian(votes, axis=0), 0.0)
         w = osmosis_weights(own, stack, np.ones(len(groups), bool), self.settings.temperature, rows)
-        if self.settings.trim:
+        # In the warm-up every neighbour is a member by grace, and trimming its votes only slowed
+        # honest groups (generated complex, 0~1: -0.016); afterwards members have earned it.
+        in_warmup = self.rounds < self.settings.policy.warmup_rounds
+        if self.settings.trim and not in_warmup:
             target, w = trimmed_target(own, stack, w, self.settings.trim)
         else:
             target = osmosis_target(own, stack, w)
         self.rounds += 1
         mode = self.settings.keep_spread
-        in_warmup = self.rounds <= self.settings.policy.warmup_rounds
         if heard and (mode == "always" or (mode == "warmup" and in_warmup)):
             target = restore_spread(target, own)
         mean_w = w.mean(axis=1)
