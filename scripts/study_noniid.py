@@ -22,7 +22,7 @@ sub-contexts stop changing, rounds until every agent reports equilibrium, wall t
 
 The standard grid has three parts (a run shared by two parts is run once):
   a) every objective x heterogeneity {iid, dirichlet:10, dirichlet:0.3, regimes} x 3 seeds,
-     16 agents (4 groups of 4), random:4;
+     16 agents (4 groups of 4), full (every agent hears its whole group: no topology effect);
   b) topology {ring, random:2, random:4, random:8, full} x objectives {vc, masked, and the
      contrastive one when registered} x 3 seeds, 16 agents, dirichlet:0.3;
   c) fleet {8, 16, 32, 64} x 3 seeds, the default objective, random:4, dirichlet:0.3.
@@ -87,7 +87,7 @@ def standard_grid(seeds: Sequence[int], rounds: int) -> list[Cell]:
     cells = []
     for o in OBJECTIVES:
         for h in HETEROGENEITY:
-            cells += [Cell("a", o, h, "random:4", 16, s, rounds) for s in seeds]
+            cells += [Cell("a", o, h, "full", 16, s, rounds) for s in seeds]
     for t in TOPOLOGIES:
         for o in (o for o in TOPOLOGY_OBJECTIVES if o in OBJECTIVES):
             cells += [Cell("b", o, "dirichlet:0.3", t, 16, s, rounds) for s in seeds]
@@ -371,7 +371,7 @@ def write_tables(out: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     parts = sorted({r["part"] for r in rows})
     text = ["# Non-IID x topology study", ""]
     titles = {
-        "a": "a) objective x heterogeneity (16 agents, random:4)",
+        "a": "a) objective x heterogeneity (16 agents, full)",
         "b": "b) topology (16 agents, dirichlet:0.3)",
         "c": "c) fleet size (default objective, random:4, dirichlet:0.3)",
     }

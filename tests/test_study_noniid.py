@@ -207,7 +207,8 @@ def test_the_standard_grid_covers_the_three_parts_once_per_run():
     assert len({c.key for c in cells}) == len(cells)
     assert {c.part for c in cells} == {"a", "b", "c"}
     assert {c.fleet for c in cells} == {8, 16, 32, 64}
-    assert all(c.topology == "random:4" for c in cells if c.part in "ac")
+    assert all(c.topology == "full" for c in cells if c.part == "a")
+    assert all(c.topology == "random:4" for c in cells if c.part == "c")
 
 
 # ----------------------------------------------------------------------------- end to end
