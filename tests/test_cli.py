@@ -13,7 +13,7 @@ from click.testing import Result
 from clihelp import run_command
 from osml import __version__
 from osml.cli.main import main
-from osml.cli.options import parse_agents, parse_architectures
+from osml.cli.options import parse_agents, parse_architectures, parse_trainer_sets
 from osml.cli.progress import progress_line
 from osml.errors import ConfigError
 from osml_testing.labelled import labelled_dataset, write_paper_dir
@@ -270,6 +270,9 @@ def test_simulate_help_shows_every_flag_and_an_example() -> None:
         "--objective",
         "--context",
         "--quiet",
+        "--trainer-set",
+        "--anchor-norm",
+        "--shared-dims",
     ):
         assert flag in result.stdout
     assert "osml simulate --data generated:simple" in result.stdout
@@ -339,6 +342,97 @@ def test_simulate_with_an_adversary_marks_it_in_the_report(tmp_path: Path) -> No
     assert "x" in report["neighbours"]["0"]
     assert "x: adversary (copy)" in result.stdout
     assert "adversaries x=copy" in result.stdout
+
+
+@pytest.mark.usefixtures("needs_torch")
+def test_simulate_with_levers_runs_and_reports_them(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke(
+        "simulate",
+        "--data",
+        "generated:simple",
+        "--agents",
+        "0,1",
+        "--rounds",
+        "1",
+        "--embedding-dim",
+        "6",
+        "--shared-dims",
+        "3",
+        "--objective",
+        "masked-mmd",
+        "--trainer-set",
+        "mmd_weight=0.5",
+        "--trainer-set",
+        "steps_per_round=20",
+        "--anchor-norm",
+        "2.5",
+        "--out",
+        str(out),
+    )
+
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert settings["trainer"]["objective"] == "masked-mmd"
+    assert settings["trainer"]["mmd_weight"] == 0.5
+    assert settings["trainer"]["steps_per_round"] == 20
+    assert settings["trainer"]["shared_dims"] == settings["learner"]["shared_dims"] == 3
+    assert settings["anchor_norm"] == 2.5
+    arrays = np.load(out / "embeddings" / "0.npy", allow_pickle=False)
+    assert arrays.shape[1] == 6  # the report keeps the whole embedding
+
+
+@pytest.mark.usefixtures("needs_torch")
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (("--trainer-set", "tempo=1"), "--trainer-set tempo: unknown key"),
+        (("--trainer-set", "temperature=0"), "--trainer-set temperature: must be > 0"),
+        (("--trainer-set", "mmd_weight=lots"), "--trainer-set mmd_weight: must be a number"),
+        (("--trainer-set", "steps_per_round=1.5"), "steps_per_round: must be an integer"),
+        (("--trainer-set", "per_dim_variance=maybe"), "per_dim_variance: must be true or false"),
+        (("--trainer-set", "shared_dims=2"), "use --shared-dims"),
+        (("--trainer-set", "temperature"), "expected KEY=VALUE"),
+        (("--shared-dims", "6"), "--shared-dims 6: must be <= --embedding-dim 5"),
+    ],
+)
+def test_simulate_bad_lever_is_one_line(
+    tmp_path: Path, flags: tuple[str, ...], fragment: str
+) -> None:
+    result = invoke(
+        "simulate", "--data", "generated:simple", "--agents", "0,1", *flags, "--out", str(tmp_path)
+    )
+
+    assert_one_line_error(result, fragment)
+
+
+def test_simulate_objective_choices_follow_the_trainer() -> None:
+    from osml.trainer.settings import OBJECTIVES
+
+    result = invoke("simulate", "--help")
+    bad = invoke("simulate", "--data", "generated:simple", "--objective", "simclr")
+
+    for name in OBJECTIVES:
+        assert name in result.stdout
+    assert bad.exit_code == 2
+    assert "masked-mmd" in bad.stderr
+
+
+def test_parse_trainer_sets() -> None:
+    parsed = parse_trainer_sets(
+        ["temperature=0.1", "steps_per_round= 40", "per_dim_variance=false", "hidden=0"]
+    )
+
+    assert parsed == {
+        "temperature": 0.1,
+        "steps_per_round": 40,
+        "per_dim_variance": False,
+        "hidden": 0,
+    }
+    assert isinstance(parsed["steps_per_round"], int)
+    assert parse_trainer_sets([]) == {}
+    with pytest.raises(ConfigError, match="temperature: given twice"):
+        parse_trainer_sets(["temperature=0.1", "temperature=0.2"])
 
 
 def test_parse_agents() -> None:

@@ -591,6 +591,13 @@ NUMBER_CASES = [
         "unknown",
         id="trainer-setting-unknown",
     ),
+    pytest.param(
+        "[trainer.settings]\ntemperature = 0",
+        "trainer.settings.temperature",
+        "> 0",
+        id="trainer-temperature-zero",
+    ),
+    pytest.param("[model]\nshared_dims = 6", "model.shared_dims", "6", id="shared-dims-over"),
     pytest.param("[data]\nseed = -3", "data.seed", "-3", id="data-seed-negative"),
     pytest.param("[broker]\nkeepalive = 0", "keepalive", "5-65535", id="keepalive-zero"),
     pytest.param(f"[broker]\nsession_expiry = {HUGE}", "session_expiry", HUGE, id="session-2**70"),
@@ -680,11 +687,38 @@ def test_sections_built_in_code_check_themselves() -> None:
         ("threads", 0),
         ("batch_size", 2**70),
         ("mask_ratio", float("nan")),
+        ("temperature", 0.0),
+        ("mmd_weight", float("inf")),
+        ("shared_dims", -1),
     ],
 )
 def test_trainer_settings_refuse_non_finite_and_out_of_range(key: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"^{key}: "):
         settings_from_map({key: value}, "mlp")
+
+
+def test_the_new_objectives_and_their_settings_load_from_trainer_settings(tmp_path: Path) -> None:
+    for objective, key, value in (("infonce", "temperature", 0.1), ("masked-mmd", "mmd_weight", 2)):
+        text = MINIMAL + f'\n[trainer.settings]\nobjective = "{objective}"\n{key} = {value}\n'
+        cfg = load(tmp_path, text)
+
+        assert cfg.trainer.settings == {"objective": objective, key: value}
+        settings = settings_from_map(cfg.trainer.settings, cfg.model.architecture)
+        assert settings.objective == objective and getattr(settings, key) == value
+
+
+def test_shared_dims_is_a_model_key_that_reaches_learner_and_trainer(tmp_path: Path) -> None:
+    from osml.agent.runtime import AgentRuntime
+
+    text = MINIMAL.replace('context = "lab"', f'context = "lab"\nstate_dir = "{tmp_path / "s"}"')
+    cfg = load(tmp_path, text + "\n[model]\nembedding_dim = 6\nshared_dims = 4\n")
+    runtime = AgentRuntime(cfg)  # connects to nothing until it runs
+
+    assert cfg.model.shared_dims == 4
+    assert runtime.learner.settings.shared_dims == 4
+    assert runtime._trainer_settings() == {"architecture": "mlp", "shared_dims": 4}
+    with pytest.raises(ConfigError, match="trainer.settings.shared_dims.*model"):
+        load(tmp_path, MINIMAL + "\n[trainer.settings]\nshared_dims = 2\n")
 
 
 def test_mqtt_readings_need_the_devices_own_broker_when_the_agent_logs_in(

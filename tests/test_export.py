@@ -21,7 +21,7 @@ from osml.errors import ExportError
 from osml.trainer.encoders import ARCHITECTURES, Encoder, build_encoder
 from osml.trainer.export import build_onnx, check_parity, export_onnx
 from osml.trainer.fit import EncoderTrainer
-from osml.trainer.settings import TrainerSettings
+from osml.trainer.settings import OBJECTIVES, TrainerSettings
 
 WINDOW, EMB = 10, 6
 MEANS = np.array([20.0, -3.0, 1000.0])
@@ -286,7 +286,7 @@ def test_trainer_settings_reject_bad_values(kwargs: dict[str, object]) -> None:
         TrainerSettings(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("objective", ["vc", "masked"])
+@pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("arch", ["gru", "mlp", "conv"])
 def test_fit_returns_finite_losses(objective: str, arch: str) -> None:
     trainer, windows = make_trainer(objective, arch)
@@ -298,7 +298,7 @@ def test_fit_returns_finite_losses(objective: str, arch: str) -> None:
     assert all(np.isfinite(v) and v >= 0.0 for v in losses.values())
 
 
-@pytest.mark.parametrize("objective", ["vc", "masked"])
+@pytest.mark.parametrize("objective", OBJECTIVES)
 def test_fit_moves_toward_a_fixed_target(objective: str) -> None:
     trainer, windows = make_trainer(objective)
     # a target the encoder can reach: a fixed linear read-out of each window's last step

@@ -379,3 +379,77 @@ def test_the_alone_rule_needs_confirm_rounds_at_enter_alone() -> None:
     assert mem.observe({"a": 0.35, "b": 0.1}, own_round=2) == {"a": True, "b": False}
     again = SubcontextMemory.from_dict(mem.to_dict(), policy)  # the count survives a restart
     assert again.near == mem.near == {"a": 2, "b": 0}
+
+
+# --- shared dimensions ----------------------------------------------------------------------
+
+
+def shared_dims_rounds(
+    shared_dims: int, private: str, rounds: int = 4, k: int = 4, d: int = 8
+) -> list[Any]:
+    """Outcomes of a learner with a related neighbour and a noise neighbour; ``private`` says what
+    the related neighbour sends in dimensions k and up: its own related values ("same") or noise
+    ("noise"). Every draw is the same for both kinds."""
+    rng = np.random.default_rng(30)
+    # Block-diagonal, so that the related neighbour's first k dimensions depend on own's first k.
+    q = np.zeros((d, d))
+    q[:k, :k] = random_rotation(k, rng)
+    q[k:, k:] = random_rotation(d - k, rng)
+    learner = OsmoticLearner(
+        "me",
+        ["related", "noise"],
+        LearnerSettings(policy=SubcontextPolicy(warmup_rounds=2), shared_dims=shared_dims),
+    )
+    outcomes = []
+    for _ in range(rounds):
+        own, received = learner_round(rng, q, d=d)
+        scramble = (3.0 * rng.standard_normal((len(own), d - k))).astype(np.float32)
+        related = received["related"].copy()
+        if private == "noise":
+            related[:, k:] = scramble
+        outcomes.append(learner.step(own, {**received, "related": related}))
+    return outcomes
+
+
+def test_with_shared_dims_the_private_dims_change_nothing_in_osmosis() -> None:
+    same = shared_dims_rounds(4, "same")
+    noisy = shared_dims_rounds(4, "noise")
+
+    for a, b in zip(same, noisy, strict=True):
+        assert a.weights == b.weights
+        assert a.affinity == b.affinity
+        assert a.memory == b.memory
+        assert a.subcontext == b.subcontext
+        np.testing.assert_array_equal(a.target, b.target)
+    assert same[-1].subcontext == ["me", "related"]
+    assert same[-1].affinity["related"] > 0.9
+
+
+def test_with_shared_dims_the_target_keeps_the_own_private_dims() -> None:
+    rng = np.random.default_rng(31)
+    own = rng.standard_normal((40, 6)).astype(np.float32)
+    near = (own + 0.3 * np.sin(3 * own)).astype(np.float32)
+    learner = OsmoticLearner("me", ["a"], LearnerSettings(shared_dims=2))
+
+    out = learner.step(own, {"a": near})
+
+    assert out.target.shape == own.shape
+    np.testing.assert_array_equal(out.target[:, 2:], own[:, 2:])
+    assert not np.allclose(out.target[:, :2], own[:, :2])  # the shared part is blended
+
+
+def test_without_shared_dims_the_private_dims_do_count() -> None:
+    # The control for the test above: over all dimensions, a neighbour that sends noise in half
+    # of them is a weaker match than one that does not.
+    same = shared_dims_rounds(0, "same")
+    noisy = shared_dims_rounds(0, "noise")
+
+    assert noisy[-1].affinity["related"] < same[-1].affinity["related"] - 0.1
+
+
+def test_shared_dims_must_fit_the_embedding() -> None:
+    with pytest.raises(ValueError, match="shared_dims"):
+        LearnerSettings(shared_dims=-1)
+    learner = OsmoticLearner("me", [], LearnerSettings(shared_dims=5))
+    with pytest.raises(ValueError, match="shared_dims"):
+        learner.step(np.zeros((10, 4), np.float32), {})

@@ -506,6 +506,8 @@ def test_bad_shapes_get_error_replies(client: TrainerClient) -> None:
         ({"steps_per_round": 1.5}, "steps_per_round: must be a int"),
         ({"objective": "magic"}, "objective: must be one of"),
         ({"architecture": "gru"}, "contradicts"),
+        ({"objective": "infonce", "temperature": 0.0}, "temperature: must be > 0"),
+        ({"shared_dims": EMB + 1}, "shared_dims: must be <= embedding_dim"),
     ],
 )
 def test_bad_settings_raise_with_message(

@@ -27,6 +27,7 @@ neighbours have defaults)::
     architecture = "mlp"                # mlp | gru | conv
     window = 10
     embedding_dim = 5
+    shared_dims = 0                     # only the first K dims take part in osmosis; 0: all
 
     [rounds]
     count = 0                           # 0: run forever
@@ -221,6 +222,9 @@ class ModelSection:
     embedding_dim: int = _bounded(5, 1, 4096)
     seed: int = _bounded(0, 0, MAX_SEED)
     anchor_norm: float = _bounded(3.8, 0.0, 1e6)
+    # Only the first shared_dims dimensions take part in osmosis, in the learner and in the
+    # trainer's pull (LearnerSettings / TrainerSettings.shared_dims); 0: all of them.
+    shared_dims: int = _bounded(0, 0, 4096)
     path: str = ""  # an initial model (ONNX + card) to start from; default: the trainer makes one
 
     def __post_init__(self) -> None:
@@ -231,6 +235,12 @@ class ModelSection:
                 f"use {' or '.join(ARCHITECTURE_NAMES)}",
             )
         check_numbers(self, "model")
+        if self.shared_dims > self.embedding_dim:
+            raise _fail(
+                "model.shared_dims",
+                f"{self.shared_dims} is more than embedding_dim {self.embedding_dim}",
+                "use a number from 0 (all dimensions) to embedding_dim",
+            )
 
 
 @dataclass(frozen=True)
@@ -562,6 +572,12 @@ def _load_config(p: Path) -> AgentConfig:
     drop = testing.get("drop_rate", 0.0)
     if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0.0 <= drop < 1.0:
         raise _fail("testing.drop_rate", f"{drop!r} is not in [0, 1)", "use e.g. 0.2")
+    if "shared_dims" in trainer.settings:
+        raise _fail(
+            "trainer.settings.shared_dims",
+            "is set by the model",
+            "set [model] shared_dims instead (the learner must use the same)",
+        )
     try:  # checked here, not in every training job the trainer would refuse
         settings_from_map(trainer.settings, model.architecture)
     except ValueError as exc:

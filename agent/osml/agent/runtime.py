@@ -180,7 +180,7 @@ class AgentRuntime:
             seed=self.cfg.model.seed,
             train_data=self._train_data(),
             anchor=anchor,
-            settings={"architecture": self.cfg.model.architecture, **self.cfg.trainer.settings},
+            settings=self._trainer_settings(),
         )
 
     # -- live sources -------------------------------------------------------------------------
@@ -278,11 +278,20 @@ class AgentRuntime:
         period_steps = round(self.period / self.cfg.data.step_seconds)
         return max(self.cfg.model.window, 3 * period_steps)
 
+    def _trainer_settings(self) -> dict[str, object]:
+        """What the trainer is told: ``[trainer.settings]``, plus the model's architecture and
+        shared dimensions (the learner blends only those, so the trainer must pull only those)."""
+        m = self.cfg.model
+        shared = {"shared_dims": m.shared_dims} if m.shared_dims else {}
+        return {"architecture": m.architecture, **self.cfg.trainer.settings, **shared}
+
     def _learner(self, settings: LearnerSettings | None) -> LearnerSettings:
         """The learner's settings with the warm-up of ``[rounds] warmup``: a live round sees a
         period's steps where a file round sees the whole file, so a live warm-up is counted in
-        steps (``warmup_steps``), not in rounds."""
+        steps (``warmup_steps``), not in rounds; and with ``[model] shared_dims``."""
         settings = settings or LearnerSettings()
+        if self.cfg.model.shared_dims:
+            settings = replace(settings, shared_dims=self.cfg.model.shared_dims)
         r = self.cfg.rounds
         if r.warmup >= 0:
             rounds = r.warmup

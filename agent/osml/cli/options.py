@@ -32,6 +32,7 @@ __all__ = [
     "check_wire_names",
     "parse_agents",
     "parse_architectures",
+    "parse_trainer_sets",
     "prepare",
     "run_options",
 ]
@@ -101,6 +102,53 @@ def parse_architectures(spec: str, agents: Sequence[str]) -> tuple[str, dict[str
     if defaults_seen > 1:
         raise ConfigError(f"--architecture {spec!r}: more than one default architecture")
     return default, overrides
+
+
+def parse_trainer_sets(specs: Sequence[str]) -> dict[str, Any]:
+    """``--trainer-set KEY=VALUE`` flags -> {key: value}, each value read as the type of the
+    :class:`~osml.trainer.settings.TrainerSettings` field it sets (``true``/``false`` for a
+    flag). Ranges are checked later, by TrainerSettings. ConfigError naming the key."""
+    from osml.trainer.settings import TrainerSettings
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainerSettings)}
+    out: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, text = (part.strip() for part in spec.partition("="))
+        if not sep or not key:
+            raise ConfigError(f"--trainer-set {spec!r}: expected KEY=VALUE, e.g. temperature=0.1")
+        if key not in defaults:
+            raise ConfigError(
+                f"--trainer-set {key}: unknown key (known: {', '.join(sorted(defaults))})"
+            )
+        if key in _SET_ELSEWHERE:
+            raise ConfigError(f"--trainer-set {key}: use {_SET_ELSEWHERE[key]} instead")
+        if key in out:
+            raise ConfigError(f"--trainer-set {key}: given twice")
+        default = defaults[key]
+        try:
+            if isinstance(default, bool):
+                value: Any = _BOOLEANS[text.lower()]
+            elif isinstance(default, int):
+                value = int(text)
+            elif isinstance(default, float):
+                value = float(text)
+            else:
+                value = text
+        except (KeyError, ValueError):
+            kind = _KINDS[type(default)]
+            raise ConfigError(f"--trainer-set {key}: must be {kind}, got {text!r}") from None
+        out[key] = value
+    return out
+
+
+# Fields that a flag of their own sets, because something else must agree with them.
+_SET_ELSEWHERE = {
+    "architecture": "--architecture",
+    "objective": "--objective",
+    "shared_dims": "--shared-dims (it sets the learner too)",
+}
+_KINDS = {bool: "true or false", int: "an integer", float: "a number"}
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 # ------------------------------------------------------------------------------ shared flags
@@ -177,10 +225,12 @@ RUN_OPTIONS = [
     ),
     click.option(
         "--objective",
+        type=click.Choice(OBJECTIVES),
         default=DEFAULT_OBJECTIVE,
         show_default=True,
-        metavar="|".join(OBJECTIVES),
-        help="Anti-collapse term: variance-covariance (vc) or masked reconstruction.",
+        help="Anti-collapse term: variance-covariance (vc), masked reconstruction (masked), "
+        "contrastive InfoNCE on augmented views (infonce) or masked plus an MMD to the osmosis "
+        "targets (masked-mmd); see docs/objectives.md.",
     ),
     click.option(
         "--context",

@@ -60,12 +60,19 @@ class LearnerSettings:
     # so that no one neighbour can push the target outside the range of the others' values
     # (osmosis.trimmed_target); 0 is the plain blend.
     trim: int = 1
+    # Only the first shared_dims dimensions of an embedding take part in osmosis (screening but
+    # the copy check, affinity, sub-contexts, weights and target); the others are the agent's
+    # own, and its target there is its own embedding. 0: all dimensions. The trainer's
+    # TrainerSettings.shared_dims must say the same, so that it pulls only these dimensions.
+    shared_dims: int = 0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
         if self.trim < 0:
             raise ValueError("trim must be >= 0")
+        if self.shared_dims < 0:
+            raise ValueError("shared_dims must be >= 0 (0: all dimensions)")
         if self.keep_spread not in ("warmup", "always", "never"):
             raise ValueError("keep_spread must be warmup, always or never")
 
@@ -113,25 +120,38 @@ class OsmoticLearner:
         (neighbour -> bool (n,)) marks the rows a neighbour had data for (default: all); a
         neighbour with fewer than :data:`MIN_SHARED_STEPS` such rows counts as not heard.
         ``steps`` names the rows (absolute step indices) so that the change since the last
-        round is measured on the steps both rounds embedded."""
-        own = np.asarray(own, dtype=np.float32)
+        round is measured on the steps both rounds embedded.
+
+        With :attr:`LearnerSettings.shared_dims` = k > 0 all but that change sees only the first
+        k dimensions, and the target keeps the agent's own values in the others."""
+        whole = np.asarray(own, dtype=np.float32)
+        k = self.settings.shared_dims
+        if whole.ndim != 2 or k > whole.shape[1]:
+            raise ValueError(f"shared_dims {k} is more than the embedding has: {whole.shape}")
+        k = k or whole.shape[1]
+        own = whole[:, :k]
         n = len(own)
         masks: dict[str, np.ndarray] = {}
         for nb in self.neighbours:
             if nb not in received:
                 continue
-            if received[nb].shape != own.shape:
-                raise ValueError(f"{nb} sent {received[nb].shape}, own embeddings are {own.shape}")
+            if received[nb].shape != whole.shape:
+                raise ValueError(
+                    f"{nb} sent {received[nb].shape}, own embeddings are {whole.shape}"
+                )
             mask = np.ones(n, dtype=bool) if present is None or nb not in present else present[nb]
             if int(mask.sum()) >= min(MIN_SHARED_STEPS, n) and n > 0:
                 masks[nb] = np.asarray(mask, dtype=bool)
         heard = list(masks)
-        mine = {nb: received[nb] for nb in heard}
-        change = self._change(own, steps)
+        sent = {nb: np.asarray(received[nb], dtype=np.float32) for nb in heard}
+        change = self._change(whole, steps)
         moved = change is not None and change > 1e-6  # an agent that only infers never moves
+        # Copies are looked for in whole frames: a copier sends all of them, and in a few shared
+        # dimensions honest neighbours that agree can look like affine copies of each other.
         copies = self._copies.copies(
-            mine, self.agent_id, own, masks, steps, self.rounds == 0, moved
+            sent, self.agent_id, whole, masks, steps, self.rounds == 0, moved
         )
+        mine = {nb: e[:, :k] for nb, e in sent.items()}
         kept: dict[str, np.ndarray] = {}
         screened: dict[str, str] = {}
         for nb in heard:
@@ -180,6 +200,8 @@ class OsmoticLearner:
         mode = self.settings.keep_spread
         if heard and (mode == "always" or (mode == "warmup" and in_warmup)):
             target = restore_spread(target, own)
+        if k < whole.shape[1]:
+            target = np.concatenate([target, whole[:, k:]], axis=1)
         mean_w = w.mean(axis=1)
         weights = {
             self.agent_id: float(mean_w[0]),

@@ -11,16 +11,20 @@ from osml.trainer.encoders import build_encoder
 from osml.trainer.export import export_onnx
 from osml.trainer.objectives import (
     alignment_loss,
+    augment_windows,
+    info_nce_loss,
+    mmd_loss,
     reconstruction_loss,
     variance_covariance_loss,
 )
-from osml.trainer.settings import TrainerSettings
+from osml.trainer.settings import DECODER_OBJECTIVES, TrainerSettings
 
 __all__ = ["EncoderTrainer"]
 
 
 class EncoderTrainer:
-    """Holds one agent's torch encoder (and decoder, for ``masked``) between rounds."""
+    """Holds one agent's torch encoder (and decoder, for ``masked`` and ``masked-mmd``) between
+    rounds."""
 
     def __init__(
         self,
@@ -33,7 +37,13 @@ class EncoderTrainer:
         train_data: np.ndarray,
         offset: np.ndarray | None = None,
     ) -> None:
+        if settings.shared_dims > embedding_dim:
+            raise ValueError(
+                f"shared_dims must be <= the embedding dimension {embedding_dim}, "
+                f"got {settings.shared_dims}"
+            )
         self.settings = settings
+        self.shared = settings.shared_dims or embedding_dim
         torch.set_num_threads(settings.threads)
         self.encoder = build_encoder(
             settings.architecture, window, n_features, embedding_dim, seed, settings.hidden
@@ -45,7 +55,7 @@ class EncoderTrainer:
         self.gen = torch.Generator().manual_seed(seed + 7919)
         params = list(self.encoder.parameters())
         self.decoder: nn.Module | None = None
-        if settings.objective == "masked":
+        if settings.objective in DECODER_OBJECTIVES:
             torch.manual_seed(seed + 104729)
             self.decoder = nn.Sequential(
                 nn.Linear(embedding_dim, 64), nn.Tanh(), nn.Linear(64, window * n_features)
@@ -77,18 +87,27 @@ class EncoderTrainer:
         mean_after = (emb - head.bias) * factor.squeeze(1) + head.bias
         head.bias.sub_(mean_after.mean(dim=0))
 
-    def _ssl(self, xb: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _ssl(self, xb: torch.Tensor, emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The self-supervised term for a batch of windows ``xb``, their embeddings ``emb`` and
+        osmosis targets ``targets`` (the shared dimensions only)."""
         s = self.settings
+        enc = self.encoder
         if s.objective == "vc":
             return variance_covariance_loss(
-                emb - self.encoder.offset, s.var_target, s.cov_weight, s.per_dim_variance
-            ), emb
+                emb - enc.offset, s.var_target, s.cov_weight, s.per_dim_variance
+            )
+        if s.objective == "infonce":
+            z1 = enc(augment_windows(xb, enc.in_mean, enc.in_std, self.gen))
+            z2 = enc(augment_windows(xb, enc.in_mean, enc.in_std, self.gen))
+            return info_nce_loss(z1, z2, s.temperature)
         assert self.decoder is not None
         mask = torch.rand(xb.shape[:2], generator=self.gen) < s.mask_ratio
-        hidden_in = torch.where(mask.unsqueeze(-1), self.encoder.in_mean.expand_as(xb), xb)
-        emb_masked = self.encoder(hidden_in)
-        recon = self.decoder(emb_masked - self.encoder.offset).view_as(xb)
-        return reconstruction_loss(recon, self.encoder.normalise(xb), mask), emb
+        hidden_in = torch.where(mask.unsqueeze(-1), enc.in_mean.expand_as(xb), xb)
+        recon = self.decoder(enc(hidden_in) - enc.offset).view_as(xb)
+        loss = reconstruction_loss(recon, enc.normalise(xb), mask)
+        if s.objective == "masked-mmd":
+            loss = loss + s.mmd_weight * mmd_loss(emb[:, : self.shared], targets)
+        return loss
 
     def fit(self, windows: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """``steps_per_round`` optimiser steps on (windows, osmosis targets); the mean losses."""
@@ -105,8 +124,10 @@ class EncoderTrainer:
                     xb.shape, generator=self.gen
                 )
             emb = self.encoder(xb)
-            ssl, _ = self._ssl(xb, emb)
-            align = alignment_loss(emb, yb)
+            # Only the shared dimensions take part in osmosis; the rest are the agent's own.
+            yb = yb[:, : self.shared]
+            ssl = self._ssl(xb, emb, yb)
+            align = alignment_loss(emb[:, : self.shared], yb)
             loss = s.align_weight * align + s.ssl_weight * ssl
             self.optim.zero_grad(set_to_none=True)
             # torch leaves Tensor.backward unannotated.

@@ -247,6 +247,11 @@ class TrainerService:
         dim = _int(req, "embedding_dim", 1, MAX_EMBEDDING_DIM)
         seed = _int(req, "seed", 0, 2**63 - 1)
         settings = parse_settings(req.get("settings", {}), architecture)
+        if settings.shared_dims > dim:
+            raise TrainerError(
+                f"bad trainer settings: shared_dims: must be <= embedding_dim {dim}, "
+                f"got {settings.shared_dims}"
+            )
         train_data = unpack_array(req.get("train_data"), 2, "train_data")
         if train_data.shape[0] < 1 or train_data.shape[1] != n_features:
             raise TrainerError(

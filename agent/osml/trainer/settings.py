@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "ARCHITECTURE_NAMES",
+    "DECODER_OBJECTIVES",
     "DEFAULT_ARCHITECTURE",
     "DEFAULT_OBJECTIVE",
     "OBJECTIVES",
@@ -29,10 +30,13 @@ ARCHITECTURE_NAMES = ("gru", "mlp", "conv")
 DEFAULT_ARCHITECTURE = "mlp"
 """What every agent uses unless told otherwise: cheap, and enough for short windows."""
 
-OBJECTIVES = ("vc", "masked")
+OBJECTIVES = ("vc", "masked", "infonce", "masked-mmd")
 """The self-supervised objectives, default first (see :mod:`osml.trainer.objectives`)."""
 
 DEFAULT_OBJECTIVE = OBJECTIVES[0]
+
+DECODER_OBJECTIVES = frozenset({"masked", "masked-mmd"})
+"""The objectives that train a decoder beside the encoder (trainer-side only, never exported)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ class TrainerSettings:
     input_noise: float = 0.1  # std of the Gaussian jitter added to windows, in feature stds
     per_dim_variance: bool = True
     threads: int = 1
+    temperature: float = 0.2  # infonce: cosine similarities are divided by it
+    mmd_weight: float = 1e-2  # masked-mmd: weight of the MMD^2 to the osmosis targets
+    # Only the first shared_dims embedding dimensions are pulled toward the osmosis target (and
+    # matched in distribution by masked-mmd); the others are left to the self-supervised term.
+    # 0: all of them. Set it to the learner's LearnerSettings.shared_dims.
+    shared_dims: int = 0
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURE_NAMES:
@@ -87,6 +97,9 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "weight_decay": (0.0, 1e3, False),
     "input_noise": (0.0, 1e3, False),
     "threads": (1, 1024, False),
+    "temperature": (0.0, 100.0, True),
+    "mmd_weight": (0.0, 1e6, False),
+    "shared_dims": (0, 65_536, False),
 }
 
 
