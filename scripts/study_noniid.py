@@ -378,8 +378,12 @@ def write_tables(out: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
         "c": "c) fleet size (default objective, random:4, dirichlet:0.3)",
     }
     for p in parts:
-        mine = [r for r in rows if p in r.get("parts", [r["part"]])]
-        text += [f"## {titles.get(p, p)}", "", markdown_table(aggregate(mine)), ""]
+        mine = aggregate([r for r in rows if p in r.get("parts", [r["part"]])])
+        # Factors that do not vary within the part go to one line above the table.
+        varying = [f for f in FACTORS if len({a[f] for a in mine}) > 1] or ["objective"]
+        fixed = ", ".join(f"{f} {mine[0][f]}" for f in FACTORS if f not in varying)
+        text += [f"## {titles.get(p, p)}", "", f"Fixed: {fixed}.", ""]
+        text += [markdown_table(mine, varying), ""]
     total = sum(float(r["wall_s"]) for r in rows)
     text += [f"{len(rows)} runs, {total / 60:.1f} min of simulation in all.", ""]
     path = out / TABLE_FILE
@@ -400,7 +404,7 @@ def plot(out: Path, rows: Sequence[Mapping[str, Any]], img: Path) -> list[Path]:
         return []
     img.mkdir(parents=True, exist_ok=True)
     shown = (("align_within", "centred alignment within groups"),
-             ("link_acc", "sub-context link accuracy"),
+             ("exact", "agents whose sub-context is their group"),
              ("knn_transfer", "kNN-5 transfer accuracy"))  # fmt: skip
     written = []
     for part, factor, name in (

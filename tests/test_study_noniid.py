@@ -232,4 +232,5 @@ def test_a_quick_study_writes_results_resumes_and_tabulates(tmp_path, capsys):
         assert 0.0 <= row[key] <= 1.0 or key.startswith("align")
     assert row["stable_round"] in (1.0, 2.0)
     table = (out / "study.md").read_text()
-    assert f"| {DEFAULT_OBJECTIVE} | dirichlet:0.3 | full | 8 | 2 | 1 |" in table
+    assert "Fixed: heterogeneity dirichlet:0.3, topology full, fleet 8, rounds 2." in table
+    assert f"| {DEFAULT_OBJECTIVE} | 1 |" in table
