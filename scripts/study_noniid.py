@@ -143,7 +143,9 @@ def subcontext_scores(
     in the agent's true group; ``exact``: share of agents whose sub-context equals their true group
     within their reach (themselves and their neighbours: on a ring, no agent can see its whole
     group); ``pair_acc``: over every ordered pair of distinct agents, member iff same group (so a
-    sparse topology loses the pairs it cannot link)."""
+    sparse topology loses the pairs it cannot link); ``precision``: share of the members (the
+    agent itself left out) that are in the agent's group; ``recall``: share of the group-mates
+    among an agent's neighbours that are members."""
 
     def same(a: str, b: str) -> bool:
         return group_of[a] >= 0 and group_of[a] == group_of[b]
@@ -157,11 +159,31 @@ def subcontext_scores(
         truth = {b for b in reach if b == a or same(a, b)}
         exact.append(set(subcontexts[a]) == truth)
     pairs = [(b in subcontexts[a]) == same(a, b) for a in ids for b in ids if b != a]
+    members = [same(a, b) for a in ids for b in subcontexts[a] if b != a]
+    found = [b in subcontexts[a] for a, b in links if same(a, b)]
     return {
         "link_acc": _mean(link_ok),
         "exact": _mean(exact),
         "pair_acc": _mean(pairs),
+        "precision": _mean(members),
+        "recall": _mean(found),
     }
+
+
+def group_of_ids(ids: Iterable[str]) -> dict[str, int]:
+    """The true groups from the generator's ids: ``g<G>m<M>`` -> G, a noise device -> -1."""
+    return {a: int(a[1:].split("m")[0]) if a.startswith("g") else -1 for a in ids}
+
+
+def rescore(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` with its sub-context scores computed again from its final sub-contexts (the
+    topology is rebuilt from its name and seed), so that rows written before a score was added
+    have it too."""
+    from osml.core.topology import neighbours
+
+    subs = row["subcontexts"]
+    links = neighbours(list(subs), row["topology"], row["seed"])
+    return {**row, **subcontext_scores(subs, links, group_of_ids(subs))}
 
 
 def alignment_scores(
@@ -318,6 +340,8 @@ def load_results(path: Path) -> list[dict[str, Any]]:
 
 METRICS = (
     ("link_acc", "link acc"),
+    ("precision", "members right"),
+    ("recall", "mates found"),
     ("exact", "exact group"),
     ("align_within", "align within"),
     ("align_across", "align across"),
@@ -325,7 +349,6 @@ METRICS = (
     ("knn_transfer", "kNN transfer"),
     ("knn_central", "kNN central (raw)"),
     ("stable_round", "stable after"),
-    ("equilibrium_share", "in equilibrium"),
     ("wall_s", "wall s"),
 )
 FACTORS = ("objective", "heterogeneity", "topology", "fleet", "rounds")
@@ -445,7 +468,7 @@ def report(out: Path, img: Path | None = None) -> None:
         print(f"no results in {out / RESULTS_FILE}")
         return
     # A run shared by two parts of the grid counts in both (resolved from the current grid).
-    rows = [dict(r, parts=r.get("parts") or [r["part"]]) for r in rows]
+    rows = [rescore(dict(r, parts=r.get("parts") or [r["part"]])) for r in rows]
     print(f"wrote {write_tables(out, rows)}")
     for p in plot(out, rows, img or out / "img"):
         print(f"wrote {p}")

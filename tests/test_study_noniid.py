@@ -115,10 +115,33 @@ def test_subcontext_scores_on_a_perfect_and_a_wrong_split():
     good = study_noniid.subcontext_scores(perfect, full, GROUPS)
     bad = study_noniid.subcontext_scores(merged, full, GROUPS)
 
-    assert good == {"link_acc": 1.0, "exact": 1.0, "pair_acc": 1.0}
+    assert good == {"link_acc": 1.0, "exact": 1.0, "pair_acc": 1.0, "precision": 1.0, "recall": 1.0}
     assert bad["exact"] == pytest.approx(3 / 5)
     assert bad["link_acc"] == pytest.approx(18 / 20)  # a->c and n->d are wrong
     assert bad["pair_acc"] == pytest.approx(18 / 20)
+    assert bad["precision"] == pytest.approx(4 / 6)  # members b, c; b; d; c; d
+    assert bad["recall"] == 1.0
+
+
+def test_agents_left_alone_lose_recall_not_precision():
+    full = {x: [y for y in GROUPS if y != x] for x in GROUPS}
+    alone = {x: [x] for x in GROUPS}
+
+    got = study_noniid.subcontext_scores(alone, full, GROUPS)
+
+    assert got["recall"] == 0.0 and math.isnan(got["precision"])
+    assert got["link_acc"] == pytest.approx(16 / 20) and got["exact"] == pytest.approx(1 / 5)
+
+
+def test_rescore_rebuilds_groups_and_topology_from_the_row():
+    subs = {"g0m0": ["g0m0", "g0m1"], "g0m1": ["g0m1"], "g1m0": ["g1m0"], "n0": ["n0"]}
+    row = {"subcontexts": subs, "topology": "full", "seed": 0, "link_acc": None}
+
+    got = study_noniid.rescore(row)
+
+    assert study_noniid.group_of_ids(subs) == {"g0m0": 0, "g0m1": 0, "g1m0": 1, "n0": -1}
+    assert got["precision"] == 1.0 and got["recall"] == 0.5
+    assert got["link_acc"] == pytest.approx(11 / 12)
 
 
 def test_subcontext_scores_judge_each_agent_on_its_reach():
