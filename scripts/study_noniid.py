@@ -5,6 +5,7 @@
     python scripts/study_noniid.py --grid standard --out runs/study         # the study
     python scripts/study_noniid.py --out runs/x --objectives masked --heterogeneity iid,regimes \\
         --topologies ring,full --fleet 16 --seeds 0,1 --rounds 6            # one explicit grid
+    python scripts/study_noniid.py --grid standard --parts b,c --out runs/study  # parts b, c only
     python scripts/study_noniid.py --out runs/study --report-only           # table + plots again
 
 Each run simulates a generated heterogeneous fleet (scripts/noniid_data.py: groups of 4 devices
@@ -547,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fleet", help="comma list of fleet sizes (groups of 4, the rest noise)")
     parser.add_argument("--seeds", help="comma list of seeds  [default: 0,1,2 standard, 0 else]")
     parser.add_argument("--rounds", type=int, help="exchange rounds  [default: 6, quick 2]")
+    parser.add_argument("--parts", help="comma list of the standard grid's parts to run, in "
+                        "this order, e.g. b,c,a  [default: all, a first]")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="results directory")
     parser.add_argument("--img", type=Path, help="where the plots go  [default: OUT/img]")
     parser.add_argument(
@@ -570,6 +573,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parts.setdefault(c.key, [])
             if c.part not in parts[c.key]:
                 parts[c.key].append(c.part)
+        if args.parts:
+            # Run the chosen parts of the grid, in the order given (a run keeps every part it
+            # belongs to in the whole grid).
+            order = _list(args.parts)
+            first: dict[str, int] = {}
+            for c in cells:
+                first.setdefault(c.key, min((order.index(p) for p in parts[c.key] if p in order),
+                                            default=-1))  # fmt: skip
+            cells = sorted((c for c in cells if first[c.key] >= 0), key=lambda c: first[c.key])
         todo = [c for c in cells if c.key not in done]
         print(f"{len(cells)} runs in the grid, {len(cells) - len(todo)} done, {len(todo)} to go")
         t_all = time.perf_counter()
