@@ -357,7 +357,8 @@ FACTORS = ("objective", "heterogeneity", "topology", "fleet", "rounds")
 
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean, std and count over seeds per (objective, heterogeneity, topology, fleet, rounds), in
-    first-seen order; a metric that is None in a run (never reached) is left out of its mean."""
+    first-seen order; a metric that is None or nan in a run (never reached, undefined) is left
+    out of its mean."""
     cells: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for r in rows:
         cells.setdefault(tuple(r[f] for f in FACTORS), []).append(r)
@@ -368,6 +369,7 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         agg["parts"] = sorted({r["part"] for r in runs})
         for m, _ in METRICS:
             vals = [float(r[m]) for r in runs if r.get(m) is not None]
+            vals = [v for v in vals if math.isfinite(v)]  # nan: undefined in that run
             agg[m] = statistics.fmean(vals) if vals else math.nan
             agg[m + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         out.append(agg)
