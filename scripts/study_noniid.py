@@ -376,6 +376,21 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _order(agg: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Grid order: objectives as registered, the levels and topologies as listed, fleet size."""
+
+    def at(values: Sequence[str], value: str) -> int:
+        return values.index(value) if value in values else len(values)
+
+    return (
+        at(OBJECTIVES, agg["objective"]),
+        at(HETEROGENEITY, agg["heterogeneity"]),
+        at(TOPOLOGIES, agg["topology"]),
+        agg["fleet"],
+        agg["rounds"],
+    )
+
+
 def _cell_text(mean: float, std: float, digits: int) -> str:
     if not math.isfinite(mean):
         return "-"
@@ -404,7 +419,7 @@ def write_tables(out: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
         "c": "c) fleet size (default objective, random:4, dirichlet:0.3)",
     }
     for p in parts:
-        mine = aggregate([r for r in rows if p in r.get("parts", [r["part"]])])
+        mine = sorted(aggregate([r for r in rows if p in r.get("parts", [r["part"]])]), key=_order)
         # Factors that do not vary within the part go to one line above the table.
         varying = [f for f in FACTORS if len({a[f] for a in mine}) > 1] or ["objective"]
         fixed = ", ".join(f"{f} {mine[0][f]}" for f in FACTORS if f not in varying)
@@ -441,7 +456,7 @@ def plot(out: Path, rows: Sequence[Mapping[str, Any]], img: Path) -> list[Path]:
         mine = [r for r in rows if part in r.get("parts", [r["part"]])]
         if not mine:
             continue
-        aggs = aggregate(mine)
+        aggs = sorted(aggregate(mine), key=_order)
         levels = list(dict.fromkeys(a[factor] for a in aggs))
         fig, axes = plt.subplots(1, len(shown), figsize=(11, 3.2))
         for ax, (metric, title) in zip(axes, shown):
