@@ -89,7 +89,7 @@ STILL_TOLERANCE = 1e-7  # step-to-step distance, in median norms, below which an
 
 @dataclass(frozen=True)
 class AnomalySettings:
-    threshold: float = 6.0  # flag when z exceeds this
+    threshold: float = 7.0  # flag when z exceeds this
     history: int = 512  # clean deviations kept per mode for the calibration
     min_history: int = 64  # warm-up: no flags until a mode's history holds this many
     mad_floor: float = 1e-3  # lowest z denominator, in units of the agent's median norm
