@@ -5,6 +5,7 @@
     python scripts/adversary_drill.py --quick                 # a few attacks, simple data, seed 0
     python scripts/adversary_drill.py --attacks rotate-copy:angle=90:noise=1e-1 --seeds 0
     python scripts/adversary_drill.py --defences old --quick  # the same, defences as before
+    python scripts/adversary_drill.py --data complex --seeds 0,1 --rounds 25 --settle 8
 
 Honest agents (generated simple: 0, 1 and the unrelated M0, 8 rounds; generated complex: 0-4, 12
 rounds) run with one adversary ``x`` that is linked to every honest agent, sends real frames each
@@ -13,8 +14,11 @@ round and never learns (``osml simulate --adversary``; the kinds are in
 same data and seed with no attack. Per run it prints: the honest sub-contexts (x left out) and
 whether they are the no-attack run's, whether x is in any sub-context, the largest mean osmosis
 weight any honest agent gave x in any round, the centred alignment inside each true group minus
-the no-attack run's, and what screening left out. Then a summary per attack: sub-contexts
-unchanged in every run (y/n) and the worst alignment delta.
+the no-attack run's, the same for the mean over the run's last ``--settle`` (4) evaluations
+("settled": on generated complex a single round's figure swings by 0.01-0.05 from one round to
+the next, with or without an attack), and what screening left out. Then a summary per attack:
+sub-contexts unchanged in every run (y/n) and the worst deltas, and the count of runs within
+``--tolerance`` of each.
 
 Exits 1 if, with the defences on, an attack changes an honest sub-context or costs a group more
 than ``--tolerance`` (0.01) of centred alignment against the no-attack run.
@@ -93,8 +97,11 @@ def learner_settings(defences: str) -> LearnerSettings:
     return LearnerSettings(trim=0, screen=off)
 
 
-def run_once(data: str, seed: int, attack: str | None, learner: LearnerSettings) -> dict:
-    spec, ids, rounds, _ = DATA[data]
+def run_once(
+    data: str, seed: int, attack: str | None, learner: LearnerSettings, rounds: int | None = None
+) -> dict:
+    spec, ids, default_rounds, groups = DATA[data]
+    rounds = default_rounds if rounds is None else rounds
     ds = load_dataset(spec, seed=seed)
     settings = SimulationSettings(rounds=rounds, seed=seed, learner=learner)
     advs = {}
@@ -114,17 +121,32 @@ def run_once(data: str, seed: int, attack: str | None, learner: LearnerSettings)
             default=0.0,
         ),
         "centered": final.centered_alignment,
+        # Each true group's centred alignment after every round (the final one last).
+        "trajectory": {
+            g: [
+                v[g]
+                for v in (group_alignment(row.centered_alignment, groups) for row in rep.rounds)
+            ]
+            for g in group_alignment(final.centered_alignment, groups)
+        },
         "screened": dict(screened),
     }
 
 
-def group_alignment(result: dict, groups: list[list[str]]) -> dict[str, float]:
-    c = result["centered"]
+def group_alignment(centered: dict, groups: list[list[str]]) -> dict[str, float]:
+    c = centered
     return {
         ",".join(g): float(np.mean([c[a][b] for a in g for b in g if a != b]))
         for g in groups
         if len(g) > 1
     }
+
+
+def settled(result: dict, last: int) -> dict[str, float]:
+    """Each group's centred alignment averaged over the run's last ``last`` evaluations: on the
+    generated complex data the figure of a single round swings by 0.01-0.05 from one round to
+    the next, attack or not."""
+    return {g: float(np.mean(v[-last:])) for g, v in result["trajectory"].items()}
 
 
 def main() -> int:
@@ -137,8 +159,17 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help=f"attacks {QUICK}, simple data, seed 0")
     ap.add_argument("--defences", choices=DEFENCES, default="on", help="see learner_settings")
     ap.add_argument("--tolerance", type=float, default=0.01)
+    ap.add_argument("--rounds", type=int, help="rounds per run (default: 8 simple, 12 complex)")
+    ap.add_argument(
+        "--settle",
+        type=int,
+        default=4,
+        help="also compare the mean over the last SETTLE evaluations (default 4)",
+    )
     ap.add_argument("--json", help="also write every run's results here")
     args = ap.parse_args()
+    if args.settle < 1:
+        ap.error("--settle must be >= 1")
     attacks = args.attacks.split(",") if args.attacks else (QUICK if args.quick else matrix())
     datas = ["simple"] if args.quick else args.data.split(",")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
@@ -148,17 +179,23 @@ def main() -> int:
     for data in datas:
         groups = DATA[data][3]
         for seed in seeds:
-            base = run_once(data, seed, None, learner)
-            base_groups = group_alignment(base, groups)
+            base = run_once(data, seed, None, learner, args.rounds)
+            base_groups = group_alignment(base["centered"], groups)
+            base_settled = settled(base, args.settle)
             print(
                 f"{data:7} seed {seed} no attack: subs {json.dumps(base['subcontexts'])} "
-                + " ".join(f"{g}={v:.4f}" for g, v in base_groups.items()),
+                + " ".join(f"{g}={v:.4f}" for g, v in base_groups.items())
+                + f" (mean of the last {args.settle}: "
+                + " ".join(f"{g}={v:.4f}" for g, v in base_settled.items())
+                + ")",
                 flush=True,
             )
             out.append({"data": data, "seed": seed, "attack": "none", **base})
             for attack in attacks:
-                res = run_once(data, seed, attack, learner)
-                deltas = {g: v - base_groups[g] for g, v in group_alignment(res, groups).items()}
+                res = run_once(data, seed, attack, learner, args.rounds)
+                final = group_alignment(res["centered"], groups)
+                deltas = {g: v - base_groups[g] for g, v in final.items()}
+                calm = {g: v - base_settled[g] for g, v in settled(res, args.settle).items()}
                 res.update(
                     data=data,
                     seed=seed,
@@ -166,6 +203,8 @@ def main() -> int:
                     same_subcontexts=res["subcontexts"] == base["subcontexts"],
                     delta=deltas,
                     worst_delta=min(deltas.values()),
+                    settled_delta=calm,
+                    worst_settled_delta=min(calm.values()),
                 )
                 res["ok"] = res["same_subcontexts"] and res["worst_delta"] >= -args.tolerance
                 failed |= not res["ok"]
@@ -175,13 +214,18 @@ def main() -> int:
                     f"{'same' if res['same_subcontexts'] else 'CHANGED'} "
                     f"x_inside={res['x_inside']!s:<5} w(x)={res['max_weight_x']:.3f} "
                     + " ".join(f"d{g}={v:+.4f}" for g, v in deltas.items())
+                    + " settled "
+                    + " ".join(f"d{g}={v:+.4f}" for g, v in calm.items())
                     + f" screened={json.dumps(res['screened'])} {'ok' if res['ok'] else 'FAIL'}",
                     flush=True,
                 )
-    print(f"\nsummary (defences {args.defences}; delta = centred alignment minus no attack)")
+    print(
+        f"\nsummary (defences {args.defences}; delta = centred alignment minus no attack; "
+        f"settled: of the mean over the last {args.settle} evaluations)"
+    )
     print(
         f"{'attack':<40} {'runs':>4} {'subs same':>9} {'x inside':>8} {'max w(x)':>8} "
-        f"{'worst delta':>11}"
+        f"{'worst delta':>11} {'worst settled':>13}"
     )
     for attack in attacks:
         runs = [r for r in out if r["attack"] == attack]
@@ -190,9 +234,19 @@ def main() -> int:
             f"{'y' if all(r['same_subcontexts'] for r in runs) else 'n':>9} "
             f"{sum(r['x_inside'] for r in runs):>8} "
             f"{max(r['max_weight_x'] for r in runs):>8.3f} "
-            f"{min(r['worst_delta'] for r in runs):>+11.4f}",
+            f"{min(r['worst_delta'] for r in runs):>+11.4f} "
+            f"{min(r['worst_settled_delta'] for r in runs):>+13.4f}",
             flush=True,
         )
+    attacked = [r for r in out if r["attack"] != "none"]
+    for key in ("worst_delta", "worst_settled_delta"):
+        within = sum(r[key] >= -args.tolerance for r in attacked)
+        worst = min(attacked, key=lambda r: r[key], default=None)
+        if worst is not None:
+            print(
+                f"{key}: {within} of {len(attacked)} runs within {args.tolerance}; worst "
+                f"{worst[key]:+.4f} ({worst['data']}, seed {worst['seed']}, {worst['attack']})"
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1, default=str)

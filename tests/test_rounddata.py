@@ -11,6 +11,7 @@ from osml.agent.rounddata import (
     TrainingBuffer,
     align,
     rows_for_steps,
+    scale_moved,
 )
 from osml.agent.streams.readings import Reading
 from osml.agent.streams.steps import StepSeries
@@ -209,3 +210,31 @@ def test_an_agent_without_windows_says_so_and_its_neighbour_does_not_count_it_mi
     assert a.no_data == {"b"} and rec_a.missing == [] and "steps" not in rec_a.rejected
     assert rec_a.steps == 40 and rec_b.steps == 0 and set(rec_a.osmosis_weights) == {"a"}
     assert rec_b.missing == []  # b heard a's frame (it has no steps of its own to match)
+
+
+def test_scale_moved_by_a_new_level_or_a_wider_spread_not_by_spikes_or_a_stall() -> None:
+    rng = np.random.default_rng(3)
+    ref = rng.normal(-3.0, 0.8, size=(1500, 2))
+    mean, std = ref.mean(axis=0), ref.std(axis=0)
+    same = rng.normal(-3.0, 0.8, size=(100, 2))
+    assert not scale_moved(mean, std, same)
+    # Moved to another room: one feature now sits 16 deviations away.
+    moved = same.copy()
+    moved[:, 1] = rng.normal(10.0, 2.7, size=100)
+    assert scale_moved(mean, std, moved)
+    # The same level but five times the spread.
+    wide = rng.normal(-3.0, 4.0, size=(100, 2))
+    assert scale_moved(mean, std, wide)
+    # A burst of spikes on a tenth of the steps moves neither the median nor the quartiles.
+    spiky = same.copy()
+    spiky[::10, 0] = 1e3
+    assert not scale_moved(mean, std, spiky)
+    # A stuck sensor: the spread shrinks to nothing at the old level; that saturates nothing.
+    stuck = np.full((100, 2), -3.1)
+    assert not scale_moved(mean, std, stuck)
+    # A feature that was constant is scaled by 1 (as the encoder does), not by 1e-6.
+    const_mean, const_std = np.array([2.0, 0.0]), np.array([0.0, 1.0])
+    assert not scale_moved(const_mean, const_std, np.array([[2.5, 0.0]] * 50))
+    assert scale_moved(const_mean, const_std, np.array([[10.0, 0.0]] * 50))
+    # Too few steps say nothing.
+    assert not scale_moved(mean, std, moved[:3])

@@ -43,7 +43,7 @@ neighbours have defaults)::
     require = true                      # reject unsigned frames (false only while rolling out)
 
     [anomaly]                           # optional, live sources: per-step anomaly scores
-    threshold = 6.0                     # flag a step whose robust z-score exceeds this
+    threshold = 7.0                     # flag a step whose robust z-score exceeds this
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ class AnomalySection:
     """Live anomaly scores (:mod:`osml.core.anomaly`): flag a step when its robust z-score
     against the device's own recent history exceeds ``threshold``."""
 
-    threshold: float = _bounded(6.0, 0.0, 1e6, above=True)
+    threshold: float = _bounded(7.0, 0.0, 1e6, above=True)
     history: int = _bounded(512, 1, 1_000_000)  # clean deviations kept for the calibration
     min_history: int = _bounded(64, 1, 1_000_000)  # no flags until this many have been seen
     novelty_window: int = _bounded(64, 1, 1_000_000)  # recent clean rows an agent alone uses

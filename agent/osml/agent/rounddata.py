@@ -14,6 +14,7 @@ stream it is the step of the Unix epoch (``step k`` covers ``[k*s, (k+1)*s)``, s
   job draws on. Bounded: ``capacity`` windows, the oldest steps dropped first.
 
 :func:`align` matches a neighbour's rows to this agent's by step index, not by position.
+:func:`scale_moved` says when a live stream has left the input scaling its encoder was given.
 Memory: a live agent holds ``capacity * n_features`` float64 in its series, the buffer's
 ``capacity * (window * n_features + d) * 4`` bytes, and at most ``max_windows`` windows per round.
 """
@@ -249,3 +250,37 @@ def align(steps: np.ndarray, step_start: int, rows: np.ndarray) -> tuple[np.ndar
     present = np.zeros(len(steps), dtype=bool)
     present[inside] = np.any(got != 0, axis=1)
     return out, present
+
+
+# A stream has left its scaling when a feature's recent median is this many reference standard
+# deviations away, or its recent spread (interquartile) this many times the reference: an
+# encoder whose inputs sit 10-20 deviations out saturates, so a device moved to another room (a
+# process changed) would embed its new data as a near-constant and never find the devices it
+# now shares a context with. Medians and quartiles, so that a burst of spikes (fewer than a
+# quarter of the steps) moves neither; a spread that shrinks (a stuck or idle sensor) never
+# counts: it saturates nothing, and rescaling to it would blow up every later reading.
+SCALE_SHIFT = 6.0
+SCALE_RATIO = 4.0
+_IQR_TO_STD = 1.349  # the interquartile range of a normal distribution, in standard deviations
+
+
+def scale_moved(
+    mean: np.ndarray,
+    std: np.ndarray,
+    recent: np.ndarray,
+    shift: float = SCALE_SHIFT,
+    ratio: float = SCALE_RATIO,
+) -> bool:
+    """True if ``recent`` (steps x features) has left the scaling (``mean``, ``std`` per
+    feature): some feature's median moved by more than ``shift`` reference deviations, or its
+    interquartile spread grew past ``ratio`` times the reference deviation. A reference
+    deviation of (nearly) 0, a constant feature, counts as 1, as in the encoder's scaling."""
+    recent = np.asarray(recent, dtype=np.float64)
+    if recent.ndim != 2 or len(recent) < 4:
+        return False
+    std = np.asarray(std, dtype=np.float64)
+    ref = np.where(std > 1e-6, std, 1.0)
+    q1, med, q3 = np.percentile(recent, [25.0, 50.0, 75.0], axis=0)
+    moved = np.abs(med - np.asarray(mean, dtype=np.float64)) > shift * ref
+    wider = (q3 - q1) / _IQR_TO_STD > ratio * ref
+    return bool(np.any(moved | wider))

@@ -50,7 +50,7 @@ from osml.agent.modelcard import (
 )
 from osml.agent.records import RoundRecord
 from osml.agent.round import AgentRound, RoundSettings
-from osml.agent.rounddata import FileWindows, LiveWindows, TrainingBuffer
+from osml.agent.rounddata import FileWindows, LiveWindows, TrainingBuffer, scale_moved
 from osml.agent.sources import load_series
 from osml.agent.state import append_round, load_state, repair_rounds, save_state
 from osml.agent.streams.readings import ReadingLimits
@@ -143,6 +143,7 @@ class AgentRuntime:
         self._last_record: RoundRecord | None = None
         self.results: Transport | None = None  # [data] publish_topic, live agents only
         self._scaled_on = 0  # live: steps the trainer's input scaling was last set from
+        self._scaled_by: tuple[np.ndarray, np.ndarray] | None = None  # and its mean, std
         self._scored_upto = -1  # live: the newest step scored (its verdict is kept, not redone)
 
     # -- model handling -----------------------------------------------------------------------
@@ -167,7 +168,7 @@ class AgentRuntime:
         self.encoder = enc
         log.info("agent %s: installed model v%d", self.id, card.version)
 
-    def _register_with_trainer(self, rescale: bool = False) -> int:
+    def _register_with_trainer(self, rescale: bool = False, recent: int | None = None) -> int:
         anchor = context_anchor(self.ctx, self.cfg.model.embedding_dim, self.cfg.model.anchor_norm)
         return self.client.init_agent(
             rescale=rescale,
@@ -178,7 +179,7 @@ class AgentRuntime:
             n_features=self.n_features,
             embedding_dim=self.cfg.model.embedding_dim,
             seed=self.cfg.model.seed,
-            train_data=self._train_data(),
+            train_data=self._train_data(recent),
             anchor=anchor,
             settings=self._trainer_settings(),
         )
@@ -310,22 +311,43 @@ class AgentRuntime:
     def _maybe_rescale(self) -> None:
         """A live agent's first steps may not be typical of its stream (a machine idle at
         start, a patient standing still): each time its held data has doubled since the trainer
-        last saw it, up to the series' capacity, the trainer resets the input scaling from it."""
+        last saw it, up to the series' capacity, the trainer resets the input scaling from it.
+        When the last period's steps have left that scaling instead
+        (:func:`~osml.agent.rounddata.scale_moved`: the device was moved, its process changed),
+        the scaling is reset from the last round's worth of steps only: the older ones describe a
+        stream that is gone."""
         if self.live is None or self.cfg.inference_only or self.trainer_status == "none":
             return
-        _steps, _values, _filled, gap = self.live.series.held()
+        _steps, values, _filled, gap = self.live.series.held()
         observed = int((~gap).sum())
+        recent: int | None = None
         if observed < 2 * self._scaled_on or self._scaled_on >= self.live.series.capacity:
-            return
+            recent = self._moved_steps(values[~gap])
+            if recent is None:
+                return
         try:
-            self._register_with_trainer(rescale=True)
+            self._register_with_trainer(rescale=True, recent=recent)
             self._scaled_on = observed
         except TrainerError as exc:
             log.warning("agent %s: trainer could not rescale the inputs (%s)", self.id, exc)
 
-    def _train_data(self) -> np.ndarray:
+    def _moved_steps(self, observed: np.ndarray) -> int | None:
+        """How many of the newest steps to rescale from, if the newest period has left the
+        input scaling; None if it has not."""
+        assert self.live is not None
+        if self._scaled_by is None:
+            return None
+        w = self.cfg.model.window
+        period = max(2 * w, self.live.full_round - self.live.replay)
+        if len(observed) < period or not scale_moved(*self._scaled_by, observed[-period:]):
+            return None
+        log.info("agent %s: the stream left its input scaling; rescaling", self.id)
+        return max(period, self.live.full_round)
+
+    def _train_data(self, recent: int | None = None) -> np.ndarray:
         """What the trainer normalises inputs by: the file's training series, or the steps a
-        live stream has delivered so far (TrainerError until there are a few windows' worth)."""
+        live stream has delivered so far (the newest ``recent`` of them if given; TrainerError
+        until there are a few windows' worth)."""
         if self.live is None:
             return self.train_data
         _steps, values, _filled, gap = self.live.series.held()
@@ -336,6 +358,9 @@ class AgentRuntime:
                 f"{2 * self.cfg.model.window}"
             )
         self._scaled_on = max(self._scaled_on, len(observed))
+        if recent is not None:
+            observed = observed[-recent:]
+        self._scaled_by = (observed.mean(axis=0), observed.std(axis=0))
         return observed
 
     def _first_windows(self) -> np.ndarray:

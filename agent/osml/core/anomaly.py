@@ -45,6 +45,14 @@ any seen before: rounds that re-embed older windows do not count them twice). Wi
 added clipped to ``m + threshold * scale`` (``clip_flagged=True``: a lasting change of regime is
 absorbed after about ``history / 2`` steps). Flagged rows never enter the novelty reference.
 
+A third test, **still**, is for a stuck sensor: its windows become identical, so its embedding
+stops moving exactly (step-to-step distance below ``1e-7`` of the median norm), which neither the
+level nor the motion test is sure to see while the group itself moves slowly. A new step that is
+still is flagged when none of the last ``history`` new steps was (once ``min_history`` have been
+seen), so a sensor that sticks is flagged as it stops, about one window after the fault, and a
+device whose readings are legitimately constant at times is flagged at most once per ``history``
+steps for it. Its z is that of the other tests; the flag is the still test's own.
+
 Warm-up: until a mode's history holds ``min_history`` deviations its scores are reported but no
 step is flagged, and every new step's deviation is added.
 """
@@ -76,11 +84,12 @@ __all__ = [
 STATE_FORMAT = 1
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 _EPS = 1e-12
+STILL_TOLERANCE = 1e-7  # step-to-step distance, in median norms, below which an embedding is still
 
 
 @dataclass(frozen=True)
 class AnomalySettings:
-    threshold: float = 6.0  # flag when z exceeds this
+    threshold: float = 7.0  # flag when z exceeds this
     history: int = 512  # clean deviations kept per mode for the calibration
     min_history: int = 64  # warm-up: no flags until a mode's history holds this many
     mad_floor: float = 1e-3  # lowest z denominator, in units of the agent's median norm
@@ -278,6 +287,8 @@ class AnomalyDetector:
         s = self.settings
         self._cal = {mode: _Calibration(s.history) for mode in ("consensus", "novelty", "motion")}
         self._reference: deque[np.ndarray] = deque(maxlen=s.novelty_window)
+        self._still: deque[bool] = deque(maxlen=s.history)  # new steps: still or not
+        self._previous: tuple[int, np.ndarray] | None = None  # the last row scored, by step
         self.last_step: int | None = None
 
     def history(self, mode: str) -> int:
@@ -351,6 +362,17 @@ class AnomalyDetector:
         dev = np.zeros(n)
         z = np.zeros(n)
         flagged = np.zeros(n, dtype=bool)
+        still = np.zeros(n, dtype=bool)
+        if n and own_scale > 0:
+            # The previous call's last row precedes this call's first when their steps follow.
+            if self._previous is not None and self._previous[1].shape == own.shape[1:]:
+                prev_step, prev_row = self._previous
+            else:
+                prev_step, prev_row = int(steps[0]) - 2, own[0]  # none: the first is not still
+            moved = np.linalg.norm(np.diff(np.vstack([prev_row[None, :], own]), axis=0), axis=1)
+            follows = np.diff(np.concatenate([[prev_step], steps])) == 1
+            still = follows & (moved <= STILL_TOLERANCE * own_scale)
+            self._previous = (int(steps[-1]), own[-1].copy())
         for t in range(n):
             step = int(steps[t])
             new = self.last_step is None or step > self.last_step
@@ -377,9 +399,12 @@ class AnomalyDetector:
                 flagged[t] = bool(flagged[t] or flagged_m)
                 if new:
                     self._add(mcal, motion, flagged_m, mmed + s.threshold * mscale)
+            if new and still[t] and len(self._still) >= s.min_history and not any(self._still):
+                flagged[t] = True
             if not new:
                 continue
             self.last_step = step
+            self._still.append(bool(still[t]))
             if mode == "consensus" or novelty is not None:
                 self._add(cal, float(dev[t]), bool(flagged[t]), med + s.threshold * scale)
             if mode == "consensus" and novelty is not None:
@@ -407,13 +432,15 @@ class AnomalyDetector:
     # --- persistence ------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able calibration: at most ``3 * history`` floats and ``novelty_window`` rows."""
+        """JSON-able calibration: at most ``3 * history`` floats, ``history`` booleans and
+        ``novelty_window`` rows."""
         return {
             "format": STATE_FORMAT,
             "last_step": self.last_step,
             "consensus": [float(v) for v in self._cal["consensus"].values],
             "novelty": [float(v) for v in self._cal["novelty"].values],
             "motion": [float(v) for v in self._cal["motion"].values],
+            "still": [bool(v) for v in self._still],
             "reference": [[float(v) for v in row] for row in self._reference],
         }
 
@@ -435,6 +462,10 @@ class AnomalyDetector:
             if values.ndim != 1 or not np.isfinite(values).all():
                 raise ValueError(f"anomaly state: {mode} must be a list of finite numbers")
             det._cal[mode].values.extend(float(v) for v in values)
+        still = data.get("still", [])  # absent in states written before the still test
+        if not isinstance(still, list) or not all(isinstance(v, bool) for v in still):
+            raise ValueError("anomaly state: still must be a list of booleans")
+        det._still.extend(still)
         ref = np.asarray(data.get("reference", []), dtype=np.float64)
         if ref.size and (ref.ndim != 2 or not np.isfinite(ref).all()):
             raise ValueError("anomaly state: reference must be a list of equal-length rows")
