@@ -782,6 +782,14 @@ def test_agent_can_clear_a_retained_message_a_neighbour_left_in_its_inbox(
     b = _agent(acl_broker, "b", subscribe=())
     try:
         b.publish(planted, b"replayed to every new session", qos=1, retain=True)
+        # publish() does not wait for the broker: see the message retained before the clearing
+        # agent connects, or its clear could reach the broker first and clear nothing.
+        seen = _agent(acl_broker, "a")
+        try:
+            got = _next(seen)
+            assert (got.payload, got.retain) == (b"replayed to every new session", True)
+        finally:
+            seen.close()
         a = Transport(
             acl_broker.settings(acl_broker.user("a")),
             "test-a",
