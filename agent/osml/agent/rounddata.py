@@ -132,11 +132,15 @@ class LiveWindows:
         ) - 1
 
     @property
+    def period_steps(self) -> int:
+        """The steps a period covers (0 without a period)."""
+        return math.ceil(self.period / self.series.step_seconds) if self.period > 0 else 0
+
+    @property
     def full_round(self) -> int:
         """How many windows a round holds while the stream flows: its period's steps and the
         replay, at most ``max_windows``."""
-        steps = math.ceil(self.period / self.series.step_seconds) if self.period > 0 else 0
-        return min(self.max_windows, steps + self.replay)
+        return min(self.max_windows, self.period_steps + self.replay)
 
     def windows_for(self, rnd: int) -> tuple[np.ndarray, np.ndarray]:
         """With a ``period``: the windows ending in round ``rnd``'s period plus the ``replay``

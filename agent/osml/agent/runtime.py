@@ -337,8 +337,7 @@ class AgentRuntime:
         assert self.live is not None
         if self._scaled_by is None:
             return None
-        w = self.cfg.model.window
-        period = max(2 * w, self.live.full_round - self.live.replay)
+        period = max(2 * self.cfg.model.window, self.live.period_steps)
         if len(observed) < period or not scale_moved(*self._scaled_by, observed[-period:]):
             return None
         log.info("agent %s: the stream left its input scaling; rescaling", self.id)
