@@ -131,6 +131,68 @@ def test_a_twin_cannot_make_the_neighbour_it_copied_a_replay() -> None:
     assert got.found == {}
 
 
+def _moving(b: np.ndarray, rounds: int, seed: int = 11) -> list[np.ndarray]:
+    """``b`` as an honest agent that trains sends it over ``rounds`` rounds: each round a new,
+    partly non-linear change (no affine map takes one round's matrix to the next exactly)."""
+    rng = np.random.default_rng(seed)
+    out = [b]
+    for _ in range(rounds - 1):
+        prev = out[-1]
+        bend = 0.15 * np.tanh(prev @ rng.normal(size=(prev.shape[1],) * 2))
+        out.append((prev + bend + 0.02 * rng.normal(size=prev.shape)).astype(np.float32))
+    return out
+
+
+@pytest.mark.parametrize("noise", [1e-3, 5e-2])
+def test_a_noisy_replay_that_lags_its_original_is_left_out_of_the_blend(noise: float) -> None:
+    """x sends b's matrix of three rounds back (its first one until there is one), turned and
+    noised: from the second round on closer to where b was than to where b is. It is outvoted by
+    b (no pull; its affinity stands), not b's twin, although the matrix it replays was one of a
+    pair of near-duplicates (x sent a same-round copy of it) and so cannot make x a copy."""
+    a, b = honest_pair()
+    bs = _moving(b, 6)
+    det = CopyDetector(memory=8)
+    for rnd, b_now in enumerate(bs):
+        x = turned(bs[max(rnd - 3, 0)], 90, noise, seed=rnd)
+        got = det.copies({"b": b_now, "x": x}, "a", a)
+        assert "b" not in got.found and "b" not in got.outvoted
+        if rnd == 0:  # a same-round copy: b's twin, or outvoted by b (b agrees with a)
+            assert got.twins == [("b", "x")] or got.outvoted == {"x": "b"}
+        else:
+            assert got.outvoted == {"x": "b"} and got.twins == []
+
+
+def test_a_copier_cannot_make_an_honest_neighbour_look_like_it_lags() -> None:
+    """x sends a turned copy of b's matrix (a little ahead of it: 5 % of the way to b's next),
+    then switches to copying c. b's next matrix is slightly closer to what x sent than to b's
+    own last one, but not clearly (x's was a copy of that): b is no replay of x and keeps its
+    vote."""
+    a, b = honest_pair()
+    bs = _moving(b, 3)
+    c = honest_pair()[1]  # an unrelated neighbour
+    det = CopyDetector(memory=8)
+    det.copies({"b": bs[0], "c": c}, "a", a)
+    ahead = bs[1] + 0.05 * (bs[2] - bs[1])
+    det.copies({"b": bs[1], "c": c + 0.01, "x": turned(ahead, 90, 0.0, seed=2)}, "a", a)
+    got = det.copies({"b": bs[2], "c": c + 0.02, "x": turned(c + 0.02, 90, 1e-3)}, "a", a)
+    assert "b" not in got.found and "b" not in got.outvoted
+
+
+def test_two_honest_agents_pulled_toward_each_other_are_not_replays() -> None:
+    """b and c each move most of the way to the other's last matrix (osmosis with a strong pull):
+    each is closer to the other's earlier matrix than to its own or the other's current one, and
+    neither is left out for it."""
+    a, b = honest_pair()
+    c = (b + 0.05 * np.tanh(b @ Q)).astype(np.float32)
+    det = CopyDetector(memory=8)
+    det.copies({"b": b, "c": c}, "a", a)
+    for _ in range(3):
+        b, c = (0.2 * b + 0.8 * c + 0.01 * np.tanh(c)), (0.2 * c + 0.8 * b + 0.01 * np.tanh(b))
+        b, c = b.astype(np.float32), c.astype(np.float32)
+        got = det.copies({"b": b, "c": c}, "a", a)
+        assert got.found == {} and got.outvoted == {}
+
+
 # -- the learner ------------------------------------------------------------------------------
 
 

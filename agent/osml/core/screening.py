@@ -98,8 +98,9 @@ class Copies:
     # Pairs of neighbours that are near-duplicates with neither shown to be the copy: they share
     # one vote in the blend.
     twins: list[tuple[str, str]] = field(default_factory=list)
-    # Near-duplicates of a neighbour that agrees clearly better with the agent's own embeddings:
-    # left out of this round's blend (not screened: their affinity stands).
+    # Near-duplicates of a neighbour that agrees clearly better with the agent's own embeddings,
+    # or replays that lag behind the neighbour they replay: left out of this round's blend (not
+    # screened: their affinity stands).
     outvoted: dict[str, str] = field(default_factory=dict)
 
 
@@ -141,7 +142,12 @@ class CopyDetector:
     * **replay** (screened): within ``threshold`` of what another neighbour sent in an earlier
       round, unless it is closer still to its own last matrix (an honest agent's next embeddings
       are close to an affine map of what a copier sent before); a noisier replay, within
-      ``twin_threshold`` (0.12) of a neighbour heard this round, shares that neighbour's vote;
+      ``twin_threshold`` (0.12) of an earlier matrix of a neighbour heard this round, is
+      *outvoted* by that neighbour if it is closer to the earlier matrix than to the
+      neighbour's current one and than ``lag_ratio`` (0.9) times its own last matrix (it
+      lags behind it), and otherwise shares its vote. Two
+      neighbours that would each lag the other (honest agents pulled hard toward each other)
+      share a vote instead;
     * **twins**: two neighbours of this round within ``twin_threshold`` of each other share one
       vote. Only one of them can be the original: once one agrees with the agent's own
       embeddings step by step (centred cosine at least ``aligned``) and the other clearly less
@@ -160,6 +166,7 @@ class CopyDetector:
         margin: float = 0.1,
         aligned: float = 0.5,
         min_rows: int = 16,
+        lag_ratio: float = 0.9,
     ) -> None:
         self._rounds: deque[list[_Seen]] = deque(maxlen=max(memory, 1))
         self.enabled = memory > 0 and max(threshold, echo_threshold, twin_threshold) > 0
@@ -168,6 +175,7 @@ class CopyDetector:
         self.twin_threshold = twin_threshold
         self.margin = margin
         self.aligned = aligned
+        self.lag_ratio = lag_ratio
         self.min_rows = min_rows
         self.suspects: set[str] = set()  # within echo_threshold of own in the first round
         self.calls = 0
@@ -207,15 +215,22 @@ class CopyDetector:
         self.calls += 1
         found: dict[str, str] = {}
         shared: set[tuple[str, str]] = set()
+        lagging: dict[str, str] = {}
         for nb, seen in now.items():
-            owner = self._copied(nb, seen, mine, own_id, first, moved, shared, now)
+            owner = self._copied(nb, seen, mine, own_id, first, moved, shared, lagging, now)
             if owner is not None:
                 found[nb] = owner
-        outvoted: dict[str, str] = {}
+        # Two that each follow the other's earlier matrix (honest agents pulled toward each
+        # other) are near-duplicates of one round, not replays: they share a vote.
+        for nb, owner in list(lagging.items()):
+            if lagging.get(owner) == nb:
+                shared.add((nb, owner))
+                del lagging[nb], lagging[owner]
+        outvoted = {nb: owner for nb, owner in lagging.items() if nb not in found}
         rest = [nb for nb in now if nb not in found]
         for i, a in enumerate(rest):
             for b in rest[i + 1 :]:
-                if self._residual(now[a], now[b]) >= self.twin_threshold:
+                if self._residual(now[a], now[b]) >= self.twin_threshold or {a, b} & set(lagging):
                     continue
                 agree = {nb: self._agreement(mine, now[nb]) for nb in (a, b)}
                 lo, hi = sorted((a, b), key=agree.__getitem__)
@@ -241,10 +256,12 @@ class CopyDetector:
         first: bool,
         moved: bool,
         shared: set[tuple[str, str]],
+        lagging: dict[str, str],
         now: Mapping[str, _Seen],
     ) -> str | None:
         """Whose embeddings ``nb`` copies (screened), or None; noisy replays of a neighbour heard
-        this round go to ``shared``."""
+        this round go to ``shared``, or to ``lagging`` (nb -> the neighbour it replays) when they
+        are closer to that neighbour's earlier matrix than to its current one."""
         echo = self._residual(seen, mine)
         if echo < self.threshold:
             return own_id
@@ -270,7 +287,16 @@ class CopyDetector:
             if r < self.threshold and (other.owner == own_id or not other.twin):
                 return other.owner
             if r < self.twin_threshold and other.owner in now:
-                shared.add((nb, other.owner))  # a noisy replay: it shares that one's vote
+                # A noisy replay. One that follows the earlier matrix more closely than the
+                # original's current one, and clearly more closely than its own last one (a
+                # copy of *its* last matrix, which a copier may have sent, explains it as well),
+                # lags behind it: its vote would pull toward where the original was, so it is
+                # left out of the blend (its affinity stands). Otherwise it is as current as its
+                # original and shares its vote.
+                if r < self.lag_ratio * itself and r < self._residual(seen, now[other.owner]):
+                    lagging.setdefault(nb, other.owner)
+                else:
+                    shared.add((nb, other.owner))
         return None
 
     def _agreement(self, mine: _Seen, other: _Seen) -> float:
