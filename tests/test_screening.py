@@ -77,12 +77,13 @@ def test_copy_detector_names_turned_noisy_echoes_and_replays() -> None:
 def test_a_noisy_echo_seen_in_the_first_round_is_screened_once_the_agent_moves() -> None:
     a, b = honest_pair()
     det = CopyDetector(memory=4)
-    assert det.copies({"b": b, "x": turned(a, 0, 0.1, 1)}, "a", a).found == {}  # a suspect
-    assert det.suspects == {"x"}
+    first = det.copies({"b": b, "x": turned(a, 0, 0.1, 1)}, "a", a)
+    assert first.found == {} and det.suspects == {"x"}  # a suspect: not screened yet,
+    assert first.outvoted == {"x": "a"}  # but no vote in the first round
     a2, b2 = honest_pair()
     # An agent that only infers does not move: devices sharing a shipped model start close.
     still = det.copies({"b": b, "x": turned(a, 0, 0.1, 2)}, "a", a, moved=False)
-    assert still.found == {}
+    assert still.found == {} and still.outvoted == {}
     got = det.copies({"b": b2, "x": turned(a2, 0, 0.1, 3)}, "a", a2, moved=True)
     assert got.found == {"x": "a"}
     # Honest encoders are never that close in the first round; a noisy echo that starts later is

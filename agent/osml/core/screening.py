@@ -135,8 +135,9 @@ class CopyDetector:
 
     * **echo** (screened): within ``threshold`` (0.03) of the agent's own embeddings of this or
       an earlier round. A neighbour within ``echo_threshold`` (0.15) of them in the agent's
-      first round, when its encoder and its neighbours' are fresh and unrelated, is a suspect,
-      and is screened in any later round in which it is still that close while the agent's own
+      first round, when its encoder and its neighbours' are fresh and unrelated, is a suspect:
+      it gets no vote in that round (outvoted by the agent itself), and is screened in any later
+      round in which it is still that close while the agent's own
       embeddings have moved (the agent trains). Devices that share a shipped model and only
       infer may start that close without copying anyone; their embeddings do not move;
     * **replay** (screened): within ``threshold`` of what another neighbour sent in an earlier
@@ -215,22 +216,22 @@ class CopyDetector:
         self.calls += 1
         found: dict[str, str] = {}
         shared: set[tuple[str, str]] = set()
-        lagging: dict[str, str] = {}
+        left_out: dict[str, str] = {}
         for nb, seen in now.items():
-            owner = self._copied(nb, seen, mine, own_id, first, moved, shared, lagging, now)
+            owner = self._copied(nb, seen, mine, own_id, first, moved, shared, left_out, now)
             if owner is not None:
                 found[nb] = owner
         # Two that each follow the other's earlier matrix (honest agents pulled toward each
         # other) are near-duplicates of one round, not replays: they share a vote.
-        for nb, owner in list(lagging.items()):
-            if lagging.get(owner) == nb:
+        for nb, owner in list(left_out.items()):
+            if left_out.get(owner) == nb:
                 shared.add((nb, owner))
-                del lagging[nb], lagging[owner]
-        outvoted = {nb: owner for nb, owner in lagging.items() if nb not in found}
+                del left_out[nb], left_out[owner]
+        outvoted = {nb: owner for nb, owner in left_out.items() if nb not in found}
         rest = [nb for nb in now if nb not in found]
         for i, a in enumerate(rest):
             for b in rest[i + 1 :]:
-                if self._residual(now[a], now[b]) >= self.twin_threshold or {a, b} & set(lagging):
+                if self._residual(now[a], now[b]) >= self.twin_threshold or {a, b} & set(left_out):
                     continue
                 agree = {nb: self._agreement(mine, now[nb]) for nb in (a, b)}
                 lo, hi = sorted((a, b), key=agree.__getitem__)
@@ -256,12 +257,13 @@ class CopyDetector:
         first: bool,
         moved: bool,
         shared: set[tuple[str, str]],
-        lagging: dict[str, str],
+        left_out: dict[str, str],
         now: Mapping[str, _Seen],
     ) -> str | None:
         """Whose embeddings ``nb`` copies (screened), or None; noisy replays of a neighbour heard
-        this round go to ``shared``, or to ``lagging`` (nb -> the neighbour it replays) when they
-        are closer to that neighbour's earlier matrix than to its current one."""
+        this round go to ``shared``, or to ``left_out`` (nb -> the neighbour it replays) when they
+        lag behind that neighbour; a first-round echo suspect goes to ``left_out`` too (nb ->
+        ``own_id``)."""
         echo = self._residual(seen, mine)
         if echo < self.threshold:
             return own_id
@@ -271,6 +273,7 @@ class CopyDetector:
         close = echo < self.echo_threshold
         if first and close:
             self.suspects.add(nb)
+            left_out.setdefault(nb, own_id)  # no vote in this round
         elif nb in self.suspects and not close:
             self.suspects.discard(nb)
         elif nb in self.suspects and moved:
@@ -294,7 +297,7 @@ class CopyDetector:
                 # left out of the blend (its affinity stands). Otherwise it is as current as its
                 # original and shares its vote.
                 if r < self.lag_ratio * itself and r < self._residual(seen, now[other.owner]):
-                    lagging.setdefault(nb, other.owner)
+                    left_out.setdefault(nb, other.owner)
                 else:
                     shared.add((nb, other.owner))
         return None
