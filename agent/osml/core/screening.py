@@ -137,18 +137,17 @@ class CopyDetector:
       an earlier round. A neighbour within ``echo_threshold`` (0.15) of them in the agent's
       first round, when its encoder and its neighbours' are fresh and unrelated, is a suspect:
       it gets no vote in that round (outvoted by the agent itself), and is screened in any later
-      round in which it is still that close while the agent's own
-      embeddings have moved (the agent trains). Devices that share a shipped model and only
-      infer may start that close without copying anyone; their embeddings do not move;
+      round in which it is still that close while the agent's own embeddings have moved (the
+      agent trains). Devices that share a shipped model and only infer may start that close
+      without copying anyone; their embeddings do not move;
     * **replay** (screened): within ``threshold`` of what another neighbour sent in an earlier
       round, unless it is closer still to its own last matrix (an honest agent's next embeddings
       are close to an affine map of what a copier sent before); a noisier replay, within
       ``twin_threshold`` (0.12) of an earlier matrix of a neighbour heard this round, is
       *outvoted* by that neighbour if it is closer to the earlier matrix than to the
-      neighbour's current one and than ``lag_ratio`` (0.9) times its own last matrix (it
-      lags behind it), and otherwise shares its vote. Two
-      neighbours that would each lag the other (honest agents pulled hard toward each other)
-      share a vote instead;
+      neighbour's current one and than ``lag_ratio`` (0.9) times its own last matrix (it lags
+      behind it), and otherwise shares its vote. Two neighbours that would each lag the other
+      (honest agents pulled hard toward each other) share a vote instead;
     * **twins**: two neighbours of this round within ``twin_threshold`` of each other share one
       vote. Only one of them can be the original: once one agrees with the agent's own
       embeddings step by step (centred cosine at least ``aligned``) and the other clearly less
