@@ -8,13 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from osml.core.osmosis import (
-    agreed_vote,
-    osmosis_target,
-    osmosis_weights,
-    share_votes,
-    trimmed_target,
-)
+from osml.core.osmosis import osmosis_target, osmosis_weights, share_votes, trimmed_target
 from osml.core.similarity import linear_residual, same_step_cosine
 
 E = math.e
@@ -312,21 +306,3 @@ def test_linear_residual_sees_through_affine_maps_only() -> None:
     assert linear_residual(np.ones((300, 5)), y) == 1.0  # nothing to explain
     with pytest.raises(ValueError):
         linear_residual(y[:10], y)
-
-
-def test_agreed_vote_follows_twins_only_where_they_agree() -> None:
-    """h and its copy turned by 90 degrees in the plane of axes 0 and 1: the vote is the agent's
-    own on that plane and h on the other axes; an exact copy's vote is h everywhere."""
-    rng = np.random.default_rng(0)
-    h = rng.normal(size=(200, 4))
-    own = rng.normal(size=(200, 4))
-    turn = np.eye(4)
-    turn[:2, :2] = [[0.0, -1.0], [1.0, 0.0]]
-    rows = np.ones(200, dtype=bool)
-    vote = agreed_vote(own, [h, h @ turn.T], rows)
-    np.testing.assert_allclose(vote[:, 2:], h[:, 2:], atol=1e-5)
-    np.testing.assert_allclose(vote[:, :2], own[:, :2], atol=1e-5)
-    np.testing.assert_allclose(agreed_vote(own, [h, h], rows), h, atol=1e-5)
-    # Lightly noised: still h, up to the noise.
-    noisy = h + 0.01 * rng.normal(size=h.shape)
-    assert np.abs(agreed_vote(own, [h, noisy], rows) - h).max() < 0.05

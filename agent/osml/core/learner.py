@@ -27,7 +27,6 @@ import numpy as np
 
 from osml.core.equilibrium import EquilibriumDetector, relative_change
 from osml.core.osmosis import (
-    agreed_vote,
     osmosis_target,
     osmosis_weights,
     restore_spread,
@@ -176,9 +175,8 @@ class OsmoticLearner:
         screened.update({nb: "twin" for pair in copies.twins for nb in pair if nb in kept})
         screened.update({nb: "outvoted" for nb in copies.outvoted if nb in kept})
         # Members that are near-duplicates of each other (twins) share one vote, so that a copy
-        # of a member cannot double its pull; the vote follows the twins only in the directions
-        # in which they agree (osmosis.agreed_vote) and stays at the agent's own elsewhere, so
-        # that a turned copy cannot drag it away either, whichever of them is the original.
+        # of a member cannot double its pull; the vote is the coordinate median of the twins and
+        # the agent's own embeddings, so that a turned copy cannot drag it away either.
         members = [nb for nb in heard if self.memory.is_member(nb) and nb not in copies.outvoted]
         groups = share_votes(members, copies.twins)
         stack = np.zeros((len(groups), *own.shape), np.float32)
@@ -188,13 +186,8 @@ class OsmoticLearner:
             if len(g) == 1:
                 stack[j] = kept[g[0]]
                 continue
-            both = np.all([masks[nb] for nb in g], axis=0)
-            if both.sum() >= MIN_SHARED_STEPS:
-                vote = agreed_vote(own, [kept[nb] for nb in g], both)
-            else:  # too few common steps to tell where they agree: the coordinate median
-                votes = [own, *(np.where(masks[nb][:, None], kept[nb], np.nan) for nb in g)]
-                vote = np.nanmedian(np.stack(votes), axis=0)
-            stack[j] = np.where(rows[j][:, None], vote, 0.0)
+            votes = np.stack([own, *(np.where(masks[nb][:, None], kept[nb], np.nan) for nb in g)])
+            stack[j] = np.where(rows[j][:, None], np.nanmedian(votes, axis=0), 0.0)
         w = osmosis_weights(own, stack, np.ones(len(groups), bool), self.settings.temperature, rows)
         # In the warm-up every neighbour is a member by grace, and trimming its votes only slowed
         # honest groups (generated complex, 0~1: -0.016); afterwards members have earned it.

@@ -27,7 +27,6 @@ import numpy as np
 from osml.core.similarity import same_step_cosine
 
 __all__ = [
-    "agreed_vote",
     "osmosis_target",
     "osmosis_weights",
     "restore_spread",
@@ -175,33 +174,3 @@ def restore_spread(target: np.ndarray, own: np.ndarray) -> np.ndarray:
     scale = o.std(axis=0) / np.maximum(t.std(axis=0), 1e-12)
     restored: np.ndarray = (mu + (t - mu) * scale).astype(np.float32)
     return restored
-
-
-def agreed_vote(
-    own: np.ndarray, twins: Sequence[np.ndarray], rows: np.ndarray, dispute: float = 0.1
-) -> np.ndarray:
-    """One vote for near-duplicate neighbours (``twins``, each (n, d)) of which at most one is
-    the original: their mean where they agree, the agent's ``own`` (n, d) where they do not.
-
-    A direction of the embedding space is *disputed* when the twins' step-to-step differences
-    vary along it by more than ``dispute`` times their mean does (measured on ``rows``, a
-    boolean (n,) of the steps all twins sent). A copy turned by an angle disputes the planes it
-    turns; an exact or lightly noised copy disputes nothing. The vote is ``own`` plus the
-    projection of (mean - own) onto the undisputed directions. It treats every twin alike, so it
-    needs no verdict on which is the original, and it cannot move the agent along a direction in
-    which a copy differs from its original. (n, d) float32.
-    """
-    own64 = np.asarray(own, dtype=np.float64)
-    x = np.stack([np.asarray(t, dtype=np.float64) for t in twins])
-    mean = x.mean(axis=0)
-    diff = (x - mean)[:, rows]
-    diff -= diff.mean(axis=1, keepdims=True)
-    c_diff = np.einsum("gnd,gne->de", diff, diff) / (diff.shape[0] * max(diff.shape[1], 1))
-    centred = mean[rows] - mean[rows].mean(axis=0)
-    c_mean = centred.T @ centred / max(len(centred), 1)
-    keep = np.eye(own64.shape[1])
-    for v in np.linalg.eigh(c_diff)[1].T:
-        if v @ c_diff @ v > dispute * (v @ c_mean @ v):
-            keep -= np.outer(v, v)
-    vote: np.ndarray = (own64 + (mean - own64) @ keep).astype(np.float32)
-    return vote
