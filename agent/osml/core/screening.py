@@ -230,7 +230,9 @@ class CopyDetector:
         rest = [nb for nb in now if nb not in found]
         for i, a in enumerate(rest):
             for b in rest[i + 1 :]:
-                if self._residual(now[a], now[b]) >= self.twin_threshold or {a, b} & set(left_out):
+                if a in left_out or b in left_out:  # no vote this round: no twin either
+                    continue
+                if self._residual(now[a], now[b]) >= self.twin_threshold:
                     continue
                 agree = {nb: self._agreement(mine, now[nb]) for nb in (a, b)}
                 lo, hi = sorted((a, b), key=agree.__getitem__)
