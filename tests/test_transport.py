@@ -417,8 +417,10 @@ def test_retained_messages_in_an_inbox_are_refused_and_cleared(
 ) -> None:
     ctx = unique_context("retained")
     planted = topics.inbox(ctx, "v", "n")
+    planter = make_transport(mosquitto.url, f"{ctx}-p", protocol=protocol)
+    planter.publish(planted, b"replayed to every new session", qos=1, retain=True)
+    planter.close()  # waits for the PUBACK: the message is stored before anyone subscribes
     neighbour = make_transport(mosquitto.url, f"{ctx}-n", protocol=protocol)
-    neighbour.publish(planted, b"replayed to every new session", qos=1, retain=True)
     checker = make_transport(mosquitto.url, f"{ctx}-c1", subscriptions=[planted], persistent=False)
     seen = checker.get(timeout=WAIT)
     assert seen is not None and seen.retain  # it really is stored at the broker
