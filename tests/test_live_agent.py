@@ -81,7 +81,7 @@ def live_config(
         "[rounds]",
         f"count = {ROUNDS}",
         f"period = {PERIOD}",
-        "deadline = 5.0",
+        "deadline = 30.0",  # ends as soon as the neighbour is in; its trainer may be busy
         "train_wait = 30.0",
         "[trainer]",
         f'socket = "{socket}"',
