@@ -20,6 +20,13 @@ the next, with or without an attack), and what screening left out. Then a summar
 sub-contexts unchanged in every run (y/n) and the worst deltas, and the count of runs within
 ``--tolerance`` of each.
 
+``--floor K`` also runs the no-attack run K more times with the temperature changed by 0.1 %
+(1.001, 0.999, 1.002, ...): how far the run's own figures move under a change that carries no
+information at all. On generated complex a single seed's final figure moves by up to 0.02 that
+way (seed 1: {0,1} 0.9965 -> 0.9762 at 1.001), so a delta inside that floor says nothing about
+the attack. Each attack then also counts as within the floor when its delta is no worse than the
+floor's worst minus ``--tolerance``.
+
 Exits 1 if, with the defences on, an attack changes an honest sub-context or costs a group more
 than ``--tolerance`` (0.01) of centred alignment against the no-attack run.
 """
@@ -30,6 +37,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
@@ -95,6 +103,11 @@ def learner_settings(defences: str) -> LearnerSettings:
         twin_threshold=0.0,
     )
     return LearnerSettings(trim=0, screen=off)
+
+
+def floor_temperatures(k: int) -> list[float]:
+    """The k perturbed temperatures of ``--floor``: 1.001, 0.999, 1.002, 0.998, ..."""
+    return [1.0 + (1 if i % 2 == 0 else -1) * 1e-3 * (i // 2 + 1) for i in range(k)]
 
 
 def run_once(
@@ -166,10 +179,18 @@ def main() -> int:
         default=4,
         help="also compare the mean over the last SETTLE evaluations (default 4)",
     )
+    ap.add_argument(
+        "--floor",
+        type=int,
+        default=0,
+        help="also run the no-attack run FLOOR times with the temperature 0.1%% off (see above)",
+    )
     ap.add_argument("--json", help="also write every run's results here")
     args = ap.parse_args()
     if args.settle < 1:
         ap.error("--settle must be >= 1")
+    if args.floor < 0:
+        ap.error("--floor must be >= 0")
     attacks = args.attacks.split(",") if args.attacks else (QUICK if args.quick else matrix())
     datas = ["simple"] if args.quick else args.data.split(",")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
@@ -191,6 +212,33 @@ def main() -> int:
                 flush=True,
             )
             out.append({"data": data, "seed": seed, "attack": "none", **base})
+            floor = {"final": 0.0, "settled": 0.0}  # the worst no-attack deltas of the floor
+            for t in floor_temperatures(args.floor):
+                nudged = run_once(
+                    data,
+                    seed,
+                    None,
+                    replace(learner, temperature=learner.temperature * t),
+                    args.rounds,
+                )
+                fin = group_alignment(nudged["centered"], groups)
+                fd = {g: v - base_groups[g] for g, v in fin.items()}
+                sd = {g: v - base_settled[g] for g, v in settled(nudged, args.settle).items()}
+                floor = {
+                    "final": min(floor["final"], *fd.values()),
+                    "settled": min(floor["settled"], *sd.values()),
+                }
+                print(
+                    f"{data:7} seed {seed} no attack, temperature x{t:g}: subs "
+                    f"{'same' if nudged['subcontexts'] == base['subcontexts'] else 'CHANGED'} "
+                    + " ".join(f"d{g}={v:+.4f}" for g, v in fd.items())
+                    + " settled "
+                    + " ".join(f"d{g}={v:+.4f}" for g, v in sd.items()),
+                    flush=True,
+                )
+                out.append(
+                    {"data": data, "seed": seed, "attack": f"none, temperature x{t:g}", **nudged}
+                )
             for attack in attacks:
                 res = run_once(data, seed, attack, learner, args.rounds)
                 final = group_alignment(res["centered"], groups)
@@ -207,6 +255,14 @@ def main() -> int:
                     worst_settled_delta=min(calm.values()),
                 )
                 res["ok"] = res["same_subcontexts"] and res["worst_delta"] >= -args.tolerance
+                if args.floor:
+                    res["floor"] = dict(floor)
+                    res["within_floor"] = res["same_subcontexts"] and (
+                        res["worst_delta"] >= floor["final"] - args.tolerance
+                    )
+                    res["settled_within_floor"] = res["same_subcontexts"] and (
+                        res["worst_settled_delta"] >= floor["settled"] - args.tolerance
+                    )
                 failed |= not res["ok"]
                 out.append(res)
                 print(
@@ -238,7 +294,7 @@ def main() -> int:
             f"{min(r['worst_settled_delta'] for r in runs):>+13.4f}",
             flush=True,
         )
-    attacked = [r for r in out if r["attack"] != "none"]
+    attacked = [r for r in out if not r["attack"].startswith("none")]
     for key in ("worst_delta", "worst_settled_delta"):
         within = sum(r[key] >= -args.tolerance for r in attacked)
         worst = min(attacked, key=lambda r: r[key], default=None)
@@ -246,6 +302,13 @@ def main() -> int:
             print(
                 f"{key}: {within} of {len(attacked)} runs within {args.tolerance}; worst "
                 f"{worst[key]:+.4f} ({worst['data']}, seed {worst['seed']}, {worst['attack']})"
+            )
+    if args.floor:
+        for key in ("within_floor", "settled_within_floor"):
+            print(
+                f"{key}: {sum(r[key] for r in attacked)} of {len(attacked)} runs no worse than "
+                f"the no-attack floor ({args.floor} runs, temperature 0.1% off) minus "
+                f"{args.tolerance}"
             )
     if args.json:
         with open(args.json, "w") as fh:
