@@ -77,23 +77,26 @@ QUICK = [
 ]
 
 
-DEFENCES = ("on", "no-twins", "no-trim", "old", "off")
+DEFENCES = ("on", "no-twins", "no-trim", "no-opposed", "old", "off")
 
 
 def learner_settings(defences: str) -> LearnerSettings:
     """``on``: the defaults; ``no-twins``: without twins (near-duplicate members share no vote);
-    ``no-trim``: the plain blend whatever the number of votes; ``old``: the blend and screening
-    before bounded influence (plain blend, exact copies only); ``off``: no screening at all and
-    the plain blend."""
+    ``no-trim``: the plain blend whatever the number of votes; ``no-opposed``: members that
+    vary against the agent's own embeddings keep their vote (``min_agreement`` off); ``old``:
+    the blend and screening before bounded influence (plain blend, exact copies only); ``off``:
+    no screening at all and the plain blend."""
     if defences == "on":
         return LearnerSettings()
     if defences == "no-twins":
         return LearnerSettings(screen=ScreenSettings(twin_threshold=0.0))
     if defences == "no-trim":
         return LearnerSettings(trim=0)
+    if defences == "no-opposed":
+        return LearnerSettings(min_agreement=-1.0)
     if defences == "old":
         exact = ScreenSettings(copy_threshold=1e-6, echo_threshold=0.0, twin_threshold=0.0)
-        return LearnerSettings(trim=0, screen=exact)
+        return LearnerSettings(trim=0, screen=exact, min_agreement=-1.0)
     off = ScreenSettings(
         max_scale=float("inf"),
         min_spread=0.0,
@@ -102,7 +105,7 @@ def learner_settings(defences: str) -> LearnerSettings:
         echo_threshold=0.0,
         twin_threshold=0.0,
     )
-    return LearnerSettings(trim=0, screen=off)
+    return LearnerSettings(trim=0, screen=off, min_agreement=-1.0)
 
 
 def floor_temperatures(k: int) -> list[float]:

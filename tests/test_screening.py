@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from osml.core.anchor import context_anchor
-from osml.core.learner import OsmoticLearner
+from osml.core.learner import LearnerSettings, OsmoticLearner
 from osml.core.screening import CopyDetector, ScreenSettings, median_norm, relative_spread, screen
 from osml.ops.adversaries import KINDS, parse_adversary, parse_adversary_option, rotation
 
@@ -118,6 +118,47 @@ def test_same_round_twins_share_a_vote_until_one_is_aligned_with_own() -> None:
     aligned = (a + 0.1 * RNG.normal(size=a.shape)).astype(np.float32)
     got = det.copies({"b": aligned, "x": turned(aligned, 90, 1e-3)}, "a", a + 0.5 * np.tanh(a))
     assert got.found == {} and got.twins == [] and got.outvoted == {"x": "b"}
+
+
+@pytest.mark.parametrize("angle", [90.0, 180.0])
+def test_after_the_warm_up_a_member_that_varies_against_the_agent_gets_no_vote(
+    angle: float,
+) -> None:
+    """x sends a's own embeddings turned (or reflected), with noise 0.3: too noisy for an echo
+    or a twin, and linear CKA cannot see the turn, so x is a member. Pulling toward it would
+    pull a toward a turned version of itself; after the warm-up it gets no vote (but keeps its
+    affinity), and without the rule it holds about a third of the blend."""
+    with_rule = OsmoticLearner("a", ["b", "x"])
+    without = OsmoticLearner("a", ["b", "x"], LearnerSettings(min_agreement=-1.0))
+    for rnd in range(4):
+        a, b = honest_pair()
+        x = turned(a, angle, 0.3, seed=rnd)
+        got = with_rule.step(a, {"b": b, "x": x})
+        off = without.step(a, {"b": b, "x": x})
+        assert got.affinity["x"] > 0.6  # a member by affinity all along
+        if rnd < 2:  # the warm-up: every neighbour votes
+            assert "x" not in got.screened and got.weights["x"] > 0.2
+        else:
+            assert got.screened == {"x": "opposed"} and got.weights["x"] == 0.0
+            assert got.weights["b"] > 0.4 and "x" in got.subcontext
+            assert off.weights["x"] > 0.2 and off.screened == {}
+
+
+def test_a_member_that_joins_late_votes_in_its_first_rounds_whatever_it_agrees() -> None:
+    """c is unrelated at first (not a member), then sends something a shares (turned: a latent
+    space that does not agree with a's yet, as after a drift). Once a member it votes for as many
+    rounds as the warm-up has, so that the two spaces can come to agree; then, still turned, it
+    gets no vote."""
+    learner = OsmoticLearner("a", ["b", "c"])
+    votes: list[bool] = []
+    for rnd in range(12):
+        a, b = honest_pair()
+        c = RNG.normal(size=a.shape) if rnd < 4 else turned(a, 180, 0.3, seed=rnd)
+        out = learner.step(a, {"b": b, "c": c.astype(np.float32)})
+        if rnd >= 4 and "c" in out.subcontext:
+            votes.append(out.weights["c"] > 0.0)
+            assert out.screened.get("c", "opposed") == "opposed"
+    assert votes[:2] == [True, True] and votes[2:] and not any(votes[2:])
 
 
 def test_a_twin_cannot_make_the_neighbour_it_copied_a_replay() -> None:

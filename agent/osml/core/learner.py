@@ -11,7 +11,8 @@ embeddings its neighbours sent for the same steps, it
    updates the per-neighbour memory and sub-context (:mod:`osml.core.subcontext`);
 2. computes the osmosis weights and target (:mod:`osml.core.osmosis`): members that are
    near-duplicates of each other (twins) share one vote, a twin clearly less aligned than its
-   pair is left out, and with four votes or more the largest and smallest value of each
+   pair is left out, so is a member that varies against the agent's own embeddings once it
+   has been a member for longer than the warm-up, and with four votes or more the largest and smallest value of each
    coordinate are dropped (:func:`~osml.core.osmosis.trimmed_target`);
 3. tracks its own equilibrium (:mod:`osml.core.equilibrium`).
 
@@ -33,7 +34,7 @@ from osml.core.osmosis import (
     share_votes,
     trimmed_target,
 )
-from osml.core.screening import ScreenSettings, screen
+from osml.core.screening import ScreenSettings, centred_agreement, screen
 from osml.core.similarity import linear_cka
 from osml.core.subcontext import SubcontextMemory, SubcontextPolicy
 
@@ -65,12 +66,20 @@ class LearnerSettings:
     # own, and its target there is its own embedding. 0: all dimensions. The trainer's
     # TrainerSettings.shared_dims must say the same, so that it pulls only these dimensions.
     shared_dims: int = 0
+    # A member whose embeddings vary against or across the agent's own (mean same-step centred
+    # cosine below min_agreement) gets no vote in that round (its affinity stands) once it has
+    # been a member for more than policy.warmup_rounds rounds in a row: pulled toward a turned
+    # or reflected version of itself, an agent loses what it shares with its honest members.
+    # Honest members agree far more by then. -1 turns the rule off.
+    min_agreement: float = 0.5
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
         if self.trim < 0:
             raise ValueError("trim must be >= 0")
+        if not -1.0 <= self.min_agreement < 1.0:
+            raise ValueError("min_agreement must be in [-1, 1) (-1: off)")
         if self.shared_dims < 0:
             raise ValueError("shared_dims must be >= 0 (0: all dimensions)")
         if self.keep_spread not in ("warmup", "always", "never"):
@@ -87,8 +96,10 @@ class RoundOutcome:
     change: float | None  # relative change of own embeddings since the last round
     equilibrium: bool
     # neighbour -> what screening found: constant, scale, nonfinite, copy (left out, and
-    # affinity 0 for the round), outvoted (left out of this round's blend only) or twin (a
-    # near-duplicate of another neighbour, with which it shares one vote)
+    # affinity 0 for the round), outvoted or opposed (left out of this round's blend only: a
+    # near-duplicate that lost to its twin, a lagging replay, or a member whose embeddings vary
+    # against the agent's own) or twin (a near-duplicate of another neighbour, with which it
+    # shares one vote)
     screened: dict[str, str] = field(default_factory=dict)
 
 
@@ -106,6 +117,7 @@ class OsmoticLearner:
         self._previous: np.ndarray | None = None
         self._previous_steps: np.ndarray | None = None
         self._copies = self.settings.screen.detector()
+        self._member_rounds: dict[str, int] = {}
         self.rounds = 0
 
     def step(
@@ -178,6 +190,24 @@ class OsmoticLearner:
         # of a member cannot double its pull; the vote is the coordinate median of the twins and
         # the agent's own embeddings, so that a turned copy cannot drag it away either.
         members = [nb for nb in heard if self.memory.is_member(nb) and nb not in copies.outvoted]
+        in_warmup = self.rounds < self.settings.policy.warmup_rounds
+        for nb in heard:  # rounds in a row as a member, for the grace of a new member
+            self._member_rounds[nb] = (
+                self._member_rounds.get(nb, 0) + 1 if self.memory.is_member(nb) else 0
+            )
+        if self.settings.min_agreement > -1.0:
+            # A member in its first warmup_rounds rounds (all of them in the agent's warm-up, and
+            # one that joins later, after a drift or a late start) votes whatever it agrees:
+            # that is how two latent spaces come to agree at all.
+            opposed = [
+                nb
+                for nb in members
+                if self._member_rounds[nb] > self.settings.policy.warmup_rounds
+                and centred_agreement(own[masks[nb]], kept[nb][masks[nb]])
+                < self.settings.min_agreement
+            ]
+            screened.update({nb: "opposed" for nb in opposed})
+            members = [nb for nb in members if nb not in opposed]
         groups = share_votes(members, copies.twins)
         stack = np.zeros((len(groups), *own.shape), np.float32)
         rows = np.zeros((len(groups), n), dtype=bool)
@@ -191,7 +221,6 @@ class OsmoticLearner:
         w = osmosis_weights(own, stack, np.ones(len(groups), bool), self.settings.temperature, rows)
         # In the warm-up every neighbour is a member by grace, and trimming its votes only slowed
         # honest groups (generated complex, 0~1: -0.016); afterwards members have earned it.
-        in_warmup = self.rounds < self.settings.policy.warmup_rounds
         if self.settings.trim and not in_warmup:
             target, w = trimmed_target(own, stack, w, self.settings.trim)
         else:

@@ -36,6 +36,7 @@ __all__ = [
     "Copies",
     "CopyDetector",
     "ScreenSettings",
+    "centred_agreement",
     "median_norm",
     "relative_spread",
     "screen",
@@ -87,6 +88,14 @@ def relative_spread(x: np.ndarray) -> float:
     if total <= _EPS:
         return 0.0
     return float(np.sqrt(np.mean(np.sum((x - x.mean(axis=0)) ** 2, axis=1)) / total))
+
+
+def centred_agreement(own: np.ndarray, other: np.ndarray) -> float:
+    """Mean same-step cosine of the centred rows of ``own`` and ``other`` (n, d), in the agent's
+    own coordinates: 1 when ``other`` varies from step to step as ``own`` does, about 0 when it
+    is unrelated or turned by 90 degrees, -1 when it varies against it."""
+    a, b = (np.asarray(x, dtype=np.float64) for x in (own, other))
+    return float(np.mean(same_step_cosine(a - a.mean(axis=0), b - b.mean(axis=0))))
 
 
 @dataclass(frozen=True)
@@ -306,10 +315,7 @@ class CopyDetector:
     def _agreement(self, mine: _Seen, other: _Seen) -> float:
         """Mean same-step cosine of the centred rows, in the agent's own coordinates."""
         pair = _common(mine, other, 1)
-        if pair is None:
-            return -1.0
-        a, b = (np.asarray(p, dtype=np.float64) for p in pair)
-        return float(np.mean(same_step_cosine(a - a.mean(axis=0), b - b.mean(axis=0))))
+        return -1.0 if pair is None else centred_agreement(*pair)
 
 
 def screen(
