@@ -357,6 +357,12 @@ def no_attack(needs_torch: None):  # -> RunResult
         ("rotate-copy:angle=90:noise=1e-1", True),
         ("echo:noise=1e-1", True),
         ("noisy-replay:noise=1e-1", True),
+        # Too noisy for an echo or a twin, and turned: opposed once the warm-up is over.
+        ("echo:angle=180:noise=0.3", True),
+        # The same for a reflected copy of the pair's other member; but in this short run the
+        # pair has not come into line by the end of the warm-up (centred 0.22), so each opposes
+        # the other as well and the pair stalls (0.16; 0.58 without the rule): docs/security.md.
+        ("rotate-copy:angle=180:noise=0.3", False),
         # A reflected copy of a pair's only other member: the agent cannot tell the original
         # from the copy (each is an affine map of the other), so their shared vote stalls the
         # pair in the reflected directions. Bounded, but not aligned (docs/security.md).

@@ -12,8 +12,8 @@ embeddings its neighbours sent for the same steps, it
 2. computes the osmosis weights and target (:mod:`osml.core.osmosis`): members that are
    near-duplicates of each other (twins) share one vote, a twin clearly less aligned than its
    pair is left out, so is a member that varies against the agent's own embeddings once it
-   has been a member for longer than the warm-up, and with four votes or more the largest and smallest value of each
-   coordinate are dropped (:func:`~osml.core.osmosis.trimmed_target`);
+   has been a member for longer than the warm-up, and with four votes or more the largest and
+   smallest value of each coordinate are dropped (:func:`~osml.core.osmosis.trimmed_target`);
 3. tracks its own equilibrium (:mod:`osml.core.equilibrium`).
 
 It sees only what this agent received: there is no global view anywhere.
