@@ -256,9 +256,11 @@ def test_non_persistent_session_does_not_queue(
     ctx = unique_context("volatile")
     inbox = [topics.inbox_filter(ctx, "b")]
     b1 = make_transport(mosquitto.url, f"{ctx}-b", subscriptions=inbox, persistent=False)
-    a = make_transport(mosquitto.url, f"{ctx}-a")
     b1.close()  # clean session: the broker forgets b and its subscription
-    a.publish(topics.inbox(ctx, "b", "a"), b"lost")
+    early = make_transport(mosquitto.url, f"{ctx}-a0")
+    early.publish(topics.inbox(ctx, "b", "a"), b"lost")
+    early.close()  # waits for the PUBACK: "lost" is through the broker before b2 subscribes
+    a = make_transport(mosquitto.url, f"{ctx}-a")
 
     b2 = make_transport(mosquitto.url, f"{ctx}-b", subscriptions=inbox, persistent=False)
     a.publish(topics.inbox(ctx, "b", "a"), b"marker")
