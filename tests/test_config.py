@@ -592,6 +592,18 @@ NUMBER_CASES = [
         id="trainer-setting-unknown",
     ),
     pytest.param(
+        "[trainer.settings]\nlr_end = 1.5",
+        "trainer.settings.lr_end",
+        "<= 1",
+        id="trainer-lr-end-over",
+    ),
+    pytest.param(
+        "[trainer.settings]\nlr_end = nan",
+        "trainer.settings.lr_end",
+        "nan",
+        id="trainer-lr-end-nan",
+    ),
+    pytest.param(
         "[trainer.settings]\ntemperature = 0",
         "trainer.settings.temperature",
         "> 0",

@@ -182,9 +182,45 @@ def test_shared_dims_must_fit_the_embedding() -> None:
         {"mmd_weight": -1.0},
         {"mmd_weight": float("inf")},
         {"shared_dims": -1},
+        {"lr_end": -0.1},
+        {"lr_end": 1.5},
+        {"lr_end": float("nan")},
         {"objective": "simclr"},
     ],
 )
 def test_new_settings_are_bounded(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         TrainerSettings(**kwargs)  # type: ignore[arg-type]
+
+
+# --- the learning rate within a round ---------------------------------------------------------
+
+
+def test_each_round_starts_at_the_learning_rate_and_ends_at_its_lr_end_share() -> None:
+    trainer = make_trainer("vc", learning_rate=1e-2, lr_end=0.1)
+    seen: list[float] = []
+    step = trainer.optim.step
+
+    def recording_step(*args: object, **kwargs: object) -> object:
+        seen.append(trainer.optim.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optim.step = recording_step  # type: ignore[method-assign]
+    w = windows_of(series())
+    targets = np.zeros((len(w), EMB), np.float32)
+    for _ in range(2):
+        trainer.fit(w, targets)
+
+    first, second = seen[:30], seen[30:]
+    assert len(second) == 30
+    for rnd in (first, second):
+        assert rnd[0] == pytest.approx(1e-2)
+        assert rnd[-1] == pytest.approx(1e-3)
+        assert all(a >= b for a, b in zip(rnd, rnd[1:], strict=False))
+
+
+def test_lr_end_1_keeps_the_learning_rate_constant() -> None:
+    trainer = make_trainer("vc", learning_rate=3e-3, lr_end=1.0)
+    w = windows_of(series())
+    trainer.fit(w, np.zeros((len(w), EMB), np.float32))
+    assert trainer.optim.param_groups[0]["lr"] == pytest.approx(3e-3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -116,7 +118,12 @@ class EncoderTrainer:
         y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
         self.encoder.train()
         totals = {"align": 0.0, "ssl": 0.0}
-        for _ in range(s.steps_per_round):
+        for i in range(s.steps_per_round):
+            if s.lr_end < 1.0:
+                phase = i / max(1, s.steps_per_round - 1)
+                scale = s.lr_end + (1.0 - s.lr_end) * 0.5 * (1.0 + math.cos(math.pi * phase))
+                for group in self.optim.param_groups:
+                    group["lr"] = s.learning_rate * scale
             idx = torch.randint(len(x), (min(s.batch_size, len(x)),), generator=self.gen)
             xb, yb = x[idx], y[idx]
             if s.input_noise > 0:

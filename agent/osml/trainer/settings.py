@@ -49,6 +49,11 @@ class TrainerSettings:
     steps_per_round: int = 150
     batch_size: int = 256
     learning_rate: float = 1e-2
+    # Each round's learning rate falls from learning_rate to lr_end * learning_rate over its
+    # steps (half a cosine); 1: constant. Without the fall the model a round ends with is where
+    # the last few batches threw it, and a fleet's figures swing by 0.02-0.04 from one round, or
+    # one tiny change, to the next (generated complex; docs/results.md).
+    lr_end: float = 0.1
     mask_ratio: float = 0.3
     cov_weight: float = 0.1
     init_std: float = 1.0
@@ -91,6 +96,7 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "steps_per_round": (1, 1_000_000, False),
     "batch_size": (2, 1_000_000, False),
     "learning_rate": (0.0, 10.0, True),
+    "lr_end": (0.0, 1.0, False),
     "cov_weight": (0.0, 1e6, False),
     "init_std": (0.0, 1e6, True),
     "hidden": (0, 65_536, False),
