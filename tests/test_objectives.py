@@ -185,6 +185,7 @@ def test_shared_dims_must_fit_the_embedding() -> None:
         {"lr_end": -0.1},
         {"lr_end": 1.5},
         {"lr_end": float("nan")},
+        {"lr_hold": 1.5},
         {"objective": "simclr"},
     ],
 )
@@ -197,7 +198,7 @@ def test_new_settings_are_bounded(kwargs: dict[str, object]) -> None:
 
 
 def test_each_round_starts_at_the_learning_rate_and_ends_at_its_lr_end_share() -> None:
-    trainer = make_trainer("vc", learning_rate=1e-2, lr_end=0.1)
+    trainer = make_trainer("vc", learning_rate=1e-2, lr_end=0.1, lr_hold=0.5)
     seen: list[float] = []
     step = trainer.optim.step
 
@@ -214,7 +215,9 @@ def test_each_round_starts_at_the_learning_rate_and_ends_at_its_lr_end_share() -
     first, second = seen[:30], seen[30:]
     assert len(second) == 30
     for rnd in (first, second):
-        assert rnd[0] == pytest.approx(1e-2)
+        # the first half at the full rate (lr_hold 0.5), then the fall
+        assert rnd[:15] == pytest.approx([1e-2] * 15)
+        assert rnd[15] < 1e-2
         assert rnd[-1] == pytest.approx(1e-3)
         assert all(a >= b for a, b in zip(rnd, rnd[1:], strict=False))
 

@@ -120,7 +120,8 @@ class EncoderTrainer:
         totals = {"align": 0.0, "ssl": 0.0}
         for i in range(s.steps_per_round):
             if s.lr_end < 1.0:
-                phase = i / max(1, s.steps_per_round - 1)
+                hold = s.lr_hold * (s.steps_per_round - 1)
+                phase = max(0.0, i - hold) / max(1.0, s.steps_per_round - 1 - hold)
                 scale = s.lr_end + (1.0 - s.lr_end) * 0.5 * (1.0 + math.cos(math.pi * phase))
                 for group in self.optim.param_groups:
                     group["lr"] = s.learning_rate * scale

@@ -49,11 +49,13 @@ class TrainerSettings:
     steps_per_round: int = 150
     batch_size: int = 256
     learning_rate: float = 1e-2
-    # Each round's learning rate falls from learning_rate to lr_end * learning_rate over its
-    # steps (half a cosine); 1: constant. Without the fall the model a round ends with is where
-    # the last few batches threw it, and a fleet's figures swing by 0.02-0.04 from one round, or
-    # one tiny change, to the next (generated complex; docs/results.md).
+    # Each round holds learning_rate for its first lr_hold share of steps, then lets it fall to
+    # lr_end * learning_rate by its last step (half a cosine); lr_end 1: constant. At a constant
+    # rate the model a round ends with is wherever its last few batches threw it, and on
+    # generated complex a fleet's figures swung by 0.02-0.04 from one round, or one tiny
+    # change, to the next (docs/results.md).
     lr_end: float = 0.1
+    lr_hold: float = 0.5
     mask_ratio: float = 0.3
     cov_weight: float = 0.1
     init_std: float = 1.0
@@ -97,6 +99,7 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "batch_size": (2, 1_000_000, False),
     "learning_rate": (0.0, 10.0, True),
     "lr_end": (0.0, 1.0, False),
+    "lr_hold": (0.0, 1.0, False),
     "cov_weight": (0.0, 1e6, False),
     "init_std": (0.0, 1e6, True),
     "hidden": (0, 65_536, False),
