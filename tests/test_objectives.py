@@ -186,6 +186,7 @@ def test_shared_dims_must_fit_the_embedding() -> None:
         {"lr_end": 1.5},
         {"lr_end": float("nan")},
         {"lr_hold": 1.5},
+        {"lr_steady_rounds": -1},
         {"objective": "simclr"},
     ],
 )
@@ -198,7 +199,7 @@ def test_new_settings_are_bounded(kwargs: dict[str, object]) -> None:
 
 
 def test_each_round_starts_at_the_learning_rate_and_ends_at_its_lr_end_share() -> None:
-    trainer = make_trainer("vc", learning_rate=1e-2, lr_end=0.1, lr_hold=0.5)
+    trainer = make_trainer("vc", learning_rate=1e-2, lr_end=0.1, lr_hold=0.5, lr_steady_rounds=0)
     seen: list[float] = []
     step = trainer.optim.step
 
@@ -220,6 +221,18 @@ def test_each_round_starts_at_the_learning_rate_and_ends_at_its_lr_end_share() -
         assert rnd[15] < 1e-2
         assert rnd[-1] == pytest.approx(1e-3)
         assert all(a >= b for a, b in zip(rnd, rnd[1:], strict=False))
+
+
+def test_the_first_rounds_keep_the_constant_rate() -> None:
+    trainer = make_trainer("vc", learning_rate=1e-2, lr_end=0.1, lr_steady_rounds=2)
+    w = windows_of(series())
+    targets = np.zeros((len(w), EMB), np.float32)
+    rates = []
+    for _ in range(3):
+        trainer.fit(w, targets)
+        rates.append(trainer.optim.param_groups[0]["lr"])
+    assert rates[:2] == pytest.approx([1e-2, 1e-2])
+    assert rates[2] == pytest.approx(1e-3)
 
 
 def test_lr_end_1_keeps_the_learning_rate_constant() -> None:

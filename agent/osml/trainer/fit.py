@@ -67,6 +67,7 @@ class EncoderTrainer:
             params, lr=settings.learning_rate, weight_decay=settings.weight_decay
         )
         self.version = 0
+        self.fits = 0  # rounds trained
         self._scale_head(data, window)
 
     @torch.no_grad()
@@ -118,8 +119,10 @@ class EncoderTrainer:
         y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
         self.encoder.train()
         totals = {"align": 0.0, "ssl": 0.0}
+        falls = s.lr_end < 1.0 and self.fits >= s.lr_steady_rounds
+        self.fits += 1
         for i in range(s.steps_per_round):
-            if s.lr_end < 1.0:
+            if falls:
                 hold = s.lr_hold * (s.steps_per_round - 1)
                 phase = max(0.0, i - hold) / max(1.0, s.steps_per_round - 1 - hold)
                 scale = s.lr_end + (1.0 - s.lr_end) * 0.5 * (1.0 + math.cos(math.pi * phase))

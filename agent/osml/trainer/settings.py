@@ -54,8 +54,11 @@ class TrainerSettings:
     # rate the model a round ends with is wherever its last few batches threw it, and on
     # generated complex a fleet's figures swung by 0.02-0.04 from one round, or one tiny
     # change, to the next (docs/results.md).
+    # The first lr_steady_rounds rounds keep the constant rate: in them, while sub-contexts form,
+    # latent spaces that start unrelated have to come into line fast.
     lr_end: float = 0.1
     lr_hold: float = 0.5
+    lr_steady_rounds: int = 2
     mask_ratio: float = 0.3
     cov_weight: float = 0.1
     init_std: float = 1.0
@@ -100,6 +103,7 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "learning_rate": (0.0, 10.0, True),
     "lr_end": (0.0, 1.0, False),
     "lr_hold": (0.0, 1.0, False),
+    "lr_steady_rounds": (0, 1_000_000, False),
     "cov_weight": (0.0, 1e6, False),
     "init_std": (0.0, 1e6, True),
     "hidden": (0, 65_536, False),
