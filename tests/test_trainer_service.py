@@ -318,7 +318,8 @@ def test_two_agents_train_concurrently(client: TrainerClient) -> None:
 
 def test_restart_reloads_agent_and_continues(tmp_short: Path) -> None:
     sock, state = tmp_short / "t.sock", tmp_short / "state"
-    settings: dict[str, Any] = {"steps_per_round": 30, "batch_size": 32}
+    # One steady round: the restarted trainer's round must fall, as the reference's second does.
+    settings: dict[str, Any] = {"steps_per_round": 30, "batch_size": 32, "lr_steady_rounds": 1}
     first = start_service(sock, state)
     try:
         client = TrainerClient(sock, timeout=30)
@@ -343,7 +344,8 @@ def test_restart_reloads_agent_and_continues(tmp_short: Path) -> None:
         second.halt()
 
     # Reference: the same agent trained for two rounds in one process, never restarted. Matching
-    # it means the restarted trainer resumed weights, AdamW moments and the batch sampler.
+    # it means the restarted trainer resumed weights, AdamW moments, the batch sampler and the
+    # learning-rate schedule (rounds trained).
     ref = EncoderTrainer(
         TrainerSettings(architecture="mlp", **settings),
         WINDOW,

@@ -7,9 +7,10 @@ connection, one request per connection. Each agent (key: context and agent id) o
 other while different agents train concurrently (torch runs single-threaded per job). Building an
 encoder touches torch's global RNG, so that part is serialised across agents.
 
-After every job the agent's state - encoder weights and buffers, decoder, AdamW moments and the
-batch sampler's generator - is checkpointed under ``state_dir`` as an ``.npz`` (plain arrays, no
-pickle, not ``torch.save``) plus a ``state.json`` that names it and records the version, settings
+After every job the agent's state - encoder weights and buffers, decoder, AdamW moments, the
+batch sampler's generator and the number of rounds trained - is checkpointed under
+``state_dir`` as an ``.npz`` (plain arrays, no pickle, not ``torch.save``) plus a
+``state.json`` that names it and records the version, settings
 and shapes. The JSON is written last and atomically, so it always points at a complete weights
 file. A restarted trainer reloads an agent when it sends ``init`` (or any job) and reports the
 version it had, and the next round continues exactly where the previous trainer stopped.
@@ -285,19 +286,20 @@ class TrainerService:
                     log.info("rescale %s/%s from %d steps", context, agent_id, len(data))
                 return {"version": held.version}
             if held is not None:
-                previous: tuple[dict[str, np.ndarray], int] | None = (
+                previous: tuple[dict[str, np.ndarray], int, int] | None = (
                     state_arrays(held),
                     held.version,
+                    held.fits,
                 )
             else:
                 ck = self._read_checkpoint(key)
-                previous = (ck[1], ck[0]["version"]) if ck is not None else None
+                previous = (ck[1], ck[0]["version"], ck[0]["fits"]) if ck is not None else None
             tr = self._build(settings, window, n_features, dim, seed, train_data, anchor)
             resumed = False
             if previous is not None:
                 if load_state(tr, previous[0]):
                     tr.encoder.set_offset(anchor)  # the agent's anchor is authoritative
-                    tr.version = previous[1]
+                    tr.version, tr.fits = previous[1], previous[2]
                     resumed = True
                 else:
                     log.warning(
@@ -354,7 +356,7 @@ class TrainerService:
                     f"targets must have shape ({len(windows)}, {tr.encoder.embedding_dim}), "
                     f"got {targets.shape}"
                 )
-            before = state_arrays(tr)
+            before, fits = state_arrays(tr), tr.fits
             try:
                 losses = tr.fit(windows, targets)
                 if not all(math.isfinite(v) for v in losses.values()):
@@ -365,6 +367,7 @@ class TrainerService:
                 model, card = self._export(tr, windows, version, key)
             except BaseException:
                 load_state(tr, before)
+                tr.fits = fits
                 raise
             tr.version = version
             self._checkpoint(key, slot)
@@ -437,7 +440,7 @@ class TrainerService:
             raise TrainerError(
                 f"the checkpoint of {key[0]}/{key[1]} does not fit its own settings; send init"
             )
-        tr.version = meta["version"]
+        tr.version, tr.fits = meta["version"], meta["fits"]
         slot.trainer = tr
         slot.registration = {
             k: meta[k] for k in ("architecture", "window", "n_features", "embedding_dim")
@@ -490,6 +493,7 @@ class TrainerService:
             "context": key[0],
             "agent_id": key[1],
             "version": tr.version,
+            "fits": tr.fits,  # rounds trained: the learning-rate schedule depends on it
             "seed": slot.seed,
             **reg,
             "weights": name,
@@ -526,7 +530,8 @@ class TrainerService:
                 raise ValueError(f"format {found!r} not supported")
             if (meta.get("context"), meta.get("agent_id")) != key:
                 raise ValueError("it belongs to another agent")
-            for k in ("version", "window", "n_features", "embedding_dim", "seed"):
+            meta.setdefault("fits", 0)  # checkpoints written before it was recorded
+            for k in ("version", "fits", "window", "n_features", "embedding_dim", "seed"):
                 if not isinstance(meta.get(k), int) or isinstance(meta.get(k), bool) or meta[k] < 0:
                     raise ValueError(f"{k} is not a non-negative integer")
             if meta.get("architecture") not in ARCHITECTURE_NAMES or not isinstance(
