@@ -120,6 +120,24 @@ def test_same_round_twins_share_a_vote_until_one_is_aligned_with_own() -> None:
     assert got.found == {} and got.twins == [] and got.outvoted == {"x": "b"}
 
 
+def test_a_slightly_turned_twin_is_outvoted_once_the_original_is_aligned() -> None:
+    """A copy turned by 20 degrees agrees with the agent almost as well as its original; with
+    the old margin (0.1) it kept half of the shared vote for the whole run, with 0.03 it is
+    outvoted. The margin comes from ScreenSettings."""
+    a, _ = honest_pair()
+    own = a + 0.5 * np.tanh(a)
+    b = (a + 0.1 * RNG.normal(size=a.shape)).astype(np.float32)
+    x = turned(b, 20, 1e-2, seed=4)
+    got = ScreenSettings().detector().copies({"b": b, "x": x}, "a", own, first_round=False)
+    assert got.outvoted == {"x": "b"} and got.twins == []
+    got = (
+        ScreenSettings(twin_margin=0.1)
+        .detector()
+        .copies({"b": b, "x": x}, "a", own, first_round=False)
+    )
+    assert got.outvoted == {} and got.twins == [("b", "x")]
+
+
 @pytest.mark.parametrize("angle", [90.0, 180.0])
 def test_after_the_warm_up_a_member_that_varies_against_the_agent_gets_no_vote(
     angle: float,
@@ -400,3 +418,6 @@ def test_honest_agents_keep_their_subcontext_next_to_an_adversary(
 def test_screen_settings_check_the_copy_threshold() -> None:
     with pytest.raises(ValueError, match="copy_threshold"):
         ScreenSettings(copy_threshold=1.5)
+    for bad in (float("nan"), -0.1, 3.0):
+        with pytest.raises(ValueError, match="twin_margin"):
+            ScreenSettings(twin_margin=bad)

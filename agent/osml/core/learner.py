@@ -10,7 +10,7 @@ embeddings its neighbours sent for the same steps, it
 1. measures each neighbour's affinity (linear CKA, :func:`osml.core.similarity.linear_cka`) and
    updates the per-neighbour memory and sub-context (:mod:`osml.core.subcontext`);
 2. computes the osmosis weights and target (:mod:`osml.core.osmosis`): members that are
-   near-duplicates of each other (twins) share one vote, a twin clearly less aligned than its
+   near-duplicates of each other (twins) share one vote, a twin less aligned than its
    pair is left out, so is a member that varies against the agent's own embeddings once it
    has been a member for longer than the warm-up, and with four votes or more the largest and
    smallest value of each coordinate are dropped (:func:`~osml.core.osmosis.trimmed_target`);

@@ -56,6 +56,10 @@ class ScreenSettings:
     copy_threshold: float = 0.03
     echo_threshold: float = 0.15
     twin_threshold: float = 0.12
+    # How much better one twin must agree with the agent's own embeddings than the other to
+    # outvote it (centred cosine); 0.1 left copies turned by 20-30 degrees half a vote for the
+    # whole run (generated complex: -0.011 to -0.012).
+    twin_margin: float = 0.03
 
     def __post_init__(self) -> None:
         if self.max_scale < 1.0:
@@ -67,11 +71,17 @@ class ScreenSettings:
         for name in ("copy_threshold", "echo_threshold", "twin_threshold"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1)")
+        if not 0.0 <= self.twin_margin <= 2.0:  # nan fails too
+            raise ValueError("twin_margin must be in [0, 2]")
 
     def detector(self) -> CopyDetector:
         """A :class:`CopyDetector` with these settings."""
         return CopyDetector(
-            self.copy_memory, self.copy_threshold, self.echo_threshold, self.twin_threshold
+            self.copy_memory,
+            self.copy_threshold,
+            self.echo_threshold,
+            self.twin_threshold,
+            margin=self.twin_margin,
         )
 
 
@@ -159,9 +169,9 @@ class CopyDetector:
       (honest agents pulled hard toward each other) share a vote instead;
     * **twins**: two neighbours of this round within ``twin_threshold`` of each other share one
       vote. Only one of them can be the original: once one agrees with the agent's own
-      embeddings step by step (centred cosine at least ``aligned``) and the other clearly less
-      (by ``margin``), the other is *outvoted*: left out of the blend, but not screened, so that
-      no crafted twin can get an honest neighbour dropped from a sub-context.
+      embeddings step by step (centred cosine at least ``aligned``) and the other less (by
+      ``margin``, 0.03), the other is *outvoted*: left out of the blend, but not screened, so
+      that no crafted twin can get an honest neighbour dropped from a sub-context.
 
     A neighbour repeating itself (no new model) is no copy. Remembers ``memory`` rounds.
     """
@@ -172,7 +182,7 @@ class CopyDetector:
         threshold: float = 0.03,
         echo_threshold: float = 0.15,
         twin_threshold: float = 0.12,
-        margin: float = 0.1,
+        margin: float = 0.03,
         aligned: float = 0.5,
         min_rows: int = 16,
         lag_ratio: float = 0.9,
