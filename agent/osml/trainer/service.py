@@ -10,8 +10,8 @@ encoder touches torch's global RNG, so that part is serialised across agents.
 After every job the agent's state - encoder weights and buffers, decoder, AdamW moments, the
 batch sampler's generator and the number of rounds trained - is checkpointed under
 ``state_dir`` as an ``.npz`` (plain arrays, no pickle, not ``torch.save``) plus a
-``state.json`` that names it and records the version, settings
-and shapes. The JSON is written last and atomically, so it always points at a complete weights
+``state.json`` that names it and records the version, the rounds trained, settings and
+shapes. The JSON is written last and atomically, so it always points at a complete weights
 file. A restarted trainer reloads an agent when it sends ``init`` (or any job) and reports the
 version it had, and the next round continues exactly where the previous trainer stopped.
 
