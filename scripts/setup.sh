@@ -47,6 +47,10 @@ apt_install() {
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     apt_install mosquitto mosquitto-clients
 fi
+# `osml broker init` makes the TLS listener's certificates with openssl (the TLS tests too).
+if ! command -v openssl >/dev/null 2>&1; then
+    apt_install openssl
+fi
 # Debian's python3 makes venvs only with the python3-venv package (ensurepip).
 if [ ! -x "$VENV/bin/python" ] && ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     apt_install python3-venv
