@@ -8,7 +8,14 @@ import pytest
 
 from osml.core.anchor import context_anchor
 from osml.core.learner import LearnerSettings, OsmoticLearner
-from osml.core.screening import CopyDetector, ScreenSettings, median_norm, relative_spread, screen
+from osml.core.screening import (
+    CopyDetector,
+    ScreenSettings,
+    centred_agreement,
+    median_norm,
+    relative_spread,
+    screen,
+)
 from osml.ops.adversaries import KINDS, parse_adversary, parse_adversary_option, rotation
 
 RNG = np.random.default_rng(7)
@@ -106,7 +113,7 @@ def test_an_honest_agent_continuing_its_own_embeddings_is_no_copy() -> None:
     assert CopyDetector(memory=0).copies({"x": a}, "a", a).found == {}
 
 
-def test_same_round_twins_share_a_vote_until_one_is_aligned_with_own() -> None:
+def test_same_round_twins_share_a_vote_until_one_agrees_better_with_own() -> None:
     a, b = honest_pair()
     b = turned(b, 90, 0.0, seed=5)  # b's encoder not yet aligned with a's
     det = CopyDetector(memory=4)
@@ -118,6 +125,57 @@ def test_same_round_twins_share_a_vote_until_one_is_aligned_with_own() -> None:
     aligned = (a + 0.1 * RNG.normal(size=a.shape)).astype(np.float32)
     got = det.copies({"b": aligned, "x": turned(aligned, 90, 1e-3)}, "a", a + 0.5 * np.tanh(a))
     assert got.found == {} and got.twins == [] and got.outvoted == {"x": "b"}
+
+
+def test_no_twin_verdict_in_the_first_round_then_the_one_agreeing_better_wins() -> None:
+    """Fresh encoders agree with one another by chance, so in the agent's first round neither
+    twin outvotes the other however they agree; from the second on the one that agrees better
+    (by the margin, and clearly: 0.3 or more) does, even while neither is well aligned."""
+    a, _ = honest_pair()
+    partly = (a + 2.0 * RNG.normal(size=a.shape)).astype(np.float32)  # agrees about 0.4
+    x = turned(partly, 90, 1e-2, seed=8)
+    agree = [centred_agreement(a, m) for m in (partly, x)]
+    assert 0.3 < agree[0] < 0.5 and agree[1] < agree[0] - 0.03
+    det = CopyDetector(memory=4)
+    first = det.copies({"b": partly, "x": x}, "a", a)
+    assert first.outvoted == {} and first.twins == [("b", "x")]
+    later = det.copies({"b": partly, "x": x}, "a", a)
+    assert later.outvoted == {"x": "b"} and later.twins == []
+    # An original that varies against a (its encoder not yet in line) and its reflection, which
+    # agrees as much as the original disagrees: no verdict.
+    close = (a + 1.0 * RNG.normal(size=a.shape)).astype(np.float32)
+    against = (2 * close.mean(axis=0) - close).astype(np.float32)  # agrees about -0.65
+    mirror = (2 * against.mean(axis=0) - against + 1e-3 * RNG.normal(size=a.shape)).astype(
+        np.float32
+    )
+    assert centred_agreement(a, mirror) > 0.5 > -0.5 > centred_agreement(a, against)
+    got = CopyDetector(memory=4).copies({"b": against, "x": mirror}, "a", a, first_round=False)
+    assert got.outvoted == {} and got.twins == [("b", "x")]
+
+
+def test_a_stale_same_round_copy_is_outvoted_once_its_original_moves_on() -> None:
+    """x sends a same-round copy of b in the agent's first round, then keeps resending it (as a
+    device that only infers would repeat itself). b trains and moves on: x is stale and gets no
+    vote (its affinity stands). A copy with fresh noise next to a converged original, which
+    moves by less than the twin bar, makes neither stale."""
+    a, b = honest_pair()
+    rng = np.random.default_rng(3)
+    bs = [b]
+    for _ in range(3):  # early training: each round 0.13-0.19 of residual from the last
+        prev = bs[-1]
+        bend = 0.6 * np.tanh(prev @ rng.normal(size=(5, 5)))
+        bs.append((prev + bend + 0.02 * rng.normal(size=prev.shape)).astype(np.float32))
+    det = CopyDetector(memory=8)
+    det.copies({"b": bs[0], "x": bs[0].copy()}, "a", a)
+    for b_now in bs[1:]:
+        got = det.copies({"b": b_now, "x": bs[0].copy()}, "a", a)
+        assert got.outvoted == {"x": "b"} and "b" not in got.outvoted and got.found == {}
+    # A converged original and a noisy turned copy of it, fresh noise each round.
+    det = CopyDetector(memory=8)
+    own = a + 0.5 * np.tanh(a)
+    for rnd in range(4):
+        got = det.copies({"b": b, "x": turned(b, 45, 1e-2, seed=20 + rnd)}, "a", own)
+        assert "b" not in got.outvoted and "b" not in got.found
 
 
 def test_a_slightly_turned_twin_is_outvoted_once_the_original_is_aligned() -> None:

@@ -97,9 +97,9 @@ class RoundOutcome:
     equilibrium: bool
     # neighbour -> what screening found: constant, scale, nonfinite, copy (left out, and
     # affinity 0 for the round), outvoted or opposed (left out of this round's blend only: a
-    # near-duplicate that lost to its twin, a lagging replay, or a member whose embeddings vary
-    # against the agent's own) or twin (a near-duplicate of another neighbour, with which it
-    # shares one vote)
+    # near-duplicate that lost to its twin, a lagging or stale replay, or a member whose
+    # embeddings vary against the agent's own) or twin (a near-duplicate of another neighbour,
+    # with which it shares one vote)
     screened: dict[str, str] = field(default_factory=dict)
 
 

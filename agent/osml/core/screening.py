@@ -118,7 +118,8 @@ class Copies:
     # one vote in the blend.
     twins: list[tuple[str, str]] = field(default_factory=list)
     # Near-duplicates of a neighbour that agrees clearly better with the agent's own embeddings,
-    # or replays that lag behind the neighbour they replay: left out of this round's blend (not
+    # replays that lag behind the neighbour they replay, or stale ones (still resending a
+    # same-round copy of a neighbour that has moved on): left out of this round's blend (not
     # screened: their affinity stands).
     outvoted: dict[str, str] = field(default_factory=dict)
 
@@ -166,12 +167,18 @@ class CopyDetector:
       *outvoted* by that neighbour if it is closer to the earlier matrix than to the
       neighbour's current one and than ``lag_ratio`` (0.9) times its own last matrix (it lags
       behind it), and otherwise shares its vote. Two neighbours that would each lag the other
-      (honest agents pulled hard toward each other) share a vote instead;
+      (honest agents pulled hard toward each other) share a vote instead. A neighbour that
+      resends a matrix it sent alike with another (a same-round copy) after the other has moved
+      on (``twin_threshold`` or more) is *stale*, outvoted by the other, unless it had sent that
+      matrix before the other did;
     * **twins**: two neighbours of this round within ``twin_threshold`` of each other share one
-      vote. Only one of them can be the original: once one agrees with the agent's own
-      embeddings step by step (centred cosine at least ``aligned``) and the other less (by
-      ``margin``, 0.03), the other is *outvoted*: left out of the blend, but not screened, so
-      that no crafted twin can get an honest neighbour dropped from a sub-context.
+      vote. Only one of them can be the original: after the agent's first round (in which
+      fresh encoders agree by chance), once one agrees with the agent's own embeddings step by
+      step (mean centred cosine) better than the other agrees *or disagrees* (by ``margin``,
+      0.03; and at least ``aligned``, 0.3), the other is *outvoted*: left out of the blend, but
+      not screened, so that no crafted twin can get an honest neighbour dropped from a
+      sub-context. (A reflected copy of an original that still varies against the agent
+      agrees as much as the original disagrees: no verdict.)
 
     A neighbour repeating itself (no new model) is no copy. Remembers ``memory`` rounds.
     """
@@ -183,7 +190,7 @@ class CopyDetector:
         echo_threshold: float = 0.15,
         twin_threshold: float = 0.12,
         margin: float = 0.03,
-        aligned: float = 0.5,
+        aligned: float = 0.3,
         min_rows: int = 16,
         lag_ratio: float = 0.9,
     ) -> None:
@@ -255,12 +262,25 @@ class CopyDetector:
                     continue
                 agree = {nb: self._agreement(mine, now[nb]) for nb in (a, b)}
                 lo, hi = sorted((a, b), key=agree.__getitem__)
-                if agree[hi] >= self.aligned and agree[lo] + self.margin <= agree[hi]:
+                # In the agent's first round its encoder and its neighbours' are fresh: which one
+                # agrees better is chance (a turned copy did in 1 of 5 agents), so no verdict.
+                # Later the one that agrees better wins if it also agrees more than the other
+                # *disagrees* (a reflection of an original that varies against the agent agrees
+                # as much as the original disagrees), and agrees clearly: a copy crafted from an
+                # original not yet in line with the agent can agree better than it (generated
+                # simple seed 3, 180 degrees: with no such bar the copy took the pair's vote
+                # and the pair ended at -0.85).
+                bar = max(self.aligned, abs(agree[lo]) + self.margin)
+                if not first and agree[hi] >= bar:
                     outvoted.setdefault(lo, hi)
                 else:
                     shared.add((a, b))
         twins = sorted(
-            (a, b) for a, b in shared if not {a, b} & set(found) and not {a, b} & set(outvoted)
+            {
+                (min(a, b), max(a, b))
+                for a, b in shared
+                if not {a, b} & set(found) and not {a, b} & set(outvoted)
+            }
         )
         paired = {nb for pair in (*twins, *outvoted.items()) for nb in pair}
         self._rounds.append(
@@ -298,13 +318,16 @@ class CopyDetector:
             self.suspects.discard(nb)
         elif nb in self.suspects and moved:
             return own_id
-        past = [p for round_ in reversed(self._rounds) for p in round_]
-        own_last = next((p for p in past if p.owner == nb), None)
+        aged = [(age, p) for age, round_ in enumerate(reversed(self._rounds)) for p in round_]
+        own_last = next((p for _, p in aged if p.owner == nb), None)
         itself = self._residual(seen, own_last) if own_last is not None else 1.0
-        for other in past:
+        for age, other in aged:
             if other.owner == nb:
                 continue
             r = self._residual(seen, other)
+            if r < self.threshold and self._stale(nb, other, age, aged, now):
+                left_out.setdefault(nb, other.owner)
+                continue
             if r >= itself and other.owner != own_id:
                 continue  # it continues its own embeddings better
             if r < self.threshold and (other.owner == own_id or not other.twin):
@@ -321,6 +344,29 @@ class CopyDetector:
                 else:
                     shared.add((nb, other.owner))
         return None
+
+    def _stale(
+        self,
+        nb: str,
+        other: _Seen,
+        age: int,
+        aged: list[tuple[int, _Seen]],
+        now: Mapping[str, _Seen],
+    ) -> bool:
+        """Whether ``nb``, which resends (within ``threshold``) ``other``, a matrix that was one of
+        a pair of near-duplicates ``age`` rounds ago, is stale: ``other``'s sender has moved on
+        since (its matrix of this round is ``twin_threshold`` or more from it) and ``nb`` had not
+        sent that matrix before ``other`` was seen. A copier that sent a same-round copy and then
+        keeps resending it looks like a device repeating itself; the original, which trains, has
+        moved on. A converged original next to a copy with fresh noise moves by less than the
+        twin bar, so neither is stale."""
+        if not other.twin or other.owner not in now:
+            return False
+        if self._residual(now[other.owner], other) < self.twin_threshold:
+            return False
+        return not any(
+            a > age and p.owner == nb and self._residual(p, other) < self.threshold for a, p in aged
+        )
 
     def _agreement(self, mine: _Seen, other: _Seen) -> float:
         """Mean same-step cosine of the centred rows, in the agent's own coordinates."""
