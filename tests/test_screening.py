@@ -114,10 +114,12 @@ def test_an_honest_agent_continuing_its_own_embeddings_is_no_copy() -> None:
 
 
 def test_same_round_twins_share_a_vote_until_one_agrees_better_with_own() -> None:
-    a, b = honest_pair()
-    b = turned(b, 90, 0.0, seed=5)  # b's encoder not yet aligned with a's
+    a, _ = honest_pair()
+    b = honest_pair()[1]  # b's encoder not yet aligned with a's: it agrees with a about 0
+    x = turned(b, 90, 1e-3, seed=6)
+    assert max(centred_agreement(a, m) for m in (b, x)) < 0.3
     det = CopyDetector(memory=4)
-    got = det.copies({"b": b, "x": turned(b, 90, 1e-3, seed=6)}, "a", a)
+    got = det.copies({"b": b, "x": x}, "a", a)
     assert got.found == {} and got.twins == [("b", "x")]  # neither agrees with a: no verdict
     assert got.outvoted == {}
     # Osmosis has aligned b with a: now the turned twin is outvoted (left out of the blend, but
@@ -127,20 +129,44 @@ def test_same_round_twins_share_a_vote_until_one_agrees_better_with_own() -> Non
     assert got.found == {} and got.twins == [] and got.outvoted == {"x": "b"}
 
 
-def test_no_twin_verdict_in_the_first_round_then_the_one_agreeing_better_wins() -> None:
-    """Fresh encoders agree with one another by chance, so in the agent's first round neither
-    twin outvotes the other however they agree; from the second on the one that agrees better
-    (by the margin, and clearly: 0.3 or more) does, even while neither is well aligned."""
+def test_first_round_twins_are_judged_by_the_agent_and_its_other_neighbours() -> None:
+    """The twin that agrees better with a judge (by the margin, and by 0.3 or more) wins, even
+    while neither is well aligned. In the agent's first round every encoder is fresh, so the
+    agent and its neighbours in no pair all judge: a verdict needs one of them and no contrary
+    one. Later the agent judges alone."""
+    rng = np.random.default_rng(21)
     a, _ = honest_pair()
-    partly = (a + 2.0 * RNG.normal(size=a.shape)).astype(np.float32)  # agrees about 0.4
+    partly = (a + 2.0 * rng.normal(size=a.shape)).astype(np.float32)
     x = turned(partly, 90, 1e-2, seed=8)
     agree = [centred_agreement(a, m) for m in (partly, x)]
     assert 0.3 < agree[0] < 0.5 and agree[1] < agree[0] - 0.03
-    det = CopyDetector(memory=4)
-    first = det.copies({"b": partly, "x": x}, "a", a)
-    assert first.outvoted == {} and first.twins == [("b", "x")]
-    later = det.copies({"b": partly, "x": x}, "a", a)
+    # c sides with x, without being a near-duplicate of either twin.
+    c = (x + 0.8 * rng.normal(size=a.shape)).astype(np.float32)
+    assert centred_agreement(c, x) > max(0.3, abs(centred_agreement(c, partly)) + 0.03)
+    unrelated = honest_pair()[0]  # an agent whose encoder agrees with neither
+    assert max(abs(centred_agreement(unrelated, m)) for m in (partly, x)) < 0.2
+    # first round, the agent alone: x loses
+    first = CopyDetector(memory=4).copies({"b": partly, "x": x}, "a", a)
+    assert first.outvoted == {"x": "b"} and first.twins == []
+    # first round, c contradicts the agent: no verdict
+    split = CopyDetector(memory=4).copies({"b": partly, "x": x, "c": c}, "a", a)
+    assert split.outvoted == {} and split.twins == [("b", "x")]
+    # first round, the agent has no verdict, c has one: b loses
+    by_c = CopyDetector(memory=4).copies({"b": partly, "x": x, "c": c}, "a", unrelated)
+    assert by_c.outvoted == {"b": "x"} and by_c.twins == []
+    # a later round: only the agent judges, and 0.4 is not enough
+    later = CopyDetector(memory=4).copies({"b": partly, "x": x, "c": c}, "a", a, first_round=False)
+    assert later.outvoted == {} and later.twins == [("b", "x")]
+    aligned = (a + 1.0 * rng.normal(size=a.shape)).astype(np.float32)
+    y = turned(aligned, 90, 1e-2, seed=9)
+    d = (y + 0.8 * rng.normal(size=a.shape)).astype(np.float32)  # sides with y
+    assert centred_agreement(a, aligned) > 0.5 and centred_agreement(d, y) > 0.5
+    later = CopyDetector(memory=4).copies({"b": aligned, "x": y, "d": d}, "a", a, first_round=False)
     assert later.outvoted == {"x": "b"} and later.twins == []
+    alone = CopyDetector(memory=4).copies(
+        {"b": aligned, "x": y, "d": d}, "a", unrelated, first_round=False
+    )
+    assert alone.outvoted == {} and alone.twins == [("b", "x")]
     # An original that varies against a (its encoder not yet in line) and its reflection, which
     # agrees as much as the original disagrees: no verdict.
     close = (a + 1.0 * RNG.normal(size=a.shape)).astype(np.float32)

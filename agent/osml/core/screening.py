@@ -172,13 +172,14 @@ class CopyDetector:
       on (``twin_threshold`` or more) is *stale*, outvoted by the other, unless it had sent that
       matrix before the other did;
     * **twins**: two neighbours of this round within ``twin_threshold`` of each other share one
-      vote. Only one of them can be the original: after the agent's first round (in which
-      fresh encoders agree by chance), once one agrees with the agent's own embeddings step by
-      step (mean centred cosine) better than the other agrees *or disagrees* (by ``margin``,
-      0.03; and at least ``aligned``, 0.3), the other is *outvoted*: left out of the blend, but
-      not screened, so that no crafted twin can get an honest neighbour dropped from a
-      sub-context. (A reflected copy of an original that still varies against the agent
-      agrees as much as the original disagrees: no verdict.)
+      vote. Only one of them can be the original: once one agrees with the agent's own
+      embeddings step by step (mean centred cosine) by ``aligned`` (0.5) or more, and more than
+      the other agrees *or disagrees* by ``margin`` (0.03), the other is *outvoted*: left out of
+      the blend, but not screened, so that no crafted twin can get an honest neighbour dropped
+      from a sub-context. (A reflected copy of an original that still varies against the agent
+      agrees about as much as the original disagrees: no verdict.) In the agent's first round,
+      when every encoder is fresh, the neighbours in no pair judge as well, at
+      ``first_aligned`` (0.3): a verdict needs one judge and no contrary one.
 
     A neighbour repeating itself (no new model) is no copy. Remembers ``memory`` rounds.
     """
@@ -190,7 +191,8 @@ class CopyDetector:
         echo_threshold: float = 0.15,
         twin_threshold: float = 0.12,
         margin: float = 0.03,
-        aligned: float = 0.3,
+        aligned: float = 0.5,
+        first_aligned: float = 0.3,
         min_rows: int = 16,
         lag_ratio: float = 0.9,
     ) -> None:
@@ -201,6 +203,7 @@ class CopyDetector:
         self.twin_threshold = twin_threshold
         self.margin = margin
         self.aligned = aligned
+        self.first_aligned = first_aligned
         self.lag_ratio = lag_ratio
         self.min_rows = min_rows
         self.suspects: set[str] = set()  # within echo_threshold of own in the first round
@@ -254,27 +257,32 @@ class CopyDetector:
                 del left_out[nb], left_out[owner]
         outvoted = {nb: owner for nb, owner in left_out.items() if nb not in found}
         rest = [nb for nb in now if nb not in found]
-        for i, a in enumerate(rest):
-            for b in rest[i + 1 :]:
-                if a in left_out or b in left_out:  # no vote this round: no twin either
-                    continue
-                if self._residual(now[a], now[b]) >= self.twin_threshold:
-                    continue
-                agree = {nb: self._agreement(mine, now[nb]) for nb in (a, b)}
-                lo, hi = sorted((a, b), key=agree.__getitem__)
-                # In the agent's first round its encoder and its neighbours' are fresh: which one
-                # agrees better is chance (a turned copy did in 1 of 5 agents), so no verdict.
-                # Later the one that agrees better wins if it also agrees more than the other
-                # *disagrees* (a reflection of an original that varies against the agent agrees
-                # as much as the original disagrees), and agrees clearly: a copy crafted from an
-                # original not yet in line with the agent can agree better than it (generated
-                # simple seed 3, 180 degrees: with no such bar the copy took the pair's vote
-                # and the pair ended at -0.85).
-                bar = max(self.aligned, abs(agree[lo]) + self.margin)
-                if not first and agree[hi] >= bar:
-                    outvoted.setdefault(lo, hi)
-                else:
-                    shared.add((a, b))
+        pairs = [
+            (a, b)
+            for i, a in enumerate(rest)
+            for b in rest[i + 1 :]
+            if a not in left_out
+            and b not in left_out  # no vote this round: no twin either
+            and self._residual(now[a], now[b]) < self.twin_threshold
+        ]
+        # In the agent's first round every encoder is fresh, its own included, and its verdict
+        # is no better than a neighbour's: the neighbours in no pair judge too, a verdict needs
+        # one of them (at first_aligned) and no contrary one. On generated complex seed 2 a
+        # reflected copy of agent 0 sent to all is told from 0 only by agent 1 there; sharing
+        # 0's vote with it in the first round cost {2,3,4} 0.021. Later the agent's own
+        # embeddings judge alone (at aligned).
+        in_pairs = {nb for pair in pairs for nb in pair}
+        judges = [mine]
+        if first:
+            judges += [now[nb] for nb in rest if nb not in in_pairs and nb not in left_out]
+        bar = self.first_aligned if first else self.aligned
+        for a, b in pairs:
+            losers = {lo for j in judges if (lo := self._loser(j, now[a], now[b], bar)) is not None}
+            if len(losers) == 1:
+                lo = losers.pop()
+                outvoted.setdefault(lo, b if lo == a else a)
+            else:
+                shared.add((a, b))
         twins = sorted(
             {
                 (min(a, b), max(a, b))
@@ -344,6 +352,19 @@ class CopyDetector:
                 else:
                     shared.add((nb, other.owner))
         return None
+
+    def _loser(self, judge: _Seen, a: _Seen, b: _Seen, aligned: float) -> str | None:
+        """Which of twins ``a`` and ``b`` is the copy by ``judge``'s embeddings, or None: the one
+        that agrees with them less, when the other agrees by ``aligned`` or more and by
+        ``margin`` more than the first agrees *or disagrees*: a reflection of an original that
+        varies against the judge agrees about as much as the original disagrees, and must not
+        win for that. A turned copy can agree better than an original not yet in line with the
+        judge, which is why later rounds ask for 0.5: at 0.3 (and at 0), copies turned by 90
+        and 180 degrees won the pair's vote in the warm-up of generated simple seed 3 (0.49 of
+        a blend; at 0 the pair ended at -0.85)."""
+        agree = {x.owner: self._agreement(judge, x) for x in (a, b)}
+        lo, hi = sorted(agree, key=agree.__getitem__)
+        return lo if agree[hi] >= max(aligned, abs(agree[lo]) + self.margin) else None
 
     def _stale(
         self,
