@@ -195,7 +195,7 @@ def test_a_stale_same_round_copy_is_outvoted_once_its_original_moves_on() -> Non
     det.copies({"b": bs[0], "x": bs[0].copy()}, "a", a)
     for b_now in bs[1:]:
         got = det.copies({"b": b_now, "x": bs[0].copy()}, "a", a)
-        assert got.outvoted == {"x": "b"} and "b" not in got.outvoted and got.found == {}
+        assert got.outvoted == {"x": "b"} and got.found == {}
     # A converged original and a noisy turned copy of it, fresh noise each round.
     det = CopyDetector(memory=8)
     own = a + 0.5 * np.tanh(a)
