@@ -65,6 +65,8 @@ def matrix() -> list[str]:
     out += [f"echo:angle={a}:noise={n}" for a in (0, 90) for n in ("1e-3", "1e-1")]
     out += ["drift:noise=1e-3", "drift:noise=1e-1", "drift:noise=1e-2:to=all"]
     out += ["in-band-scale:noise=1e-3", "in-band-scale:noise=1e-1", "in-band-scale:to=all"]
+    out += [f"aligned-copy:noise={n}" for n in ("1e-3", "1e-1")]
+    out += ["aligned-copy:against=1:noise=1e-2", "aligned-copy:to=all"]
     out += ["copy", "copy:to=all", "constant", "scaled:factor=1e6", "replay"]
     return out
 

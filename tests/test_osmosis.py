@@ -8,7 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from osml.core.osmosis import osmosis_target, osmosis_weights, share_votes, trimmed_target
+from osml.core.osmosis import (
+    osmosis_target,
+    osmosis_weights,
+    share_votes,
+    trimmed_target,
+    twin_vote,
+)
 from osml.core.similarity import linear_residual, same_step_cosine
 
 E = math.e
@@ -306,3 +312,19 @@ def test_linear_residual_sees_through_affine_maps_only() -> None:
     assert linear_residual(np.ones((300, 5)), y) == 1.0  # nothing to explain
     with pytest.raises(ValueError):
         linear_residual(y[:10], y)
+
+
+def test_twin_vote_is_the_twins_mean_where_they_have_rows() -> None:
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    present = np.ones((2, 6), dtype=bool)
+    present[1, 0] = False  # b has no row 0: the vote there is a's
+    present[:, 5] = False  # nobody has row 5: 0
+    vote = twin_vote(np.stack([a, b]), present)
+    np.testing.assert_allclose(vote[1:5], (a[1:5] + b[1:5]) / 2, rtol=1e-6)
+    np.testing.assert_array_equal(vote[0], a[0])
+    np.testing.assert_array_equal(vote[5], np.zeros(3))
+    # three twins: the coordinate median, so one far-off twin cannot drag the vote
+    c = a + 1e3
+    vote = twin_vote(np.stack([a, b, c]), np.ones((3, 6), dtype=bool))
+    np.testing.assert_allclose(vote, np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c)))

@@ -10,9 +10,9 @@ embeddings its neighbours sent for the same steps, it
 1. measures each neighbour's affinity (linear CKA, :func:`osml.core.similarity.linear_cka`) and
    updates the per-neighbour memory and sub-context (:mod:`osml.core.subcontext`);
 2. computes the osmosis weights and target (:mod:`osml.core.osmosis`): members that are
-   near-duplicates of each other (twins) share one vote, a twin less aligned than its
-   pair is left out, so is a member that varies against the agent's own embeddings once it
-   has been a member for longer than the warm-up, and with four votes or more the largest and
+   near-duplicates of each other (twins) share one vote (their mean), whichever agrees better,
+   a member that varies against the agent's own embeddings once it has been a member for
+   longer than the warm-up is left out, and with four votes or more the largest and
    smallest value of each coordinate are dropped (:func:`~osml.core.osmosis.trimmed_target`);
 3. tracks its own equilibrium (:mod:`osml.core.equilibrium`).
 
@@ -22,7 +22,7 @@ It sees only what this agent received: there is no global view anywhere.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from osml.core.osmosis import (
     restore_spread,
     share_votes,
     trimmed_target,
+    twin_vote,
 )
 from osml.core.screening import ScreenSettings, centred_agreement, screen
 from osml.core.similarity import linear_cka
@@ -161,8 +162,32 @@ class OsmoticLearner:
         # Copies are looked for in whole frames: a copier sends all of them, and in a few shared
         # dimensions honest neighbours that agree can look like affine copies of each other.
         copies = self._copies.copies(
-            sent, self.agent_id, whole, masks, steps, self.rounds == 0, moved
+            sent,
+            self.agent_id,
+            whole,
+            masks,
+            steps,
+            self.rounds == 0,
+            moved,
+            warmup=self.rounds < self.settings.policy.warmup_rounds,
         )
+        # An echo of the agent's own embeddings from a member that earned its place (a member
+        # for more than the warm-up): honest agents pulled together for many rounds can come
+        # that close (generated complex seed 2, 0 and 1 after 20 rounds next to a copy turned
+        # toward each of them), and screening would take their affinity and split the
+        # sub-context. It gets no vote instead (its affinity stands), as the echo would.
+        settled = {
+            nb
+            for nb, owner in copies.found.items()
+            if owner == self.agent_id
+            and self._member_rounds.get(nb, 0) > self.settings.policy.warmup_rounds
+        }
+        if settled:
+            copies = replace(
+                copies,
+                found={nb: o for nb, o in copies.found.items() if nb not in settled},
+                outvoted={**copies.outvoted, **{nb: self.agent_id for nb in settled}},
+            )
         mine = {nb: e[:, :k] for nb, e in sent.items()}
         kept: dict[str, np.ndarray] = {}
         screened: dict[str, str] = {}
@@ -187,8 +212,7 @@ class OsmoticLearner:
         screened.update({nb: "twin" for pair in copies.twins for nb in pair if nb in kept})
         screened.update({nb: "outvoted" for nb in copies.outvoted if nb in kept})
         # Members that are near-duplicates of each other (twins) share one vote, so that a copy
-        # of a member cannot double its pull; the vote is the coordinate median of the twins and
-        # the agent's own embeddings, so that a turned copy cannot drag it away either.
+        # of a member cannot double its pull; the vote is osmosis.twin_vote (the twins' mean).
         members = [nb for nb in heard if self.memory.is_member(nb) and nb not in copies.outvoted]
         in_warmup = self.rounds < self.settings.policy.warmup_rounds
         for nb in heard:  # rounds in a row as a member, for the grace of a new member
@@ -216,8 +240,9 @@ class OsmoticLearner:
             if len(g) == 1:
                 stack[j] = kept[g[0]]
                 continue
-            votes = np.stack([own, *(np.where(masks[nb][:, None], kept[nb], np.nan) for nb in g)])
-            stack[j] = np.where(rows[j][:, None], np.nanmedian(votes, axis=0), 0.0)
+            stack[j] = twin_vote(
+                np.stack([kept[nb] for nb in g]), np.stack([masks[nb] for nb in g])
+            )
         w = osmosis_weights(own, stack, np.ones(len(groups), bool), self.settings.temperature, rows)
         # In the warm-up every neighbour is a member by grace, and trimming its votes only slowed
         # honest groups (generated complex, 0~1: -0.016); afterwards members have earned it.

@@ -20,6 +20,7 @@ unrelated and same-step cosines say little, so a sharp softmax would let nobody 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "restore_spread",
     "share_votes",
     "trimmed_target",
+    "twin_vote",
 ]
 
 _EPS = 1e-12
@@ -114,6 +116,24 @@ def share_votes(ids: Sequence[str], twins: Iterable[tuple[str, str]]) -> list[li
     for i in ids:
         groups.setdefault(root(i), []).append(i)
     return list(groups.values())
+
+
+def twin_vote(twins: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """The one vote of near-duplicate members (twins, ``(k, n, d)``; rows where ``present``
+    (k, n) is False are ignored): their coordinate median, the mean of two. Whichever twin is
+    the original, the vote is off by half their difference, and no twin can move it by agreeing
+    with the agent: the agent's own embeddings stay out of the median, since a copy turned
+    toward them would make it the agent's own and cancel the original's pull. Rows no twin has
+    are 0 (give them weight 0)."""
+    t = np.asarray(twins)  # kept in its own dtype (float32 from the learner)
+    have = np.asarray(present, dtype=bool)
+    votes = np.where(have[:, :, None], t, np.nan)
+    anywhere: np.ndarray = np.any(have, axis=0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan rows: no twin has them
+        med = np.nanmedian(votes, axis=0)
+    vote: np.ndarray = np.where(anywhere[:, None], med, 0.0)
+    return vote
 
 
 def trimmed_target(

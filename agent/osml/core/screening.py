@@ -56,10 +56,10 @@ class ScreenSettings:
     copy_threshold: float = 0.03
     echo_threshold: float = 0.15
     twin_threshold: float = 0.12
-    # How much better one twin must agree with the agent's own embeddings than the other to
-    # outvote it (centred cosine); 0.1 left copies turned by 20-30 degrees half a vote for the
-    # whole run (generated complex: -0.011 to -0.012).
+    # A twin is outvoted only when the other agrees with the agent's own embeddings by this much
+    # more (centred cosine) and it gained less than twin_rise on the agent since its last round.
     twin_margin: float = 0.03
+    twin_rise: float = 0.02
 
     def __post_init__(self) -> None:
         if self.max_scale < 1.0:
@@ -71,8 +71,9 @@ class ScreenSettings:
         for name in ("copy_threshold", "echo_threshold", "twin_threshold"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1)")
-        if not 0.0 <= self.twin_margin <= 2.0:  # nan fails too
-            raise ValueError("twin_margin must be in [0, 2]")
+        for name in ("twin_margin", "twin_rise"):
+            if not 0.0 <= getattr(self, name) <= 2.0:  # nan fails too
+                raise ValueError(f"{name} must be in [0, 2]")
 
     def detector(self) -> CopyDetector:
         """A :class:`CopyDetector` with these settings."""
@@ -82,6 +83,7 @@ class ScreenSettings:
             self.echo_threshold,
             self.twin_threshold,
             margin=self.twin_margin,
+            rise=self.twin_rise,
         )
 
 
@@ -172,16 +174,18 @@ class CopyDetector:
       on (``twin_threshold`` or more) is *stale*, outvoted by the other, unless it had sent that
       matrix before the other did;
     * **twins**: two neighbours of this round within ``twin_threshold`` of each other share one
-      vote. Only one of them can be the original: once one agrees with the agent's own
-      embeddings step by step (mean centred cosine) by ``aligned`` (0.5) or more, and more than
-      the other agrees *or disagrees* by ``margin`` (0.03), the other is *outvoted*: left out of
-      the blend, but not screened, so that no crafted twin can get an honest neighbour dropped
-      from a sub-context. (A reflected copy of an original that still varies against the agent
-      agrees about as much as the original disagrees: no verdict.) In the agent's first round,
-      when every encoder is fresh, the neighbours in no pair judge as well, at
-      ``first_aligned`` (0.3): a verdict needs one judge and no contrary one.
+      vote, whichever of them agrees better with the agent's own embeddings. Each is an affine
+      map of the other, so nothing in the pair tells the original from the copy but the
+      coordinates, and those the copier chooses: a copy turned toward the agent's own
+      embeddings (orthogonal Procrustes) always agrees better than its original. So no twin is
+      ever outvoted for what it agrees; the vote is the mean of the two (see
+      :mod:`osml.core.learner`), the choice that is wrong by least whichever is the original.
+      A twin that varies across or against the agent after the warm-up loses its vote by the
+      learner's ``min_agreement`` rule, as any member does.
 
-    A neighbour repeating itself (no new model) is no copy. Remembers ``memory`` rounds.
+    Every verdict here rests on residuals of affine maps, which no choice of coordinates
+    changes. A neighbour repeating itself (no new model) is no copy. Remembers ``memory``
+    rounds.
     """
 
     def __init__(
@@ -192,7 +196,8 @@ class CopyDetector:
         twin_threshold: float = 0.12,
         margin: float = 0.03,
         aligned: float = 0.5,
-        first_aligned: float = 0.3,
+        rise: float = 0.02,
+        warmup_rounds: int = 2,
         min_rows: int = 16,
         lag_ratio: float = 0.9,
     ) -> None:
@@ -201,10 +206,13 @@ class CopyDetector:
         self.threshold = threshold
         self.echo_threshold = echo_threshold
         self.twin_threshold = twin_threshold
+        self.lag_ratio = lag_ratio
         self.margin = margin
         self.aligned = aligned
-        self.first_aligned = first_aligned
-        self.lag_ratio = lag_ratio
+        self.rise = rise
+        self.warmup_rounds = warmup_rounds
+        self._agree: dict[str, float] = {}  # each neighbour's agreement in the last round
+        self._stalls: set[tuple[str, str]] = set()  # (outvoted twin, its pair) last round
         self.min_rows = min_rows
         self.suspects: set[str] = set()  # within echo_threshold of own in the first round
         self.calls = 0
@@ -222,6 +230,7 @@ class CopyDetector:
         steps: np.ndarray | None = None,
         first_round: bool | None = None,
         moved: bool = True,
+        warmup: bool | None = None,
     ) -> Copies:
         """What this round's neighbours copy (see the class docstring). ``received`` holds each
         neighbour's (n, d) rows aligned to ``own``'s, ``present`` (neighbour -> bool (n,)) where
@@ -265,24 +274,25 @@ class CopyDetector:
             and b not in left_out  # no vote this round: no twin either
             and self._residual(now[a], now[b]) < self.twin_threshold
         ]
-        # In the agent's first round every encoder is fresh, its own included, and its verdict
-        # is no better than a neighbour's: the neighbours in no pair judge too, a verdict needs
-        # one of them (at first_aligned) and no contrary one. On generated complex seed 2 a
-        # reflected copy of agent 0 sent to all is told from 0 only by agent 1 there; sharing
-        # 0's vote with it in the first round cost {2,3,4} 0.021. Later the agent's own
-        # embeddings judge alone (at aligned).
-        in_pairs = {nb for pair in pairs for nb in pair}
-        judges = [mine]
-        if first:
-            judges += [now[nb] for nb in rest if nb not in in_pairs and nb not in left_out]
-        bar = self.first_aligned if first else self.aligned
+        # Twins share one vote, whichever agrees better with the agent's own embeddings: the
+        # copier picks the coordinates of its copy, so it can always make the copy agree better
+        # than the original (a turn toward the agent's own, Procrustes; with the copy preferred,
+        # an honest pair on generated simple fell from 0.99 to -0.07 of centred alignment).
+        # Sharing moves the agent toward the original either way, so an original that agrees
+        # less keeps gaining; a turned copy that agrees less has stopped: only that one, after
+        # the warm-up, is outvoted (see the class docstring).
+        agree = {nb: centred_agreement(*pair) for nb in rest if (pair := _common(mine, now[nb], 1))}
+        in_warmup = self.calls <= self.warmup_rounds if warmup is None else warmup
+        stalls: set[tuple[str, str]] = set()
         for a, b in pairs:
-            losers = {lo for j in judges if (lo := self._loser(j, now[a], now[b], bar)) is not None}
-            if len(losers) == 1:
-                lo = losers.pop()
-                outvoted.setdefault(lo, b if lo == a else a)
-            else:
+            lo = self._stalled(a, b, agree) if not in_warmup else None
+            if lo is None:
                 shared.add((a, b))
+            else:
+                hi = b if lo == a else a
+                outvoted.setdefault(lo, hi)
+                stalls.add((lo, hi))
+        self._agree, self._stalls = agree, stalls
         twins = sorted(
             {
                 (min(a, b), max(a, b))
@@ -353,18 +363,22 @@ class CopyDetector:
                     shared.add((nb, other.owner))
         return None
 
-    def _loser(self, judge: _Seen, a: _Seen, b: _Seen, aligned: float) -> str | None:
-        """Which of twins ``a`` and ``b`` is the copy by ``judge``'s embeddings, or None: the one
-        that agrees with them less, when the other agrees by ``aligned`` or more and by
-        ``margin`` more than the first agrees *or disagrees*: a reflection of an original that
-        varies against the judge agrees about as much as the original disagrees, and must not
-        win for that. A turned copy can agree better than an original not yet in line with the
-        judge, which is why later rounds ask for 0.5: at 0.3 (and at 0), copies turned by 90
-        and 180 degrees won the pair's vote in the warm-up of generated simple seed 3 (0.49 of
-        a blend; at 0 the pair ended at -0.85)."""
-        agree = {x.owner: self._agreement(judge, x) for x in (a, b)}
-        lo, hi = sorted(agree, key=agree.__getitem__)
-        return lo if agree[hi] >= max(aligned, abs(agree[lo]) + self.margin) else None
+    def _stalled(self, a: str, b: str, agree: Mapping[str, float]) -> str | None:
+        """Which of twins ``a`` and ``b`` has stopped gaining on the agent, or None: the one that
+        agrees less with the agent's own embeddings, when the other agrees by ``aligned`` or
+        more and by ``margin`` more than the first agrees *or disagrees* (a reflection of an
+        original that varies against the agent agrees about as much as the original
+        disagrees), and the first agrees by less than ``rise`` more than it did in the agent's
+        last round."""
+        if a not in agree or b not in agree:
+            return None
+        lo, hi = sorted((a, b), key=agree.__getitem__)
+        if agree[hi] < max(self.aligned, abs(agree[lo]) + self.margin):
+            return None
+        if (lo, hi) in self._stalls:  # stalled before, and still behind: stays outvoted
+            return lo
+        last = self._agree.get(lo)
+        return lo if last is not None and agree[lo] - last < self.rise else None
 
     def _stale(
         self,
@@ -388,11 +402,6 @@ class CopyDetector:
         return not any(
             a > age and p.owner == nb and self._residual(p, other) < self.threshold for a, p in aged
         )
-
-    def _agreement(self, mine: _Seen, other: _Seen) -> float:
-        """Mean same-step cosine of the centred rows, in the agent's own coordinates."""
-        pair = _common(mine, other, 1)
-        return -1.0 if pair is None else centred_agreement(*pair)
 
 
 def screen(

@@ -50,6 +50,7 @@ __all__ = [
     "parse_adversary",
     "parse_adversary_option",
     "rotation",
+    "turned_toward",
 ]
 
 Behaviour = Callable[
@@ -86,6 +87,17 @@ def rotation(dim: int, angle_deg: float, rng: np.random.Generator) -> np.ndarray
         block[i : i + 2, i : i + 2] = [[c, -s], [s, c]]
     rot: np.ndarray = q @ block @ q.T
     return rot
+
+
+def turned_toward(x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``x`` with its variation about its mean turned by the orthogonal map that brings it
+    closest (least squares) to ``target``'s variation about its own mean (orthogonal
+    Procrustes): an exact affine copy of ``x`` that agrees as well as any turn of it can with
+    ``target``."""
+    mu = x.mean(axis=0)
+    u, _, vt = np.linalg.svd((x - mu).T @ (target - target.mean(axis=0)))
+    turned: np.ndarray = mu + (x - mu) @ (u @ vt)
+    return turned
 
 
 def _rng(seed: int, *parts: object) -> np.random.Generator:
@@ -178,6 +190,12 @@ KINDS: dict[str, Kind] = {
             "a current copy times FACTOR (inside the screening band)",
             (Param("factor", "5", "scale"), Param("noise", "1e-3", "")),
         ),
+        Kind(
+            "aligned-copy",
+            "a current copy turned (orthogonal Procrustes) to agree as well as it can with the "
+            "victim's own embeddings (AGAINST=1: to vary against them), plus NOISE",
+            (Param("against", "0", "1: turn it to vary against"), Param("noise", "1e-3", "")),
+        ),
         Kind("copy", "a current, exact copy of another honest agent (same round)", ()),
     )
 }
@@ -224,6 +242,9 @@ def _build(
     rate = float(args.get("rate", "0"))
     factor = float(args.get("factor", "1"))
     lag = int(args.get("lag", "0"))
+    against = args.get("against", "0")
+    if against not in ("0", "1"):
+        raise ValueError(f"against must be 0 or 1, not {against!r}")
     if not all(math.isfinite(v) for v in (angle, rate, factor)):
         raise ValueError("angle, rate and factor must be finite")
     if kind in ("replay", "noisy-replay") and lag < 1:
@@ -259,6 +280,12 @@ def _build(
             _, x = _source(src, rnd, dst, honest, to_all)
         deg = angle if kind != "drift" else rate * rnd
         x = _turn(x, turn_for(dst, deg, x.shape[1]))
+        if kind == "aligned-copy":
+            ids = list(honest)
+            # to=all: one matrix, turned toward the second honest agent (the first is copied)
+            toward = ids[min(1, len(ids) - 1)] if to_all else dst
+            mine = np.asarray(honest[toward], dtype=np.float64)
+            x = turned_toward(x, 2 * mine.mean(axis=0) - mine if against == "1" else mine)
         if kind in ("scaled", "in-band-scale"):
             x = x * factor
         x = _noised(x, noise, noise_rng)
