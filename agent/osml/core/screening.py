@@ -237,8 +237,9 @@ class CopyDetector:
         it had data (default: everywhere), ``steps`` the rows' absolute steps (default: row i is
         step i in every round), ``first_round`` whether this is the agent's very first round,
         with a fresh encoder (default: the first call), ``moved`` whether the agent's own
-        embeddings changed since its last round. Then remembers this round's matrices (not those
-        screened)."""
+        embeddings changed since its last round, ``warmup`` whether the agent is in its warm-up,
+        when twins always share their vote (default: the first ``warmup_rounds`` calls). Then
+        remembers this round's matrices (not those screened) and each neighbour's agreement."""
         if not self.enabled:
             return Copies({})
         own = np.asarray(own, dtype=np.float32)
