@@ -22,7 +22,7 @@ It sees only what this agent received: there is no global view anywhere.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -170,24 +170,12 @@ class OsmoticLearner:
             self.rounds == 0,
             moved,
             warmup=self.rounds < self.settings.policy.warmup_rounds,
+            earned={
+                nb
+                for nb in heard
+                if self._member_rounds.get(nb, 0) > self.settings.policy.warmup_rounds
+            },
         )
-        # An echo of the agent's own embeddings from a member that earned its place (a member
-        # for more than the warm-up): honest agents pulled together for many rounds can come
-        # that close (generated complex seed 2, 0 and 1 after 20 rounds next to a copy turned
-        # toward each of them), and screening would take their affinity and split the
-        # sub-context. It gets no vote instead (its affinity stands), as the echo would.
-        settled = {
-            nb
-            for nb, owner in copies.found.items()
-            if owner == self.agent_id
-            and self._member_rounds.get(nb, 0) > self.settings.policy.warmup_rounds
-        }
-        if settled:
-            copies = replace(
-                copies,
-                found={nb: o for nb, o in copies.found.items() if nb not in settled},
-                outvoted={**copies.outvoted, **{nb: self.agent_id for nb in settled}},
-            )
         mine = {nb: e[:, :k] for nb, e in sent.items()}
         kept: dict[str, np.ndarray] = {}
         screened: dict[str, str] = {}

@@ -25,7 +25,7 @@ one round's blend without losing affinity); see :mod:`osml.core.learner`.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -177,13 +177,17 @@ class CopyDetector:
       vote, whichever of them agrees better with the agent's own embeddings. Each is an affine
       map of the other, so nothing in the pair tells the original from the copy but the
       coordinates, and those the copier chooses: a copy turned toward the agent's own
-      embeddings (orthogonal Procrustes) always agrees better than its original. So no twin is
-      ever outvoted for what it agrees; the vote is the mean of the two (see
-      :mod:`osml.core.learner`), the choice that is wrong by least whichever is the original.
-      A twin that varies across or against the agent after the warm-up loses its vote by the
-      learner's ``min_agreement`` rule, as any member does.
+      embeddings (orthogonal Procrustes) always agrees better than its original. So agreeing
+      better never wins by itself; the vote is the mean of the two (see
+      :func:`osml.core.osmosis.twin_vote`), wrong by least whichever is the original. After
+      the warm-up, the twin that agrees *less* is outvoted when the other agrees by
+      ``aligned`` (0.5) or more and by ``margin`` (0.03) more than it agrees or disagrees, and
+      it has stopped gaining: it agrees by less than ``rise`` (0.02) more than in the agent's
+      last round. It then stays outvoted while it is that far behind. The shared vote pulls the
+      agent toward the original either way, so an original behind a copy keeps gaining; a copy
+      turned away from an aligned original stays where its turn puts it.
 
-    Every verdict here rests on residuals of affine maps, which no choice of coordinates
+    Every other verdict here rests on residuals of affine maps, which no choice of coordinates
     changes. A neighbour repeating itself (no new model) is no copy. Remembers ``memory``
     rounds.
     """
@@ -231,6 +235,7 @@ class CopyDetector:
         first_round: bool | None = None,
         moved: bool = True,
         warmup: bool | None = None,
+        earned: Collection[str] = (),
     ) -> Copies:
         """What this round's neighbours copy (see the class docstring). ``received`` holds each
         neighbour's (n, d) rows aligned to ``own``'s, ``present`` (neighbour -> bool (n,)) where
@@ -238,8 +243,13 @@ class CopyDetector:
         step i in every round), ``first_round`` whether this is the agent's very first round,
         with a fresh encoder (default: the first call), ``moved`` whether the agent's own
         embeddings changed since its last round, ``warmup`` whether the agent is in its warm-up,
-        when twins always share their vote (default: the first ``warmup_rounds`` calls). Then
-        remembers this round's matrices (not those screened) and each neighbour's agreement."""
+        when twins always share their vote (default: the first ``warmup_rounds`` calls),
+        ``earned`` the neighbours that have been members for longer than the warm-up: an echo
+        from one of them is outvoted (by the agent), not screened, since honest agents pulled
+        together for many rounds can come that close (generated complex seed 2: agents 0 and 1
+        after 20 rounds next to a copy turned toward each, which screened each other and split
+        the sub-context). Then remembers this round's matrices (not those screened, nor such
+        echoes) and each neighbour's agreement."""
         if not self.enabled:
             return Copies({})
         own = np.asarray(own, dtype=np.float32)
@@ -305,6 +315,10 @@ class CopyDetector:
         self._rounds.append(
             [mine, *(replace(now[nb], twin=nb in paired) for nb in now if nb not in found)]
         )
+        echoes = {nb for nb, owner in found.items() if owner == own_id and nb in earned}
+        if echoes:
+            found = {nb: owner for nb, owner in found.items() if nb not in echoes}
+            outvoted = {**outvoted, **{nb: own_id for nb in echoes}}
         return Copies(found, twins, outvoted)
 
     def _copied(
