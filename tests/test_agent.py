@@ -252,6 +252,8 @@ def test_two_agents_and_a_trainer_run_to_completion(
         assert versions == sorted(versions) and versions[-1] > 1
         state = read_state(cfg)
         assert state["next_round"] == 3
+        me = next(a for a, c in configs.items() if c == cfg)
+        assert set(state["screening"]["member_rounds"]) == set(IDS) - {me}
         assert state["model_version"] >= versions[-1]
         assert OnnxEncoder.load(state_dir(cfg) / "model.onnx").version == state["model_version"]
     status = retained_status(mosquitto.url, ctx, IDS)
@@ -520,6 +522,8 @@ def test_sigkilled_agent_resumes_where_it_stopped(
     assert rounds_after == list(range(rounds_after[0], 6))
     assert after[0].model_version >= before[-1].model_version > 1  # not reset to v1
     assert read_state(victim)["next_round"] == 6
+    # What screening remembers came back too: it saw as many rounds as the learner.
+    assert read_state(victim)["screening"]["calls"] == read_state(victim)["learner_rounds"]
     assert [r.round for r in read_rounds(configs["1"])] == list(range(6))
     # The killed agent's last will said "offline"; the restarted one ended gracefully.
     assert_graceful_status(retained_status(mosquitto.url, ctx, ("0",))["0"], 6)

@@ -440,6 +440,13 @@ GOOD_STATE = {
     "equilibrium": {"streak": 1, "last_subcontext": ["0", "1"], "settled": False, "recent": [0.1]},
     "learner_rounds": 5,
     "anomaly": {},
+    "screening": {
+        "member_rounds": {"1": 4},
+        "agree": {"1": 0.9, "x": -0.2},
+        "stalls": [["x", "1"]],
+        "suspects": [],
+        "calls": 5,
+    },
     "format": 1,
 }
 
@@ -458,6 +465,15 @@ BAD_STATES = [
     pytest.param({"equilibrium": {"streak": "2"}}, "equilibrium.streak", id="streak-text"),
     pytest.param({"equilibrium": {"recent": {"a": 1}}}, "equilibrium.recent", id="recent-map"),
     pytest.param({"anomaly": {"format": 99}}, "anomaly", id="anomaly-format"),
+    pytest.param({"screening": []}, "screening", id="screening-list"),
+    pytest.param(
+        {"screening": {"member_rounds": {"1": 1.5}}}, "screening.member_rounds", id="rounds-float"
+    ),
+    pytest.param({"screening": {"agree": {"1": 2.0}}}, "screening.agree", id="agree-over-1"),
+    pytest.param({"screening": {"stalls": [["x"]]}}, "screening.stalls", id="stall-not-a-pair"),
+    pytest.param({"screening": {"suspects": "x"}}, "screening.suspects", id="suspects-text"),
+    pytest.param({"screening": {"calls": -1}}, "screening.calls", id="calls-negative"),
+    pytest.param({"screening": {"votes": {}}}, "screening.votes", id="screening-unknown"),
     pytest.param({"agent_id": 0}, "agent_id", id="int-id"),
     pytest.param({"rounds_done": 3}, "rounds_done", id="unknown-key"),
     pytest.param({"format": 2}, "format", id="other-format"),
@@ -484,6 +500,7 @@ def test_a_good_state_loads_and_the_round_bound_is_inclusive(tmp_path: Path) -> 
     (tmp_path / "state.json").write_text(json.dumps({**GOOD_STATE, "next_round": MAX_ROUND}))
     state = load_state(tmp_path, "0", "lab")
     assert state.next_round == MAX_ROUND and state.memory == GOOD_STATE["memory"]
+    assert state.screening == GOOD_STATE["screening"]
 
     (tmp_path / "state.json").write_text(json.dumps([GOOD_STATE]))
     with pytest.raises(ConfigError, match="JSON object"):

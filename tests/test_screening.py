@@ -3,6 +3,8 @@ an adversary."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from osml.core.screening import (
     relative_spread,
     screen,
 )
+from osml.core.subcontext import SubcontextMemory
 from osml.ops.adversaries import (
     KINDS,
     parse_adversary,
@@ -213,6 +216,54 @@ def test_after_the_warm_up_a_member_that_varies_against_the_agent_gets_no_vote(
             assert got.screened == {"x": "opposed"} and got.weights["x"] == 0.0
             assert got.weights["b"] > 0.4 and "x" in got.subcontext
             assert off.weights["x"] > 0.2 and off.screened == {}
+
+
+def restarted(learner: OsmoticLearner, screening: bool = True) -> OsmoticLearner:
+    """A new learner from what an agent saves in state.json (through JSON, as on disk)."""
+    again = OsmoticLearner(learner.agent_id, learner.neighbours, learner.settings)
+    again.memory = SubcontextMemory.from_dict(
+        json.loads(json.dumps(learner.memory.to_dict())), learner.settings.policy
+    )
+    again.rounds = learner.rounds
+    if screening:
+        again.restore_screening(json.loads(json.dumps(learner.screening_state())))
+    return again
+
+
+def test_a_restarted_agent_keeps_its_verdicts_on_members_and_twins() -> None:
+    """What screening has learnt survives a restart. A member that varies against the agent
+    stays without a vote (a restart without the saved members' rounds gives every member the
+    grace of a new one: it votes again), and a stalled twin stays outvoted (without the saved
+    agreements no twin is judged in the first round after it)."""
+    learner = OsmoticLearner("a", ["b", "x"])
+    frames = []
+    for rnd in range(4):
+        a, b = honest_pair()
+        frames.append((a, {"b": b, "x": turned(a, 180, 0.3, seed=rnd)}))
+    for a, got in frames[:3]:
+        learner.step(a, got)
+    kept, forgot = restarted(learner), restarted(learner, screening=False)
+    a, got = frames[3]
+    want = learner.step(a, got)
+    assert want.screened == {"x": "opposed"} and want.weights["x"] == 0.0
+    assert kept.step(a, got).screened == want.screened
+    assert "x" not in forgot.step(a, got).screened  # the grace again: x votes
+    # A twin outvoted once it stalled, before and after a restart of the detector.
+    base = honest_pair()[0]
+    own = base + 0.5 * np.tanh(base)
+    aligned = (base + 0.1 * RNG.normal(size=base.shape)).astype(np.float32)
+    det = CopyDetector(memory=4)
+    for _ in range(4):
+        x = turned(aligned, 45, 1e-3, seed=45)
+        out = det.copies({"b": aligned, "x": x}, "a", own, first_round=False)
+    assert out.outvoted == {"x": "b"}
+    closer = turned(aligned, 30, 1e-3, seed=45)  # gains, but behind by the margin
+    again = CopyDetector(memory=4)
+    again.restore(json.loads(json.dumps(det.to_dict())))
+    fresh = CopyDetector(memory=4)
+    fresh.restore({"calls": det.calls})  # past the warm-up, but nothing else
+    assert again.copies({"b": aligned, "x": closer}, "a", own).outvoted == {"x": "b"}
+    assert fresh.copies({"b": aligned, "x": closer}, "a", own).outvoted == {}
 
 
 def test_an_echo_from_a_member_that_earned_its_place_gets_no_vote_but_stays() -> None:

@@ -114,6 +114,7 @@ class AgentRuntime:
             )
         self.learner.rounds = self.state.learner_rounds
         self.learner.equilibrium.restore(self.state.equilibrium)
+        self.learner.restore_screening(self.state.screening)
         self.client = TrainerClient(
             cfg.trainer.socket or "trainer.sock", timeout=cfg.trainer.timeout
         )
@@ -694,6 +695,7 @@ class AgentRuntime:
         self.state.subcontext = list(record.subcontext)
         self.state.equilibrium = self.learner.equilibrium.to_dict()
         self.state.learner_rounds = self.learner.rounds
+        self.state.screening = self.learner.screening_state()
         save_state(self.state_dir, self.state)
         append_round(self.state_dir, record)
 

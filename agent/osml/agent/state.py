@@ -1,6 +1,7 @@
 """What an agent keeps across restarts, in its state directory.
 
-    state_dir/state.json          round, model version, affinity memory, sub-context, equilibrium
+    state_dir/state.json          round, model version, affinity memory, sub-context, equilibrium,
+                                  screening memory (members' rounds, twins' agreements)
     state_dir/model.onnx (+ .card.json)   the model in use, verified against its card on load
     state_dir/rounds.jsonl        one JSON line per finished round (what `osml run` reports),
                                   rotated to rounds.jsonl.1 past ROUNDS_MAX_BYTES
@@ -54,6 +55,7 @@ class AgentState:
     equilibrium: dict[str, Any] = field(default_factory=dict)  # EquilibriumDetector.to_dict()
     learner_rounds: int = 0
     anomaly: dict[str, Any] = field(default_factory=dict)  # AnomalyDetector.to_dict() (live)
+    screening: dict[str, Any] = field(default_factory=dict)  # OsmoticLearner.screening_state()
     format: int = STATE_FORMAT
 
 
@@ -130,7 +132,7 @@ def _checked_state(data: Any) -> AgentState:
     sub = data.get("subcontext", [])
     if not isinstance(sub, list) or not all(isinstance(x, str) for x in sub):
         raise ValueError(f"subcontext must be a list of agent ids, got {_short(sub)}")
-    for key in ("memory", "equilibrium", "anomaly"):
+    for key in ("memory", "equilibrium", "anomaly", "screening"):
         if not isinstance(data.get(key, {}), dict):
             raise ValueError(f"{key} must be a JSON object, got {_short(data[key])}")
     memory = data.get("memory", {})
@@ -152,12 +154,35 @@ def _checked_state(data: Any) -> AgentState:
     recent = eq.get("recent", [])
     if not isinstance(recent, list) or not all(_is_number(x) for x in recent):
         raise ValueError(f"equilibrium.recent must be a list of numbers, got {_short(recent)}")
+    _check_screening(data.get("screening", {}))
     if data.get("anomaly"):
         try:
             AnomalyDetector.from_dict(data["anomaly"])
         except (ValueError, TypeError) as exc:
             raise ValueError(f"anomaly: {exc}") from None
     return AgentState(**data)
+
+
+def _check_screening(scr: dict[str, Any]) -> None:
+    for key, ok, what in (
+        ("member_rounds", lambda v: _is_int(v, 0, MAX_ROUND), "counts"),
+        ("agree", lambda v: _is_number(v) and -1.0 <= v <= 1.0, "numbers from -1 to 1"),
+    ):
+        if key in scr:
+            _check_map(scr[key], f"screening.{key}", ok, what)
+    stalls = scr.get("stalls", [])
+    if not isinstance(stalls, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in stalls
+    ):
+        raise ValueError(f"screening.stalls must be a list of id pairs, got {_short(stalls)}")
+    suspects = scr.get("suspects", [])
+    if not isinstance(suspects, list) or not all(isinstance(x, str) for x in suspects):
+        raise ValueError(f"screening.suspects must be a list of ids, got {_short(suspects)}")
+    if "calls" in scr and not _is_int(scr["calls"], 0, MAX_ROUND):
+        raise ValueError(f"screening.calls must be a count, got {_short(scr['calls'])}")
+    unknown = set(scr) - {"member_rounds", "agree", "stalls", "suspects", "calls"}
+    if unknown:
+        raise ValueError(f"unknown key 'screening.{sorted(unknown)[0]}'")
 
 
 def save_state(state_dir: Path, state: AgentState) -> None:

@@ -259,6 +259,21 @@ class OsmoticLearner:
     def subcontext(self) -> list[str]:
         return self.memory.subcontext(self.agent_id)
 
+    def screening_state(self) -> dict[str, object]:
+        """What screening carries from round to round, for an agent's state across restarts:
+        each neighbour's rounds in a row as a member (its grace) and the copy detector's memory
+        (:meth:`CopyDetector.to_dict`). Without it a restarted agent would give every member
+        the grace of a new one (a member that varies against it votes again) and judge no twin
+        for a round."""
+        return {"member_rounds": dict(self._member_rounds), **self._copies.to_dict()}
+
+    def restore_screening(self, data: Mapping[str, object]) -> None:
+        """Take back what :meth:`screening_state` saved."""
+        rounds = data.get("member_rounds", {})
+        if isinstance(rounds, dict):
+            self._member_rounds = {str(k): int(v) for k, v in rounds.items()}
+        self._copies.restore(data)
+
     def _change(self, own: np.ndarray, steps: np.ndarray | None) -> float | None:
         """Relative change of the own embeddings since the last round, on the steps both
         rounds embedded (all rows when no steps are given); None when there are too few."""

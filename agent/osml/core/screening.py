@@ -24,6 +24,7 @@ one round's blend without losing affinity); see :mod:`osml.core.learner`.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -220,6 +221,36 @@ class CopyDetector:
         self.min_rows = min_rows
         self.suspects: set[str] = set()  # within echo_threshold of own in the first round
         self.calls = 0
+
+    def to_dict(self) -> dict[str, object]:
+        """What the verdicts of the next round rest on besides the matrices (which are not
+        kept across restarts): each neighbour's last agreement, the stalled twins, the echo
+        suspects and how many rounds were seen (an agent's state across restarts)."""
+        return {
+            "agree": {
+                nb: min(max(a, -1.0), 1.0) for nb, a in self._agree.items() if math.isfinite(a)
+            },
+            "stalls": [list(pair) for pair in sorted(self._stalls)],
+            "suspects": sorted(self.suspects),
+            "calls": self.calls,
+        }
+
+    def restore(self, data: Mapping[str, object]) -> None:
+        """Take back what :meth:`to_dict` saved (checked by :mod:`osml.agent.state`)."""
+        agree = data.get("agree", {})
+        stalls = data.get("stalls", [])
+        suspects = data.get("suspects", [])
+        calls = data.get("calls", 0)
+        self._agree = (
+            {str(k): float(v) for k, v in agree.items()} if isinstance(agree, dict) else {}
+        )
+        self._stalls = (
+            {(str(p[0]), str(p[1])) for p in stalls if len(p) == 2}
+            if isinstance(stalls, list)
+            else set()
+        )
+        self.suspects = {str(x) for x in suspects} if isinstance(suspects, list) else set()
+        self.calls = calls if isinstance(calls, int) and calls >= 0 else 0
 
     def _residual(self, x: _Seen, y: _Seen) -> float:
         pair = _common(x, y, self.min_rows)
