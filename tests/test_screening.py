@@ -169,6 +169,40 @@ def test_same_round_twins_share_a_vote_whichever_agrees_better_with_own() -> Non
     assert got.outvoted == {"b": "z"}
 
 
+def test_a_twin_the_agent_keeps_chasing_is_outvoted_though_it_gains() -> None:
+    """b is in line with the agent; x is b turned by a fixed angle less 5 degrees a round, so it
+    gains on the agent every round (no stall). Where the agent stays put, x closes in, and the
+    pair shares its vote. Where the agent turns 10 degrees a round toward x (the shared vote
+    pulling it, with b turning along as an aligned partner does) while x keeps its distance
+    ahead, x moves away from where the agent was as the agent moves toward where x was: after
+    two such rounds it is outvoted by b, in the first round after the warm-up."""
+
+    def run(turn_per_round: float) -> list[tuple[list[tuple[str, str]], dict[str, str]]]:
+        rng = np.random.default_rng(0)
+        sig = rng.normal(size=(200, 6))
+        det = CopyDetector(memory=4)
+        seen = []
+        last = -1.0
+        for rnd in range(5):
+            turn = rotation(6, turn_per_round * rnd, np.random.default_rng(99))
+            own = sig @ turn.T
+            b = np.tanh(sig) @ turn.T + 0.05 * rng.normal(size=sig.shape)
+            ahead = rotation(6, 60.0 - 5.0 * rnd, np.random.default_rng(99))  # same planes
+            x = b @ ahead.T + 1e-3 * rng.normal(size=sig.shape)
+            gain, last = centred_agreement(own, x) - last, centred_agreement(own, x)
+            assert rnd == 0 or gain > 0.02  # x gains every round
+            got = det.copies(
+                {"b": b.astype(np.float32), "x": x.astype(np.float32)}, "a", own.astype(np.float32)
+            )
+            assert centred_agreement(own, b) > 0.9 and got.found == {}
+            seen.append((got.twins, got.outvoted))
+            sig = sig + 0.6 * np.tanh(sig @ rng.normal(size=(6, 6)) / 2)  # each model moves on
+        return seen
+
+    assert run(0.0) == [([("b", "x")], {})] * 5
+    assert run(10.0) == [([("b", "x")], {})] * 2 + [([], {"x": "b"})] * 3
+
+
 def test_a_stale_same_round_copy_is_outvoted_once_its_original_moves_on() -> None:
     """x sends a same-round copy of b in the agent's first round, then keeps resending it (as a
     device that only infers would repeat itself). b trains and moves on: x is stale and gets no

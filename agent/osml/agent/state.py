@@ -175,12 +175,13 @@ def _check_screening(scr: dict[str, Any]) -> None:
         isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in stalls
     ):
         raise ValueError(f"screening.stalls must be a list of id pairs, got {_short(stalls)}")
-    suspects = scr.get("suspects", [])
-    if not isinstance(suspects, list) or not all(isinstance(x, str) for x in suspects):
-        raise ValueError(f"screening.suspects must be a list of ids, got {_short(suspects)}")
+    for key in ("suspects", "ran"):
+        ids = scr.get(key, [])
+        if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+            raise ValueError(f"screening.{key} must be a list of ids, got {_short(ids)}")
     if "calls" in scr and not _is_int(scr["calls"], 0, MAX_ROUND):
         raise ValueError(f"screening.calls must be a count, got {_short(scr['calls'])}")
-    unknown = set(scr) - {"member_rounds", "agree", "stalls", "suspects", "calls"}
+    unknown = set(scr) - {"member_rounds", "agree", "stalls", "suspects", "ran", "calls"}
     if unknown:
         raise ValueError(f"unknown key 'screening.{sorted(unknown)[0]}'")
 

@@ -218,6 +218,7 @@ class CopyDetector:
         self.warmup_rounds = warmup_rounds
         self._agree: dict[str, float] = {}  # each neighbour's agreement in the last round
         self._stalls: set[tuple[str, str]] = set()  # (outvoted twin, its pair) last round
+        self._ran: set[str] = set()  # twins that ran away from the agent last round
         self.min_rows = min_rows
         self.suspects: set[str] = set()  # within echo_threshold of own in the first round
         self.calls = 0
@@ -232,6 +233,7 @@ class CopyDetector:
             },
             "stalls": [list(pair) for pair in sorted(self._stalls)],
             "suspects": sorted(self.suspects),
+            "ran": sorted(self._ran),
             "calls": self.calls,
         }
 
@@ -250,6 +252,8 @@ class CopyDetector:
             else set()
         )
         self.suspects = {str(x) for x in suspects} if isinstance(suspects, list) else set()
+        ran = data.get("ran", [])
+        self._ran = {str(x) for x in ran} if isinstance(ran, list) else set()
         self.calls = calls if isinstance(calls, int) and calls >= 0 else 0
 
     def _residual(self, x: _Seen, y: _Seen) -> float:
@@ -325,16 +329,18 @@ class CopyDetector:
         # the warm-up, is outvoted (see the class docstring).
         agree = {nb: centred_agreement(*pair) for nb in rest if (pair := _common(mine, now[nb], 1))}
         in_warmup = self.calls <= self.warmup_rounds if warmup is None else warmup
+        last = self._rounds[-1] if self._rounds else []
+        runs = {nb for a, b in pairs for nb in (a, b) if self._runs_away(now[nb], mine, last)}
         stalls: set[tuple[str, str]] = set()
         for a, b in pairs:
-            lo = self._stalled(a, b, agree) if not in_warmup else None
+            lo = self._stalled(a, b, agree, runs) if not in_warmup else None
             if lo is None:
                 shared.add((a, b))
             else:
                 hi = b if lo == a else a
                 outvoted.setdefault(lo, hi)
                 stalls.add((lo, hi))
-        self._agree, self._stalls = agree, stalls
+        self._agree, self._stalls, self._ran = agree, stalls, runs
         twins = sorted(
             {
                 (min(a, b), max(a, b))
@@ -409,7 +415,32 @@ class CopyDetector:
                     shared.add((nb, other.owner))
         return None
 
-    def _stalled(self, a: str, b: str, agree: Mapping[str, float]) -> str | None:
+    def _runs_away(self, seen: _Seen, mine: _Seen, last: list[_Seen]) -> bool:
+        """Whether ``seen`` moved away from where the agent was in its last round while the agent
+        moved toward where ``seen`` was: its agreement with the agent's last embeddings fell by
+        ``rise`` or more since then, and the agent's own embeddings agree better now with its
+        last matrix. A twin that does so is being chased: the shared vote pulls the agent
+        toward it and it keeps its distance (a copy turned by a fixed angle from an original
+        the agent is in line with, which turned the whole pair round by round). An honest
+        neighbour moves toward the agent or stays; on steps the two rounds do not share, never
+        (the rule then rests on the stall alone)."""
+        before = next((p for p in last if p.owner == seen.owner), None)
+        own_before = last[0] if last else None
+        if before is None or own_before is None:
+            return False
+        pairs = (
+            _common(own_before, seen, self.min_rows),
+            _common(own_before, before, self.min_rows),
+            _common(mine, before, self.min_rows),
+        )
+        if any(p is None for p in pairs):
+            return False
+        gone, was, chased = (centred_agreement(*p) for p in pairs if p is not None)
+        return gone < was - self.rise and chased > was
+
+    def _stalled(
+        self, a: str, b: str, agree: Mapping[str, float], runs: Collection[str] = ()
+    ) -> str | None:
         """Which of twins ``a`` and ``b`` has stopped gaining on the agent, or None: the one that
         agrees less with the agent's own embeddings, when the other agrees by ``aligned`` or
         more and by ``margin`` more than the first agrees *or disagrees* (a reflection of an
@@ -422,6 +453,8 @@ class CopyDetector:
         if agree[hi] < max(self.aligned, abs(agree[lo]) + self.margin):
             return None
         if (lo, hi) in self._stalls:  # stalled before, and still behind: stays outvoted
+            return lo
+        if lo in runs and lo in self._ran:  # chased for two rounds in a row
             return lo
         last = self._agree.get(lo)
         return lo if last is not None and agree[lo] - last < self.rise else None
