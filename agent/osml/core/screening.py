@@ -58,7 +58,9 @@ class ScreenSettings:
     echo_threshold: float = 0.15
     twin_threshold: float = 0.12
     # A twin is outvoted only when the other agrees with the agent's own embeddings by this much
-    # more (centred cosine) and it gained less than twin_rise on the agent since its last round.
+    # more (centred cosine) and it gained less than twin_rise on the agent since its last round
+    # (or, two rounds in a row, fell by twin_rise from the agent's last embeddings as the agent
+    # moved toward it: chased).
     twin_margin: float = 0.03
     twin_rise: float = 0.02
 
@@ -184,9 +186,12 @@ class CopyDetector:
       the warm-up, the twin that agrees *less* is outvoted when the other agrees by
       ``aligned`` (0.5) or more and by ``margin`` (0.03) more than it agrees or disagrees, and
       it has stopped gaining: it agrees by less than ``rise`` (0.02) more than in the agent's
-      last round. It then stays outvoted while it is that far behind. The shared vote pulls the
+      last round, or the agent is chasing it (see :meth:`_runs_away`) in this round and the
+      last. It then stays outvoted while it is that far behind. The shared vote pulls the
       agent toward the original either way, so an original behind a copy keeps gaining; a copy
-      turned away from an aligned original stays where its turn puts it.
+      turned away from an aligned original stays where its turn puts it, or, turned by a fixed
+      angle from the original's current embeddings, keeps its distance as the agent (and the
+      original in line with it) turns toward it.
 
     Every other verdict here rests on residuals of affine maps, which no choice of coordinates
     changes. A neighbour repeating itself (no new model) is no copy. Remembers ``memory``
@@ -446,7 +451,7 @@ class CopyDetector:
         more and by ``margin`` more than the first agrees *or disagrees* (a reflection of an
         original that varies against the agent agrees about as much as the original
         disagrees), and the first agrees by less than ``rise`` more than it did in the agent's
-        last round."""
+        last round or is in ``runs`` (chased, :meth:`_runs_away`) this round and was the last."""
         if a not in agree or b not in agree:
             return None
         lo, hi = sorted((a, b), key=agree.__getitem__)
