@@ -22,9 +22,11 @@ sub-contexts unchanged in every run (y/n) and the worst deltas, and the count of
 
 ``--floor K`` also runs the no-attack run K more times with the temperature changed by 0.1 %
 (1.001, 0.999, 1.002, ...): how far the run's own figures move under a change that carries no
-information at all. On generated complex a single seed's final figure moves by up to 0.025 that
-way (seed 1: {0,1} 0.9965 -> 0.9762 at 1.001, {2,3,4} -0.025 at 1.002), so a delta inside that
-floor says nothing about the attack. Each attack then also counts as within the floor when its
+information at all. With the constant learning rate used before 2026-12-03, a single generated
+complex seed's final figure moved by up to 0.025 that way (seed 1: {0,1} 0.9965 -> 0.9762 at
+1.001), so a delta inside that floor said nothing about the attack; with the learning rate that
+falls within each round it moves by 0.0004 at most (complex seeds 0-2, ``--floor 2``), so the
+drill's deltas are the attack's. Each attack then also counts as within the floor when its
 delta is no worse than the floor's worst minus ``--tolerance``.
 
 Exits 1 if, with the defences on, an attack changes an honest sub-context or costs a group more
