@@ -161,6 +161,7 @@ class OsmoticLearner:
         moved = change is not None and change > 1e-6  # an agent that only infers never moves
         # Copies are looked for in whole frames: a copier sends all of them, and in a few shared
         # dimensions honest neighbours that agree can look like affine copies of each other.
+        in_warmup = self.rounds < self.settings.policy.warmup_rounds
         copies = self._copies.copies(
             sent,
             self.agent_id,
@@ -169,7 +170,7 @@ class OsmoticLearner:
             steps,
             self.rounds == 0,
             moved,
-            warmup=self.rounds < self.settings.policy.warmup_rounds,
+            warmup=in_warmup,
             earned={
                 nb
                 for nb in heard
@@ -202,7 +203,6 @@ class OsmoticLearner:
         # Members that are near-duplicates of each other (twins) share one vote, so that a copy
         # of a member cannot double its pull; the vote is osmosis.twin_vote (the twins' mean).
         members = [nb for nb in heard if self.memory.is_member(nb) and nb not in copies.outvoted]
-        in_warmup = self.rounds < self.settings.policy.warmup_rounds
         for nb in heard:  # rounds in a row as a member, for the grace of a new member
             self._member_rounds[nb] = (
                 self._member_rounds.get(nb, 0) + 1 if self.memory.is_member(nb) else 0

@@ -247,6 +247,7 @@ class CopyDetector:
         agree = data.get("agree", {})
         stalls = data.get("stalls", [])
         suspects = data.get("suspects", [])
+        ran = data.get("ran", [])
         calls = data.get("calls", 0)
         self._agree = (
             {str(k): float(v) for k, v in agree.items()} if isinstance(agree, dict) else {}
@@ -257,7 +258,6 @@ class CopyDetector:
             else set()
         )
         self.suspects = {str(x) for x in suspects} if isinstance(suspects, list) else set()
-        ran = data.get("ran", [])
         self._ran = {str(x) for x in ran} if isinstance(ran, list) else set()
         self.calls = calls if isinstance(calls, int) and calls >= 0 else 0
 
@@ -429,18 +429,15 @@ class CopyDetector:
         the agent is in line with, which turned the whole pair round by round). An honest
         neighbour moves toward the agent or stays; on steps the two rounds do not share, never
         (the rule then rests on the stall alone)."""
-        before = next((p for p in last if p.owner == seen.owner), None)
-        own_before = last[0] if last else None
-        if before is None or own_before is None:
+        before = next((p for p in last[1:] if p.owner == seen.owner), None)
+        was = self._agree.get(seen.owner)  # its agreement with the agent's last embeddings
+        if before is None or was is None:
             return False
-        pairs = (
-            _common(own_before, seen, self.min_rows),
-            _common(own_before, before, self.min_rows),
-            _common(mine, before, self.min_rows),
-        )
-        if any(p is None for p in pairs):
+        now_then = _common(last[0], seen, self.min_rows)
+        then_now = _common(mine, before, self.min_rows)
+        if now_then is None or then_now is None:
             return False
-        gone, was, chased = (centred_agreement(*p) for p in pairs if p is not None)
+        gone, chased = centred_agreement(*now_then), centred_agreement(*then_now)
         return gone < was - self.rise and chased > was
 
     def _stalled(
