@@ -6,9 +6,13 @@
     python scripts/adversary_drill.py --attacks rotate-copy:angle=90:noise=1e-1 --seeds 0
     python scripts/adversary_drill.py --defences old --quick  # the same, defences as before
     python scripts/adversary_drill.py --data complex --seeds 0,1 --rounds 25 --settle 8
+    python scripts/adversary_drill.py --data paper-complex,paper-simple --topology ring
 
 Honest agents (generated simple: 0, 1 and the unrelated M0, 8 rounds; generated complex: 0-4, 12
-rounds) run with one adversary ``x`` that is linked to every honest agent, sends real frames each
+rounds; or the paper's own data sets, read from ``../shared/reference-data/osml-paper``,
+``paper-simple``: 0, 1 and the unrelated M0, M1, 8 rounds, ``paper-complex``: 0-4, 12 rounds; on
+the full graph, or ``--topology ring`` or ``random:K`` among the honest agents) run with one
+adversary ``x`` that is linked to every honest agent, sends real frames each
 round and never learns (``osml simulate --adversary``; the kinds are in
 ``osml.ops.adversaries``). Every attack runs on every data set and seed next to the run of the
 same data and seed with no attack. Per run it prints: the honest sub-contexts (x left out) and
@@ -40,6 +44,7 @@ import json
 import sys
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -50,9 +55,24 @@ from osml.core.screening import ScreenSettings
 from osml.ops.adversaries import parse_adversary
 from osml.ops.simulate import SimulationSettings, simulate
 
+PAPER = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "osml-paper"
+
 DATA = {
     "simple": ("generated:simple", ["0", "1", "M0"], 8, [["0", "1"], ["M0"]]),
     "complex": ("generated:complex", ["0", "1", "2", "3", "4"], 12, [["0", "1"], ["2", "3", "4"]]),
+    # The paper's own data sets (read from ../shared, never copied into the project).
+    "paper-simple": (
+        str(PAPER / "simple-context"),
+        ["0", "1", "M0", "M1"],
+        8,
+        [["0", "1"], ["M0"], ["M1"]],
+    ),
+    "paper-complex": (
+        str(PAPER / "complex-context"),
+        ["0", "1", "2", "3", "4"],
+        12,
+        [["0", "1"], ["2", "3", "4"]],
+    ),
 }
 
 
@@ -118,12 +138,17 @@ def floor_temperatures(k: int) -> list[float]:
 
 
 def run_once(
-    data: str, seed: int, attack: str | None, learner: LearnerSettings, rounds: int | None = None
+    data: str,
+    seed: int,
+    attack: str | None,
+    learner: LearnerSettings,
+    rounds: int | None = None,
+    topology: str = "full",
 ) -> dict:
     spec, ids, default_rounds, groups = DATA[data]
     rounds = default_rounds if rounds is None else rounds
     ds = load_dataset(spec, seed=seed)
-    settings = SimulationSettings(rounds=rounds, seed=seed, learner=learner)
+    settings = SimulationSettings(rounds=rounds, seed=seed, learner=learner, topology=topology)
     advs = {}
     if attack:
         anchor = context_anchor(settings.context, settings.embedding_dim, settings.anchor_norm)
@@ -173,7 +198,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--data", default="simple,complex", help="simple, complex or both")
+    ap.add_argument(
+        "--data",
+        default="simple,complex",
+        help=f"comma list of {', '.join(DATA)} (default: simple,complex; paper-* are the "
+        "paper's data sets, read from ../shared/reference-data/osml-paper)",
+    )
+    ap.add_argument(
+        "--topology",
+        default="full",
+        help="honest agents' links: full, ring or random:K (x is linked to all; default full)",
+    )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--attacks", help="comma list of attack specs (default: the matrix)")
     ap.add_argument("--quick", action="store_true", help=f"attacks {QUICK}, simple data, seed 0")
@@ -200,6 +235,12 @@ def main() -> int:
         ap.error("--floor must be >= 0")
     attacks = args.attacks.split(",") if args.attacks else (QUICK if args.quick else matrix())
     datas = ["simple"] if args.quick else args.data.split(",")
+    unknown = [d for d in datas if d not in DATA]
+    if unknown:
+        ap.error(f"--data: unknown {', '.join(unknown)}; use {', '.join(DATA)}")
+    missing = [d for d in datas if d.startswith("paper-") and not Path(DATA[d][0]).is_dir()]
+    if missing:
+        ap.error(f"--data {', '.join(missing)}: no data set in {PAPER} (../shared beside the repo)")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     learner = learner_settings(args.defences)
     out: list[dict] = []
@@ -207,7 +248,7 @@ def main() -> int:
     for data in datas:
         groups = DATA[data][3]
         for seed in seeds:
-            base = run_once(data, seed, None, learner, args.rounds)
+            base = run_once(data, seed, None, learner, args.rounds, args.topology)
             base_groups = group_alignment(base["centered"], groups)
             base_settled = settled(base, args.settle)
             print(
@@ -227,6 +268,7 @@ def main() -> int:
                     None,
                     replace(learner, temperature=learner.temperature * t),
                     args.rounds,
+                    args.topology,
                 )
                 fin = group_alignment(nudged["centered"], groups)
                 fd = {g: v - base_groups[g] for g, v in fin.items()}
@@ -247,7 +289,7 @@ def main() -> int:
                     {"data": data, "seed": seed, "attack": f"none, temperature x{t:g}", **nudged}
                 )
             for attack in attacks:
-                res = run_once(data, seed, attack, learner, args.rounds)
+                res = run_once(data, seed, attack, learner, args.rounds, args.topology)
                 final = group_alignment(res["centered"], groups)
                 deltas = {g: v - base_groups[g] for g, v in final.items()}
                 calm = {g: v - base_settled[g] for g, v in settled(res, args.settle).items()}
