@@ -101,17 +101,21 @@ QUICK = [
 ]
 
 
-DEFENCES = ("on", "no-twins", "no-trim", "no-opposed", "old", "off")
+DEFENCES = ("on", "no-order", "no-twins", "no-trim", "no-opposed", "old", "off")
 
 
 def learner_settings(defences: str) -> LearnerSettings:
-    """``on``: the defaults; ``no-twins``: without twins (near-duplicate members share no vote);
+    """``on``: the defaults; ``no-order``: twins that vary against each other share their vote
+    whichever came in first (as before 2026-12-04); ``no-twins``: without twins
+    (near-duplicate members share no vote);
     ``no-trim``: the plain blend whatever the number of votes; ``no-opposed``: members that
     vary against the agent's own embeddings keep their vote (``min_agreement`` off); ``old``:
     the blend and screening before bounded influence (plain blend, exact copies only); ``off``:
     no screening at all and the plain blend."""
     if defences == "on":
         return LearnerSettings()
+    if defences == "no-order":
+        return LearnerSettings(screen=ScreenSettings(twin_order_below=-1.0))
     if defences == "no-twins":
         return LearnerSettings(screen=ScreenSettings(twin_threshold=0.0))
     if defences == "no-trim":
@@ -144,11 +148,18 @@ def run_once(
     learner: LearnerSettings,
     rounds: int | None = None,
     topology: str = "full",
+    adversary_first: bool = False,
 ) -> dict:
     spec, ids, default_rounds, groups = DATA[data]
     rounds = default_rounds if rounds is None else rounds
     ds = load_dataset(spec, seed=seed)
-    settings = SimulationSettings(rounds=rounds, seed=seed, learner=learner, topology=topology)
+    settings = SimulationSettings(
+        rounds=rounds,
+        seed=seed,
+        learner=learner,
+        topology=topology,
+        adversary_first=adversary_first,
+    )
     advs = {}
     if attack:
         anchor = context_anchor(settings.context, settings.embedding_dim, settings.anchor_norm)
@@ -213,6 +224,12 @@ def main() -> int:
     ap.add_argument("--attacks", help="comma list of attack specs (default: the matrix)")
     ap.add_argument("--quick", action="store_true", help=f"attacks {QUICK}, simple data, seed 0")
     ap.add_argument("--defences", choices=DEFENCES, default="on", help="see learner_settings")
+    ap.add_argument(
+        "--adversary-first",
+        action="store_true",
+        help="x's frames reach every agent before the honest ones of the round (a copier on a "
+        "faster path than its original: the worst case for the order rule)",
+    )
     ap.add_argument("--tolerance", type=float, default=0.01)
     ap.add_argument("--rounds", type=int, help="rounds per run (default: 8 simple, 12 complex)")
     ap.add_argument(
@@ -289,7 +306,9 @@ def main() -> int:
                     {"data": data, "seed": seed, "attack": f"none, temperature x{t:g}", **nudged}
                 )
             for attack in attacks:
-                res = run_once(data, seed, attack, learner, args.rounds, args.topology)
+                res = run_once(
+                    data, seed, attack, learner, args.rounds, args.topology, args.adversary_first
+                )
                 final = group_alignment(res["centered"], groups)
                 deltas = {g: v - base_groups[g] for g, v in final.items()}
                 calm = {g: v - base_settled[g] for g, v in settled(res, args.settle).items()}
@@ -325,7 +344,9 @@ def main() -> int:
                     flush=True,
                 )
     print(
-        f"\nsummary (defences {args.defences}; delta = centred alignment minus no attack; "
+        f"\nsummary (defences {args.defences}, topology {args.topology}"
+        f"{', x first' if args.adversary_first else ''}; "
+        "delta = centred alignment minus no attack; "
         f"settled: of the mean over the last {args.settle} evaluations)"
     )
     print(

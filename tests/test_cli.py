@@ -316,6 +316,37 @@ def test_simulate_bad_adversary_is_one_line(tmp_path: Path, spec: str, fragment:
     assert_one_line_error(result, fragment)
 
 
+def test_simulate_adversary_first_needs_an_adversary(tmp_path: Path) -> None:
+    result = invoke(
+        "simulate", "--data", "generated:simple", "--adversary-first", "--out", str(tmp_path)
+    )
+
+    assert_one_line_error(result, "--adversary-first")
+
+
+@pytest.mark.usefixtures("needs_torch")
+def test_simulate_marks_an_adversary_delivered_first(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke(
+        "simulate",
+        "--data",
+        "generated:simple",
+        "--agents",
+        "0,1",
+        "--rounds",
+        "1",
+        "--adversary",
+        "x=copy",
+        "--adversary-first",
+        "--out",
+        str(out),
+    )
+
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["adversaries"] == {"x": "copy, delivered first"}
+
+
 @pytest.mark.usefixtures("needs_torch")
 def test_simulate_with_an_adversary_marks_it_in_the_report(tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -110,6 +110,25 @@ def test_a_good_frame_is_kept_and_completed() -> None:
     assert not box.rejected
 
 
+def test_frames_are_ordered_by_when_their_last_chunk_came() -> None:
+    """A frame counts as come once it is whole: NB's first chunk is in before "2" sends
+    anything, but "2"'s one-chunk frame is whole first."""
+    box = make_inbox()
+    other = topics.inbox(CTX, ME, "2")
+    assert box.offer(TOPIC, encode_frame(frame(n=4, s0=0, chunk=0, n_chunks=2)), 3) is None
+    assert box.arrival(3, NB) is None
+    assert box.offer(other, encode_frame(frame(src="2", n=8, s0=0)), 3) is None
+    assert box.offer(TOPIC, encode_frame(frame(n=4, s0=4, chunk=1, n_chunks=2)), 3) is None
+    first, second = box.arrival(3, "2"), box.arrival(3, NB)
+    assert first is not None and second is not None and first < second
+    assert box.offer(other, encode_frame(frame(rnd=4, src="2")), 3) is None  # a round ahead
+    later = box.arrival(4, "2")
+    assert later is not None and later > second
+    box.forget_before(4)
+    assert box.arrival(3, NB) is None and box.arrival(3, "2") is None
+    assert box.arrival(4, "2") == later
+
+
 def test_duplicates_and_replays_are_counted() -> None:
     box = make_inbox()
     data = encode_frame(frame(rnd=3))

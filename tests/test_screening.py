@@ -169,6 +169,34 @@ def test_same_round_twins_share_a_vote_whichever_agrees_better_with_own() -> Non
     assert got.outvoted == {"b": "z"}
 
 
+def test_twins_that_vary_against_each_other_are_told_apart_by_the_order_they_came_in() -> None:
+    """A reflected copy of b: the pair's mean has next to none of b's variation, and neither
+    twin agrees well enough with the agent for any verdict. The one that came in later is
+    outvoted, in the warm-up too, whichever it is; without an order, or with twins that vary
+    alike (a turn by 60 degrees, whose mean keeps most of b's variation), they share a vote."""
+    a, _ = honest_pair()
+    b = honest_pair()[1].astype(np.float32)  # not yet in line with a
+    mu = b.mean(axis=0)
+    x = (2 * mu - b + 1e-3 * RNG.normal(size=b.shape)).astype(np.float32)
+    assert centred_agreement(b, x) < -0.9
+    assert max(abs(centred_agreement(a, m)) for m in (b, x)) < 0.5
+    got = CopyDetector(memory=4).copies({"b": b, "x": x}, "a", a, arrived=["b", "x"])
+    assert got.found == {} and got.twins == [] and got.outvoted == {"x": "b"}
+    got = CopyDetector(memory=4).copies({"b": b, "x": x}, "a", a, arrived=["x", "b"])
+    assert got.twins == [] and got.outvoted == {"b": "x"}
+    got = CopyDetector(memory=4).copies({"b": b, "x": x}, "a", a)
+    assert got.twins == [("b", "x")] and got.outvoted == {}
+    off = CopyDetector(memory=4, order_below=-1.0)
+    got = off.copies({"b": b, "x": x}, "a", a, arrived=["b", "x"])
+    assert got.twins == [("b", "x")] and got.outvoted == {}
+    y = turned(b, 60, 1e-3, seed=3)
+    assert centred_agreement(b, y) > 0.3
+    got = CopyDetector(memory=4).copies({"b": b, "y": y}, "a", a, arrived=["b", "y"])
+    assert got.twins == [("b", "y")] and got.outvoted == {}
+    with pytest.raises(ValueError, match="twin_order_below"):
+        ScreenSettings(twin_order_below=float("nan"))
+
+
 def test_a_twin_the_agent_keeps_chasing_is_outvoted_though_it_gains() -> None:
     """b is in line with the agent; x is b turned by a fixed angle less 5 degrees a round, so it
     gains on the agent every round (no stall). Where the agent stays put, x closes in, and the
@@ -507,13 +535,15 @@ def mirror(rnd: int, dst: str, honest: dict, history: list) -> np.ndarray:
 # -- with the real trainer ------------------------------------------------------------------------
 
 
-def _drill_run(attack: str | None):  # -> RunResult (torch imports stay inside)
+def _drill_run(attack: str | None, first: bool = False):  # -> RunResult (torch stays inside)
     from osml.agent.data import load_dataset
     from osml.ops.simulate import SimulationSettings, simulate
     from osml.trainer.settings import TrainerSettings
 
     ds = load_dataset("generated:simple", seed=3)
-    settings = SimulationSettings(rounds=6, seed=3, trainer=TrainerSettings(steps_per_round=80))
+    settings = SimulationSettings(
+        rounds=6, seed=3, trainer=TrainerSettings(steps_per_round=80), adversary_first=first
+    )
     ids = ["0", "1", "M0"]
     advs = {"x": parse_adversary(attack, ANCHOR, ids)} if attack else {}
     return simulate(ds, settings, ids, adversaries=advs)
@@ -545,10 +575,10 @@ def no_attack(needs_torch: None):  # -> RunResult
         # pair has not come into line by the end of the warm-up (centred 0.22), so each opposes
         # the other as well and the pair stalls (0.16; 0.58 without the rule): docs/security.md.
         ("rotate-copy:angle=180:noise=0.3", False),
-        # A reflected copy of a pair's only other member: the agent cannot tell the original
-        # from the copy (each is an affine map of the other), so their shared vote stalls the
-        # pair in the reflected directions. Bounded, but not aligned (docs/security.md).
-        ("rotate-copy:angle=180:noise=1e-3", False),
+        # A reflected copy of a pair's only other member: nothing in the content tells the
+        # original from the copy (each is an affine map of the other), and their shared vote
+        # would stall the pair; the copy comes in after its original and is outvoted.
+        ("rotate-copy:angle=180:noise=1e-3", True),
     ],
 )
 def test_honest_agents_keep_their_subcontext_next_to_an_adversary(
@@ -577,6 +607,23 @@ def test_honest_agents_keep_their_subcontext_next_to_an_adversary(
         assert final.centered_alignment["0"]["1"] >= base - 0.01
     norms = [median_norm(e) for e in rep.embeddings.values()]
     assert max(norms) < 3 * np.linalg.norm(ANCHOR)  # no inflation through the blend
+
+
+@pytest.mark.parametrize("attack", ["rotate-copy:angle=180:noise=1e-3", "aligned-copy"])
+def test_a_copy_that_comes_before_its_original_takes_at_most_its_vote(attack: str) -> None:
+    """The order rule's worst case: x's frames come first though they are made from the
+    honest ones (a copier on a faster path). The reflected copy then gets the vote its original
+    would have had, and the pair is pulled apart (docs/security.md); but x still holds no more
+    than one vote of a blend, and the honest sub-contexts stand."""
+    rep = _drill_run(attack, first=True)
+
+    assert rep.adversaries == {"x": f"{attack}, delivered first"}
+    honest_subs = {a: [m for m in s if m != "x"] for a, s in rep.final.subcontexts.items()}
+    assert honest_subs == {"0": ["0", "1"], "1": ["0", "1"], "M0": ["M0"]}
+    for row in rep.rounds[:-1]:
+        assert row.osmosis_weights is not None
+        for w in row.osmosis_weights.values():
+            assert w.get("x", 0.0) <= 0.55
 
 
 def test_screen_settings_check_the_copy_threshold() -> None:

@@ -249,8 +249,11 @@ class AgentRound:
             max_frame_bytes=s.max_frame_bytes,
             key=s.sign_key,
         )
-        for nb in s.neighbours:
-            for payload in payloads:
+        # Chunk by chunk to every neighbour in turn, so that the frame is whole at each of them
+        # at about the same time: a copier that gets it first has only one chunk's head start
+        # on the neighbours after it (screening tells a copy from its original by the order).
+        for payload in payloads:
+            for nb in s.neighbours:
                 if self.exchange.publish(
                     topics.inbox(s.context, nb, s.agent_id), payload, droppable=True
                 ):
@@ -258,7 +261,8 @@ class AgentRound:
                     self.bytes_out += len(payload)
 
     def collect(self, rnd: int, stop: threading.Event | None = None) -> dict[str, Frame]:
-        """The neighbours' complete frames for ``rnd``, waiting up to the deadline for them."""
+        """The neighbours' complete frames for ``rnd``, waiting up to the deadline for them, in
+        the order they came in whole (:meth:`Inbox.arrival`)."""
         want = self.settings.neighbours
         deadline = time.monotonic() + self.settings.deadline
         got: dict[str, Frame] = {}
@@ -276,6 +280,7 @@ class AgentRound:
                 self.inbox.offer(msg.topic, msg.payload, rnd)
             elif left <= 0:
                 break
+        got = dict(sorted(got.items(), key=lambda kv: self.inbox.arrival(rnd, kv[0]) or 0))
         self.inbox.forget_before(rnd + 1)
         return got
 
@@ -310,7 +315,9 @@ class AgentRound:
         self.received, self.present = received, present
         if not len(own):
             return self._record(rnd, None, received)
-        outcome = self.learner.step(own, received, present, self._steps)
+        # received is in the order the frames came in (collect): the learner breaks ties
+        # between a neighbour and a copy of it with that order.
+        outcome = self.learner.step(own, received, present, self._steps, list(received))
         self.buffer.update(self._steps, windows_r, outcome.target, rnd)
         if self.trainer_status != "none" and not self.trainer.busy:
             _, train_windows, targets = self.buffer.arrays()

@@ -54,6 +54,13 @@ Writes OUT/report.json, OUT/embeddings/<agent>.npy and, with matplotlib
     "marks it; its figures cover the honest agents only.",
 )
 @click.option(
+    "--adversary-first",
+    is_flag=True,
+    help="Deliver the adversaries' frames before the honest ones of the same round, though "
+    "they are made from them (a copier on a faster path than its original): the worst case "
+    "for telling a copy from its original by the order frames come in. Default: after them.",
+)
+@click.option(
     "--trainer-set",
     "trainer_sets",
     multiple=True,
@@ -79,6 +86,7 @@ Writes OUT/report.json, OUT/embeddings/<agent>.npy and, with matplotlib
 @one_line_errors
 def simulate(
     adversary_specs: Sequence[str],
+    adversary_first: bool,
     trainer_sets: Sequence[str],
     anchor_norm: float,
     shared_dims: int,
@@ -94,6 +102,11 @@ def simulate(
     job = prepare(**flags)
     job = dataclasses.replace(
         job, settings=_with_levers(job.settings, levers, anchor_norm, shared_dims)
+    )
+    if adversary_first and not adversary_specs:
+        raise ConfigError("--adversary-first: there is no --adversary")
+    job = dataclasses.replace(
+        job, settings=dataclasses.replace(job.settings, adversary_first=adversary_first)
     )
     adversaries = _adversaries(adversary_specs, job)
     from osml.ops.simulate import simulate as run_simulation

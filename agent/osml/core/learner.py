@@ -21,7 +21,7 @@ It sees only what this agent received: there is no global view anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,13 +127,15 @@ class OsmoticLearner:
         received: Mapping[str, np.ndarray],
         present: Mapping[str, np.ndarray] | None = None,
         steps: np.ndarray | None = None,
+        arrived: Sequence[str] | None = None,
     ) -> RoundOutcome:
         """One round. ``received`` maps neighbour id -> (n, d) embeddings aligned to the n rows
         of ``own``; neighbours that did not deliver in time are simply absent. ``present``
         (neighbour -> bool (n,)) marks the rows a neighbour had data for (default: all); a
         neighbour with fewer than :data:`MIN_SHARED_STEPS` such rows counts as not heard.
         ``steps`` names the rows (absolute step indices) so that the change since the last
-        round is measured on the steps both rounds embedded.
+        round is measured on the steps both rounds embedded. ``arrived`` lists the neighbours in
+        the order their frames came in, when known (see :meth:`CopyDetector.copies`).
 
         With :attr:`LearnerSettings.shared_dims` = k > 0 all but that change sees only the first
         k dimensions, and the target keeps the agent's own values in the others."""
@@ -176,6 +178,7 @@ class OsmoticLearner:
                 for nb in heard
                 if self._member_rounds.get(nb, 0) > self.settings.policy.warmup_rounds
             },
+            arrived=arrived,
         )
         mine = {nb: e[:, :k] for nb, e in sent.items()}
         kept: dict[str, np.ndarray] = {}

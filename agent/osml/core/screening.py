@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -63,6 +63,10 @@ class ScreenSettings:
     # moved toward it: chased).
     twin_margin: float = 0.03
     twin_rise: float = 0.02
+    # Twins that vary against each other (centred cosine of the two below this) and that no
+    # rule above tells apart: the one that came in later is outvoted (a copy of this round's
+    # frame comes after it). -1 turns the rule off (such twins share their vote).
+    twin_order_below: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_scale < 1.0:
@@ -77,6 +81,8 @@ class ScreenSettings:
         for name in ("twin_margin", "twin_rise"):
             if not 0.0 <= getattr(self, name) <= 2.0:  # nan fails too
                 raise ValueError(f"{name} must be in [0, 2]")
+        if not -1.0 <= self.twin_order_below <= 1.0:
+            raise ValueError("twin_order_below must be in [-1, 1]")
 
     def detector(self) -> CopyDetector:
         """A :class:`CopyDetector` with these settings."""
@@ -87,6 +93,7 @@ class ScreenSettings:
             self.twin_threshold,
             margin=self.twin_margin,
             rise=self.twin_rise,
+            order_below=self.twin_order_below,
         )
 
 
@@ -210,6 +217,7 @@ class CopyDetector:
         warmup_rounds: int = 2,
         min_rows: int = 16,
         lag_ratio: float = 0.9,
+        order_below: float = 0.0,
     ) -> None:
         self._rounds: deque[list[_Seen]] = deque(maxlen=max(memory, 1))
         self.enabled = memory > 0 and max(threshold, echo_threshold, twin_threshold) > 0
@@ -221,6 +229,7 @@ class CopyDetector:
         self.aligned = aligned
         self.rise = rise
         self.warmup_rounds = warmup_rounds
+        self.order_below = order_below
         self._agree: dict[str, float] = {}  # each neighbour's agreement in the last round
         self._stalls: set[tuple[str, str]] = set()  # (outvoted twin, its pair) last round
         self._ran: set[str] = set()  # twins that ran away from the agent last round
@@ -276,6 +285,7 @@ class CopyDetector:
         moved: bool = True,
         warmup: bool | None = None,
         earned: Collection[str] = (),
+        arrived: Sequence[str] | None = None,
     ) -> Copies:
         """What this round's neighbours copy (see the class docstring). ``received`` holds each
         neighbour's (n, d) rows aligned to ``own``'s, ``present`` (neighbour -> bool (n,)) where
@@ -283,13 +293,15 @@ class CopyDetector:
         step i in every round), ``first_round`` whether this is the agent's very first round,
         with a fresh encoder (default: the first call), ``moved`` whether the agent's own
         embeddings changed since its last round, ``warmup`` whether the agent is in its warm-up,
-        when twins always share their vote (default: the first ``warmup_rounds`` calls),
+        when no agreement tells twins apart (default: the first ``warmup_rounds`` calls),
         ``earned`` the neighbours that have been members for longer than the warm-up: an echo
         from one of them is outvoted (by the agent), not screened, since honest agents pulled
         together for many rounds can come that close (generated complex seed 2: agents 0 and 1
         after 20 rounds next to a copy turned toward each, which screened each other and split
-        the sub-context). Then remembers this round's matrices (not those screened, nor such
-        echoes) and each neighbour's agreement."""
+        the sub-context), and ``arrived`` the neighbours in the order their frames came in
+        (None: not known), which tells apart twins that vary against each other, in the warm-up
+        too. Then remembers this round's matrices (not those screened, nor such echoes) and each
+        neighbour's agreement."""
         if not self.enabled:
             return Copies({})
         own = np.asarray(own, dtype=np.float32)
@@ -337,14 +349,17 @@ class CopyDetector:
         last = self._rounds[-1] if self._rounds else []
         runs = {nb for a, b in pairs for nb in (a, b) if self._runs_away(now[nb], mine, last)}
         stalls: set[tuple[str, str]] = set()
+        rank = {nb: i for i, nb in enumerate(arrived or ())}
         for a, b in pairs:
             lo = self._stalled(a, b, agree, runs) if not in_warmup else None
+            if lo is not None:
+                stalls.add((lo, b if lo == a else a))
+            else:
+                lo = self._later(now[a], now[b], rank)
             if lo is None:
                 shared.add((a, b))
             else:
-                hi = b if lo == a else a
-                outvoted.setdefault(lo, hi)
-                stalls.add((lo, hi))
+                outvoted.setdefault(lo, b if lo == a else a)
         self._agree, self._stalls, self._ran = agree, stalls, runs
         twins = sorted(
             {
@@ -439,6 +454,22 @@ class CopyDetector:
             return False
         gone, chased = centred_agreement(*now_then), centred_agreement(*then_now)
         return gone < was - self.rise and chased > was
+
+    def _later(self, a: _Seen, b: _Seen, rank: Mapping[str, int]) -> str | None:
+        """Of twins ``a`` and ``b`` that vary against each other (centred cosine below
+        ``order_below``), the one whose frame came in later, or None. Their shared vote (the
+        mean) has next to none of the original's variation, and nothing in their content tells
+        which is the original, so every round of sharing is a round without the original's
+        pull: with a reflected copy of an agent's only partner, in eight dimensions, the pair
+        never came into line. But a copy of this round's frame can only be made once the
+        original has come, to the copier as to the agent, so it comes after it; a copier that
+        lies about the order (a faster path, say) gets the vote its copy would have shared."""
+        if a.owner not in rank or b.owner not in rank or self.order_below <= -1.0:
+            return None
+        pair = _common(a, b, self.min_rows)
+        if pair is None or centred_agreement(*pair) >= self.order_below:
+            return None
+        return a.owner if rank[a.owner] > rank[b.owner] else b.owner
 
     def _stalled(
         self, a: str, b: str, agree: Mapping[str, float], runs: Collection[str] = ()

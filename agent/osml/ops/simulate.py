@@ -53,6 +53,11 @@ class SimulationSettings:
     anchor_norm: float = 3.8
     learner: LearnerSettings = field(default_factory=LearnerSettings)
     trainer: Any = None  # osml.trainer.TrainerSettings; typed loosely to keep torch optional
+    # Adversaries' frames reach each agent before the honest ones of the same round, though they
+    # are made from them (a copier on a faster path than its original): the worst case for the
+    # screening rule that tells twins apart by the order frames came in. Default: after them,
+    # as a frame made from this round's frames comes.
+    adversary_first: bool = False
 
     def __post_init__(self) -> None:
         if self.rounds < 0 or self.window < 1 or self.embedding_dim < 1:
@@ -214,11 +219,15 @@ def simulate(
         for ag in agents.values():
             ag.begin(r)
         honest = {a: ag.own for a, ag in agents.items() if ag.own is not None}
+        queued = {a: len(q) for a, q in hub.queues.items()}
         for a, behave in adversaries.items():
             for dst in links[a]:
                 _send_hostile(
                     hub, settings.context, a, dst, r, behave(r, dst, honest, history), settings
                 )
+        if settings.adversary_first:
+            for a, q in hub.queues.items():
+                q.rotate(len(q) - queued[a])  # this round's hostile frames to the front
         history = [*history[-31:], honest]
         records: dict[str, RoundRecord] = {}
         for a, ag in agents.items():
@@ -260,7 +269,10 @@ def simulate(
         rounds=rows,
         final=FinalSection.of(rows),
         embeddings={a: evals[settings.rounds][a][1] for a in ids},
-        adversaries=describe(adversaries),
+        adversaries={
+            a: f"{spec}, delivered first" if settings.adversary_first else spec
+            for a, spec in describe(adversaries).items()
+        },
     )
 
 

@@ -113,6 +113,9 @@ class Inbox:
         self._chunks: dict[tuple[int, str], dict[int, Frame]] = {}
         self._pending: Counter[str] = Counter()  # embedding bytes held per sender
         self._ahead: dict[str, set[int]] = {}  # sender -> rounds it sent beyond max_ahead (a few)
+        # (round, sender) -> the count of completed frames when its last chunk came
+        self._arrived: dict[tuple[int, str], int] = {}
+        self._seq = 0
 
     # -- counting ---------------------------------------------------------------------------
 
@@ -208,6 +211,9 @@ class Inbox:
             return self.reject("flood", f"all senders have {self.pending_bytes} bytes waiting")
         self._chunks.setdefault((rnd, src), parts)[frame.chunk] = frame
         self._pending[src] += size
+        if len(parts) == frame.n_chunks:
+            self._seq += 1
+            self._arrived[(rnd, src)] = self._seq
         return None
 
     def catch_up(self, current_round: int) -> int | None:
@@ -277,12 +283,20 @@ class Inbox:
             embeddings=emb,
         )
 
+    def arrival(self, rnd: int, src: str) -> int | None:
+        """When ``src``'s frame for ``rnd`` came in whole, as a count that only grows (its last
+        chunk's place among every frame this inbox completed), or None if it has not. A copy of
+        a neighbour's frame of this round can only be made once that frame has come, so it
+        comes after it (see :meth:`osml.core.screening.CopyDetector.copies`)."""
+        return self._arrived.get((rnd, src))
+
     def forget_before(self, rnd: int) -> None:
         """Drop everything held for rounds before ``rnd``."""
         for key in [k for k in self._chunks if k[0] < rnd]:
             self._drop(key)
 
     def _drop(self, key: tuple[int, str]) -> None:
+        self._arrived.pop(key, None)
         parts = self._chunks.pop(key, {})
         self._pending[key[1]] -= sum(_held_size(p) for p in parts.values())
 
