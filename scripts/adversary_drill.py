@@ -43,7 +43,7 @@ import argparse
 import json
 import sys
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -141,24 +141,33 @@ def floor_temperatures(k: int) -> list[float]:
     return [1.0 + (1 if i % 2 == 0 else -1) * 1e-3 * (i // 2 + 1) for i in range(k)]
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What every run of a drill shares besides the data, seed and attack."""
+
+    rounds: int | None = None  # None: the data set's own (DATA)
+    topology: str = "full"
+    adversary_first: bool = False
+    embedding_dim: int = 5
+
+
 def run_once(
     data: str,
     seed: int,
     attack: str | None,
     learner: LearnerSettings,
-    rounds: int | None = None,
-    topology: str = "full",
-    adversary_first: bool = False,
+    setup: Setup = Setup(),
 ) -> dict:
     spec, ids, default_rounds, groups = DATA[data]
-    rounds = default_rounds if rounds is None else rounds
+    rounds = default_rounds if setup.rounds is None else setup.rounds
     ds = load_dataset(spec, seed=seed)
     settings = SimulationSettings(
         rounds=rounds,
         seed=seed,
         learner=learner,
-        topology=topology,
-        adversary_first=adversary_first,
+        topology=setup.topology,
+        adversary_first=setup.adversary_first,
+        embedding_dim=setup.embedding_dim,
     )
     advs = {}
     if attack:
@@ -230,6 +239,13 @@ def main() -> int:
         help="x's frames reach every agent before the honest ones of the round (a copier on a "
         "faster path than its original: the worst case for the order rule)",
     )
+    ap.add_argument(
+        "--embedding-dim",
+        type=int,
+        default=5,
+        help="embedding size of every agent (default 5; in an even one a turn by 180 degrees "
+        "reflects every direction)",
+    )
     ap.add_argument("--tolerance", type=float, default=0.01)
     ap.add_argument("--rounds", type=int, help="rounds per run (default: 8 simple, 12 complex)")
     ap.add_argument(
@@ -250,6 +266,8 @@ def main() -> int:
         ap.error("--settle must be >= 1")
     if args.floor < 0:
         ap.error("--floor must be >= 0")
+    if args.embedding_dim < 1:
+        ap.error("--embedding-dim must be >= 1")
     attacks = args.attacks.split(",") if args.attacks else (QUICK if args.quick else matrix())
     datas = ["simple"] if args.quick else args.data.split(",")
     unknown = [d for d in datas if d not in DATA]
@@ -260,12 +278,13 @@ def main() -> int:
         ap.error(f"--data {', '.join(missing)}: no data set in {PAPER} (../shared beside the repo)")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     learner = learner_settings(args.defences)
+    setup = Setup(args.rounds, args.topology, args.adversary_first, args.embedding_dim)
     out: list[dict] = []
     failed = False
     for data in datas:
         groups = DATA[data][3]
         for seed in seeds:
-            base = run_once(data, seed, None, learner, args.rounds, args.topology)
+            base = run_once(data, seed, None, learner, replace(setup, adversary_first=False))
             base_groups = group_alignment(base["centered"], groups)
             base_settled = settled(base, args.settle)
             print(
@@ -284,8 +303,7 @@ def main() -> int:
                     seed,
                     None,
                     replace(learner, temperature=learner.temperature * t),
-                    args.rounds,
-                    args.topology,
+                    replace(setup, adversary_first=False),
                 )
                 fin = group_alignment(nudged["centered"], groups)
                 fd = {g: v - base_groups[g] for g, v in fin.items()}
@@ -306,9 +324,7 @@ def main() -> int:
                     {"data": data, "seed": seed, "attack": f"none, temperature x{t:g}", **nudged}
                 )
             for attack in attacks:
-                res = run_once(
-                    data, seed, attack, learner, args.rounds, args.topology, args.adversary_first
-                )
+                res = run_once(data, seed, attack, learner, setup)
                 final = group_alignment(res["centered"], groups)
                 deltas = {g: v - base_groups[g] for g, v in final.items()}
                 calm = {g: v - base_settled[g] for g, v in settled(res, args.settle).items()}
@@ -344,7 +360,8 @@ def main() -> int:
                     flush=True,
                 )
     print(
-        f"\nsummary (defences {args.defences}, topology {args.topology}"
+        f"\nsummary (defences {args.defences}, topology {args.topology}, "
+        f"dimension {args.embedding_dim}"
         f"{', x first' if args.adversary_first else ''}; "
         "delta = centred alignment minus no attack; "
         f"settled: of the mean over the last {args.settle} evaluations)"
