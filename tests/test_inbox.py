@@ -129,6 +129,20 @@ def test_frames_are_ordered_by_when_their_last_chunk_came() -> None:
     assert box.arrival(4, "2") == later
 
 
+def test_the_order_messages_came_in_is_kept_when_they_are_offered_in_another() -> None:
+    """The receive queue serves senders in turn, so messages reach the inbox in another order
+    than they came in: their places in that order (``arrived``) decide."""
+    box = make_inbox()
+    other = topics.inbox(CTX, ME, "2")
+    assert box.offer(other, encode_frame(frame(src="2")), 3, arrived=7) is None
+    first = encode_frame(frame(n=4, s0=0, chunk=0, n_chunks=2))
+    assert box.offer(TOPIC, first, 3, arrived=2) is None
+    assert (
+        box.offer(TOPIC, encode_frame(frame(n=4, s0=4, chunk=1, n_chunks=2)), 3, arrived=5) is None
+    )
+    assert box.arrival(3, NB) == 5 and box.arrival(3, "2") == 7
+
+
 def test_duplicates_and_replays_are_counted() -> None:
     box = make_inbox()
     data = encode_frame(frame(rnd=3))

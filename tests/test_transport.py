@@ -309,6 +309,13 @@ def test_a_flooding_sender_never_pushes_out_another_senders_messages(
     ]
     flood = [m for m in got if m.topic.endswith("/f")]
     assert 0 < len(flood) < 200
+    # Served in turn, but each message keeps its place in the order they came in.
+    seqs = [m.seq for m in got]
+    assert len(set(seqs)) == len(seqs) and all(1 <= q <= 204 for q in seqs)
+    for src in ("/h", "/f"):
+        mine = [m.seq for m in got if m.topic.endswith(src)]
+        assert mine == sorted(mine)
+    assert seqs != sorted(seqs)  # the honest ones were served ahead of older flood messages
     assert victim.stats.dropped == {"queue_full": 200 - len(flood)}
     assert victim.stats.dropped_in == 200 - len(flood)
     assert victim.queued_bytes == 0

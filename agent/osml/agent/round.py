@@ -65,6 +65,10 @@ class Received(Protocol):
     def topic(self) -> str: ...
     @property
     def payload(self) -> bytes: ...
+    @property
+    def seq(self) -> int:
+        """The message's place in the order messages came to this agent."""
+        ...
 
 
 class ExchangeStats(Protocol):
@@ -277,7 +281,7 @@ class AgentRound:
             left = deadline - time.monotonic()
             msg = self.exchange.get(timeout=max(0.0, min(left, 0.25)))
             if msg is not None:
-                self.inbox.offer(msg.topic, msg.payload, rnd)
+                self.inbox.offer(msg.topic, msg.payload, rnd, arrived=msg.seq)
             elif left <= 0:
                 break
         got = dict(sorted(got.items(), key=lambda kv: self.inbox.arrival(rnd, kv[0]) or 0))

@@ -178,11 +178,14 @@ class BrokerSettings:
 
 @dataclass(frozen=True)
 class Message:
-    """One received MQTT message. ``retain`` is true for retained messages sent on subscribe."""
+    """One received MQTT message. ``retain`` is true for retained messages sent on subscribe;
+    ``seq`` counts the messages this transport received, in the order they came (the receive
+    queue serves senders in turn, so this is what keeps the order they came in)."""
 
     topic: str
     payload: bytes
     retain: bool
+    seq: int = 0
 
 
 @dataclass
@@ -488,10 +491,10 @@ class Transport:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
-        message = Message(msg.topic, payload, bool(msg.retain))
         with self._lock:
             self.stats.frames_in += 1
             self.stats.bytes_in += len(payload)
+            message = Message(msg.topic, payload, bool(msg.retain), self.stats.frames_in)
             if not payload and not message.retain and self._own_clears[message.topic] > 0:
                 self._own_clears[message.topic] -= 1
                 return

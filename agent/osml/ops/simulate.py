@@ -68,6 +68,7 @@ class SimulationSettings:
 class _Message:
     topic: str
     payload: bytes
+    seq: int = 0  # the hub's count of delivered messages: the order they came in
 
 
 @dataclass
@@ -82,6 +83,7 @@ class MemoryHub:
 
     def __init__(self) -> None:
         self.queues: dict[str, deque[_Message]] = {}
+        self.delivered = 0
 
     def exchange(self, agent: str) -> _MemoryExchange:
         self.queues.setdefault(agent, deque())
@@ -91,7 +93,8 @@ class MemoryHub:
         parsed = topics.parse_inbox(topic)
         if parsed is None or parsed[1] not in self.queues:
             return False
-        self.queues[parsed[1]].append(_Message(topic, payload))
+        self.delivered += 1
+        self.queues[parsed[1]].append(_Message(topic, payload, self.delivered))
         return True
 
 
@@ -225,9 +228,12 @@ def simulate(
                 _send_hostile(
                     hub, settings.context, a, dst, r, behave(r, dst, honest, history), settings
                 )
-        if settings.adversary_first:
+        if settings.adversary_first:  # this round's hostile frames to the front
             for a, q in hub.queues.items():
-                q.rotate(len(q) - queued[a])  # this round's hostile frames to the front
+                seqs = sorted(m.seq for m in q)
+                q.rotate(len(q) - queued[a])
+                for i, (m, seq) in enumerate(zip(list(q), seqs)):
+                    q[i] = replace(m, seq=seq)
         history = [*history[-31:], honest]
         records: dict[str, RoundRecord] = {}
         for a, ag in agents.items():

@@ -113,9 +113,11 @@ class Inbox:
         self._chunks: dict[tuple[int, str], dict[int, Frame]] = {}
         self._pending: Counter[str] = Counter()  # embedding bytes held per sender
         self._ahead: dict[str, set[int]] = {}  # sender -> rounds it sent beyond max_ahead (a few)
-        # (round, sender) -> the count of completed frames when its last chunk came
+        # (round, sender) -> the latest place (arrival order) of its chunks so far, and of the
+        # last one once the frame is whole
+        self._last: dict[tuple[int, str], int] = {}
         self._arrived: dict[tuple[int, str], int] = {}
-        self._seq = 0
+        self._seq = 0  # the place of the message being offered
 
     # -- counting ---------------------------------------------------------------------------
 
@@ -140,9 +142,14 @@ class Inbox:
 
     # -- admission --------------------------------------------------------------------------
 
-    def offer(self, topic: str, payload: bytes, current_round: int) -> str | None:
-        """Check one received message; keep it and return None, or count and return a reason."""
+    def offer(
+        self, topic: str, payload: bytes, current_round: int, arrived: int | None = None
+    ) -> str | None:
+        """Check one received message; keep it and return None, or count and return a reason.
+        ``arrived`` is its place in the order messages came to the agent (default: the order
+        they are offered in), what :meth:`arrival` tells."""
         self.frames_in += 1
+        self._seq = self.frames_in if arrived is None else arrived
         self.bytes_in += len(payload) if isinstance(payload, (bytes, bytearray)) else 0
         parsed = topics.parse_inbox(topic) if isinstance(topic, str) else None
         if parsed is None or parsed[1] != self.me:
@@ -211,9 +218,10 @@ class Inbox:
             return self.reject("flood", f"all senders have {self.pending_bytes} bytes waiting")
         self._chunks.setdefault((rnd, src), parts)[frame.chunk] = frame
         self._pending[src] += size
+        key = (rnd, src)
+        self._last[key] = max(self._last.get(key, self._seq), self._seq)
         if len(parts) == frame.n_chunks:
-            self._seq += 1
-            self._arrived[(rnd, src)] = self._seq
+            self._arrived[key] = self._last[key]
         return None
 
     def catch_up(self, current_round: int) -> int | None:
@@ -284,8 +292,8 @@ class Inbox:
         )
 
     def arrival(self, rnd: int, src: str) -> int | None:
-        """When ``src``'s frame for ``rnd`` came in whole, as a count that only grows (its last
-        chunk's place among every frame this inbox completed), or None if it has not. A copy of
+        """When ``src``'s frame for ``rnd`` came in whole (the place of its last chunk in the
+        order messages came), or None if it has not. A copy of
         a neighbour's frame of this round can only be made once that frame has come, so it
         comes after it (see :meth:`osml.core.screening.CopyDetector.copies`)."""
         return self._arrived.get((rnd, src))
@@ -297,6 +305,7 @@ class Inbox:
 
     def _drop(self, key: tuple[int, str]) -> None:
         self._arrived.pop(key, None)
+        self._last.pop(key, None)
         parts = self._chunks.pop(key, {})
         self._pending[key[1]] -= sum(_held_size(p) for p in parts.values())
 
