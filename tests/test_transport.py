@@ -692,3 +692,71 @@ def test_closing_a_transport_closes_all_its_sockets(mosquitto: MosquittoProcess)
 
     # No garbage collection here: the sockets must be closed by close() itself.
     assert _open_inet_sockets() == before
+
+
+def test_a_copy_made_from_a_frame_comes_after_it(
+    mosquitto: MosquittoProcess, make_transport: MakeTransport, unique_context: Callable[[str], str]
+) -> None:
+    """What screening's order rule rests on, through a real broker: h sends its frame, chunk by
+    chunk, to x first and then to the victim v; x reflects it as soon as it has it whole and
+    sends the copy to v. v reads nothing until everything is in (an agent busy training), so
+    its receive queue serves the two senders in turn; the inbox still sees h's frame whole
+    before x's."""
+    import numpy as np
+
+    from osml.wire.chunking import encode_chunks
+    from osml.wire.inbox import Inbox
+
+    ctx = unique_context("order")
+    src_of = lambda topic: (topics.parse_inbox(topic) or ("", "", ""))[2]  # noqa: E731
+    victim = make_transport(
+        mosquitto.url, f"{ctx}-v", subscriptions=[topics.inbox_filter(ctx, "v")], source_of=src_of
+    )
+    copier = make_transport(
+        mosquitto.url, f"{ctx}-x", subscriptions=[topics.inbox_filter(ctx, "x")], source_of=src_of
+    )
+    honest = make_transport(mosquitto.url, f"{ctx}-h")
+    emb = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)
+
+    def frames(source: str, rows: np.ndarray, max_bytes: int) -> list[bytes]:
+        return encode_chunks(
+            context=ctx,
+            source=source,
+            round=0,
+            step_start=0,
+            model_version=1,
+            embeddings=rows,
+            max_frame_bytes=max_bytes,
+            key=None,
+        )
+
+    def copy() -> None:
+        box = Inbox(context=ctx, me="x", neighbours=["h"], dim=8)
+        while (whole := box.complete(0, "h")) is None:
+            msg = copier.get(timeout=WAIT)
+            assert msg is not None
+            box.offer(msg.topic, msg.payload, 0, arrived=msg.seq)
+        rows = whole.embeddings
+        # In one message: served in turn, it would be whole at v long before h's frame.
+        for payload in frames("x", 2 * rows.mean(axis=0) - rows, 1 << 20):
+            copier.publish(topics.inbox(ctx, "v", "x"), payload, qos=1)
+
+    worker = threading.Thread(target=copy)
+    worker.start()
+    chunks = frames("h", emb, 1024)  # several chunks
+    assert len(chunks) > 2
+    for payload in chunks:  # as an agent publishes: chunk by chunk, to every neighbour in turn
+        for nb in ("x", "v"):
+            honest.publish(topics.inbox(ctx, nb, "h"), payload, qos=1)
+    worker.join(timeout=WAIT)
+    assert not worker.is_alive()
+    assert wait_for(lambda: victim.stats.frames_in == len(chunks) + 1)
+
+    box = Inbox(context=ctx, me="v", neighbours=["h", "x"], dim=8)
+    served = []
+    while (msg := victim.get(timeout=0)) is not None:
+        served.append(src_of(msg.topic))
+        assert box.offer(msg.topic, msg.payload, 0, arrived=msg.seq) is None
+    assert "x" in served[:2]  # served in turn: x's one message long before h's last chunk
+    came_h, came_x = box.arrival(0, "h"), box.arrival(0, "x")
+    assert came_h is not None and came_x is not None and came_h < came_x
