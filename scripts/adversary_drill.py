@@ -89,6 +89,7 @@ def matrix() -> list[str]:
     out += ["in-band-scale:noise=1e-3", "in-band-scale:noise=1e-1", "in-band-scale:to=all"]
     out += [f"aligned-copy:noise={n}" for n in ("1e-3", "1e-1")]
     out += ["aligned-copy:against=1:noise=1e-2", "aligned-copy:to=all"]
+    out += ["reflect:noise=1e-3", "reflect:noise=1e-1:to=all"]
     out += ["copy", "copy:to=all", "constant", "scaled:factor=1e6", "replay"]
     return out
 

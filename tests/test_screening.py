@@ -521,6 +521,14 @@ def test_per_victim_and_alike() -> None:
     np.testing.assert_array_equal(alike(0, "a", honest, []), alike(0, "c", honest, []))
 
 
+def test_reflect_mirrors_every_coordinate_about_the_copys_mean() -> None:
+    a, b = honest_pair(40)
+    behave = parse_adversary("reflect:noise=0:src=b", ANCHOR, ["a", "b"])
+    x = behave(0, "a", {"a": a, "b": b}, [])
+    np.testing.assert_allclose(x, 2 * b.mean(axis=0) - b, rtol=1e-5, atol=1e-5)
+    assert centred_agreement(b, x) == pytest.approx(-1.0, abs=1e-5)
+
+
 def test_an_attack_from_elsewhere_is_imported_by_name() -> None:
     behave = parse_adversary("test_screening:mirror", ANCHOR, ["a", "b"])
     a, b = honest_pair(20)
@@ -579,6 +587,7 @@ def no_attack(needs_torch: None):  # -> RunResult
         # original from the copy (each is an affine map of the other), and their shared vote
         # would stall the pair; the copy comes in after its original and is outvoted.
         ("rotate-copy:angle=180:noise=1e-3", True),
+        ("reflect:noise=1e-3", True),  # every direction reflected, not all but one
     ],
 )
 def test_honest_agents_keep_their_subcontext_next_to_an_adversary(

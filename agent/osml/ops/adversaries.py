@@ -196,6 +196,12 @@ KINDS: dict[str, Kind] = {
             "victim's own embeddings (AGAINST=1: to vary against them), plus NOISE",
             (Param("against", "0", "1: turn it to vary against"), Param("noise", "1e-3", "")),
         ),
+        Kind(
+            "reflect",
+            "a current copy with every coordinate's variation reflected about its mean "
+            "(2*mean - x: in an odd dimension no turn does that), plus NOISE",
+            (Param("noise", "1e-3", ""),),
+        ),
         Kind("copy", "a current, exact copy of another honest agent (same round)", ()),
     )
 }
@@ -280,6 +286,8 @@ def _build(
             _, x = _source(src, rnd, dst, honest, to_all)
         deg = angle if kind != "drift" else rate * rnd
         x = _turn(x, turn_for(dst, deg, x.shape[1]))
+        if kind == "reflect":
+            x = 2 * x.mean(axis=0) - x
         if kind == "aligned-copy":
             ids = list(honest)
             # to=all: one matrix, turned toward the second honest agent (the first is copied)
