@@ -198,7 +198,10 @@ class CopyDetector:
       agent toward the original either way, so an original behind a copy keeps gaining; a copy
       turned away from an aligned original stays where its turn puts it, or, turned by a fixed
       angle from the original's current embeddings, keeps its distance as the agent (and the
-      original in line with it) turns toward it.
+      original in line with it) turns toward it. Twins that vary against each other (centred
+      cosine below ``order_below``, 0), which no such rule tells apart, in the warm-up too,
+      are told apart by the order their frames came in: the later is outvoted (see
+      :meth:`_later`).
 
     Every other verdict here rests on residuals of affine maps, which no choice of coordinates
     changes. A neighbour repeating itself (no new model) is no copy. Remembers ``memory``
@@ -462,8 +465,8 @@ class CopyDetector:
         which is the original, so every round of sharing is a round without the original's
         pull: with a reflected copy of an agent's only partner, in eight dimensions, the pair
         never came into line. But a copy of this round's frame can only be made once the
-        original has come, to the copier as to the agent, so it comes after it; a copier that
-        lies about the order (a faster path, say) gets the vote its copy would have shared."""
+        original has come, to the copier as to the agent, so it comes after it; a copy that
+        comes first all the same (a copier on a faster path) has the pair's vote to itself."""
         if a.owner not in rank or b.owner not in rank or self.order_below <= -1.0:
             return None
         pair = _common(a, b, self.min_rows)
