@@ -10,7 +10,8 @@
 
 Honest agents (generated simple: 0, 1 and the unrelated M0, 8 rounds; generated complex: 0-4, 12
 rounds; or the paper's own data sets, read from ``../shared/reference-data/osml-paper``,
-``paper-simple``: 0, 1 and the unrelated M0, M1, 8 rounds, ``paper-complex``: 0-4, 12 rounds; on
+``paper-simple``: 0, 1 and the unrelated M0, M1, 8 rounds, ``paper-complex``: 0-4, 12 rounds;
+or ``fleet``, ten devices of scripts/noniid_data.py in three groups and one unrelated; on
 the full graph, or ``--topology ring`` or ``random:K`` among the honest agents) run with one
 adversary ``x`` that is linked to every honest agent, sends real frames each
 round and never learns (``osml simulate --adversary``; the kinds are in
@@ -74,6 +75,26 @@ DATA = {
         [["0", "1"], ["2", "3", "4"]],
     ),
 }
+
+
+FLEET = {"groups": 3, "members": 3, "noise": 1, "seed": 0}  # ten devices, iid within a group
+
+
+def fleet_data() -> tuple[str, list[str], int, list[list[str]]]:
+    """A larger fleet for ``--data fleet``: scripts/noniid_data.py's generator with
+    :data:`FLEET` (three groups of three and one unrelated device), written once to a temporary
+    directory (12 rounds)."""
+    import tempfile
+
+    import noniid_data
+
+    fleet = noniid_data.generate_fleet("iid", **FLEET)
+    name = "osml-drill-fleet-{groups}x{members}+{noise}-{seed}".format(**FLEET)
+    where = Path(tempfile.gettempdir()) / name
+    if not (where / "test_data.csv").is_file():
+        noniid_data.write_fleet(fleet, where)
+    noise = [[a] for a in fleet.ids if fleet.group_of[a] < 0]
+    return str(where), list(fleet.ids), 12, [*fleet.groups, *noise]
 
 
 def matrix() -> list[str]:
@@ -222,8 +243,9 @@ def main() -> int:
     ap.add_argument(
         "--data",
         default="simple,complex",
-        help=f"comma list of {', '.join(DATA)} (default: simple,complex; paper-* are the "
-        "paper's data sets, read from ../shared/reference-data/osml-paper)",
+        help=f"comma list of {', '.join(DATA)} or fleet (default: simple,complex; paper-* are "
+        "the paper's data sets, read from ../shared/reference-data/osml-paper; fleet: ten "
+        "devices in three groups and one unrelated, from scripts/noniid_data.py)",
     )
     ap.add_argument(
         "--topology",
@@ -271,9 +293,11 @@ def main() -> int:
         ap.error("--embedding-dim must be >= 1")
     attacks = args.attacks.split(",") if args.attacks else (QUICK if args.quick else matrix())
     datas = ["simple"] if args.quick else args.data.split(",")
+    if "fleet" in datas:
+        DATA["fleet"] = fleet_data()
     unknown = [d for d in datas if d not in DATA]
     if unknown:
-        ap.error(f"--data: unknown {', '.join(unknown)}; use {', '.join(DATA)}")
+        ap.error(f"--data: unknown {', '.join(unknown)}; use {', '.join(DATA)} or fleet")
     missing = [d for d in datas if d.startswith("paper-") and not Path(DATA[d][0]).is_dir()]
     if missing:
         ap.error(f"--data {', '.join(missing)}: no data set in {PAPER} (../shared beside the repo)")

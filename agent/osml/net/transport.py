@@ -185,7 +185,7 @@ class Message:
     topic: str
     payload: bytes
     retain: bool
-    seq: int = 0
+    seq: int = field(default=0, compare=False)  # when it came, not what it is
 
 
 @dataclass
