@@ -324,48 +324,26 @@ def test_simulate_adversary_first_needs_an_adversary(tmp_path: Path) -> None:
     assert_one_line_error(result, "--adversary-first")
 
 
+def _simulate_one_round_with_a_copier(out: Path, *extra: str) -> tuple[Result, dict]:
+    """``osml simulate`` of agents 0 and 1 for one round next to ``x=copy``: the result and the
+    report."""
+    args = ["--data", "generated:simple", "--agents", "0,1", "--rounds", "1"]
+    result = invoke("simulate", *args, "--adversary", "x=copy", *extra, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    return result, json.loads((out / "report.json").read_text())
+
+
 @pytest.mark.usefixtures("needs_torch")
 def test_simulate_marks_an_adversary_delivered_first(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = invoke(
-        "simulate",
-        "--data",
-        "generated:simple",
-        "--agents",
-        "0,1",
-        "--rounds",
-        "1",
-        "--adversary",
-        "x=copy",
-        "--adversary-first",
-        "--out",
-        str(out),
-    )
+    _, report = _simulate_one_round_with_a_copier(tmp_path / "run", "--adversary-first")
 
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
     assert report["adversaries"] == {"x": "copy, delivered first"}
 
 
 @pytest.mark.usefixtures("needs_torch")
 def test_simulate_with_an_adversary_marks_it_in_the_report(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = invoke(
-        "simulate",
-        "--data",
-        "generated:simple",
-        "--agents",
-        "0,1",
-        "--rounds",
-        "1",
-        "--adversary",
-        "x=copy",
-        "--out",
-        str(out),
-    )
+    result, report = _simulate_one_round_with_a_copier(tmp_path / "run")
 
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
     assert report["adversaries"] == {"x": "copy"}
     assert report["agents"] == ["0", "1"]  # figures cover the honest agents only
     assert set(report["final"]["centered_alignment"]) == {"0", "1"}
