@@ -123,22 +123,19 @@ QUICK = [
 ]
 
 
-DEFENCES = ("on", "opposed-rise", "no-order", "no-twins", "no-trim", "no-opposed", "old", "off")
+DEFENCES = ("on", "no-order", "no-twins", "no-trim", "no-opposed", "old", "off")
 
 
 def learner_settings(defences: str) -> LearnerSettings:
-    """``on``: the defaults; ``opposed-rise``: a member under ``min_agreement`` keeps its
-    vote while its agreement rises by 0.02 a round (``LearnerSettings.opposed_rise``);
-    ``no-order``: twins that vary against each other share their vote whichever came in first
-    (as before 2026-12-04); ``no-twins``: without twins (near-duplicate members share no vote);
+    """``on``: the defaults; ``no-order``: twins that vary against each other share their vote
+    whichever came in first (as before 2026-12-04); ``no-twins``: without twins
+    (near-duplicate members share no vote);
     ``no-trim``: the plain blend whatever the number of votes; ``no-opposed``: members that
     vary against the agent's own embeddings keep their vote (``min_agreement`` off); ``old``:
     the blend and screening before bounded influence (plain blend, exact copies only); ``off``:
     no screening at all and the plain blend."""
     if defences == "on":
         return LearnerSettings()
-    if defences == "opposed-rise":
-        return LearnerSettings(opposed_rise=0.02)
     if defences == "no-order":
         return LearnerSettings(screen=ScreenSettings(twin_order_below=-1.0))
     if defences == "no-twins":

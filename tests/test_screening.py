@@ -280,23 +280,6 @@ def test_after_the_warm_up_a_member_that_varies_against_the_agent_gets_no_vote(
             assert off.weights["x"] > 0.2 and off.screened == {}
 
 
-def test_with_opposed_rise_a_member_coming_into_line_keeps_its_vote() -> None:
-    """``opposed_rise`` (off by default): after the warm-up, a member under min_agreement that
-    gained that much agreement since the agent's last round keeps its vote; one that holds its
-    angle (a turned copy) is left out as before."""
-    learner = OsmoticLearner("a", ["b", "x"], LearnerSettings(opposed_rise=0.02))
-    for rnd, angle in enumerate((100, 90, 80, 70, 70)):  # b comes into line, then stops
-        a, b = honest_pair()
-        b = turned(a, angle, 0.3, seed=rnd)  # too noisy for a twin or an echo
-        x = turned(a, 100, 0.3, seed=10 + rnd)  # holds its angle
-        got = learner.step(a, {"b": b, "x": x})
-        if rnd >= 2:
-            assert got.screened.get("x") == "opposed"
-            assert (got.screened.get("b") == "opposed") == (rnd == 4), rnd
-    with pytest.raises(ValueError, match="opposed_rise"):
-        LearnerSettings(opposed_rise=float("nan"))
-
-
 def restarted(learner: OsmoticLearner, screening: bool = True) -> OsmoticLearner:
     """A new learner from what an agent saves in state.json (through JSON, as on disk)."""
     again = OsmoticLearner(learner.agent_id, learner.neighbours, learner.settings)

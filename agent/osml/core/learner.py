@@ -73,11 +73,6 @@ class LearnerSettings:
     # or reflected version of itself, an agent loses what it shares with its honest members.
     # Honest members agree far more by then. -1 turns the rule off.
     min_agreement: float = 0.5
-    # With opposed_rise > 0, such a member keeps its vote while its agreement rose by at least
-    # this much since the agent's last round (an honest partner still coming into line; a turned
-    # copy holds its angle). 0 (default): off. Measured, not the default: docs/results.md.
-    # Not kept across restarts: a restarted agent judges one round without the rise.
-    opposed_rise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -86,8 +81,6 @@ class LearnerSettings:
             raise ValueError("trim must be >= 0")
         if not -1.0 <= self.min_agreement < 1.0:
             raise ValueError("min_agreement must be in [-1, 1) (-1: off)")
-        if not 0.0 <= self.opposed_rise <= 2.0:  # nan fails too
-            raise ValueError("opposed_rise must be in [0, 2] (0: off)")
         if self.shared_dims < 0:
             raise ValueError("shared_dims must be >= 0 (0: all dimensions)")
         if self.keep_spread not in ("warmup", "always", "never"):
@@ -126,7 +119,6 @@ class OsmoticLearner:
         self._previous_steps: np.ndarray | None = None
         self._copies = self.settings.screen.detector()
         self._member_rounds: dict[str, int] = {}
-        self._member_agree: dict[str, float] = {}  # each member's agreement in the last round
         self.rounds = 0
 
     def step(
@@ -222,15 +214,12 @@ class OsmoticLearner:
             # A member in its first warmup_rounds rounds (all of them in the agent's warm-up, and
             # one that joins later, after a drift or a late start) votes whatever it agrees:
             # that is how two latent spaces come to agree at all.
-            agree = {nb: centred_agreement(own[masks[nb]], kept[nb][masks[nb]]) for nb in members}
-            rise = self.settings.opposed_rise
-            last, self._member_agree = self._member_agree, agree
             opposed = [
                 nb
                 for nb in members
                 if self._member_rounds[nb] > self.settings.policy.warmup_rounds
-                and agree[nb] < self.settings.min_agreement
-                and not (rise > 0 and nb in last and agree[nb] - last[nb] >= rise)
+                and centred_agreement(own[masks[nb]], kept[nb][masks[nb]])
+                < self.settings.min_agreement
             ]
             screened.update({nb: "opposed" for nb in opposed})
             members = [nb for nb in members if nb not in opposed]
