@@ -113,11 +113,8 @@ class Inbox:
         self._chunks: dict[tuple[int, str], dict[int, Frame]] = {}
         self._pending: Counter[str] = Counter()  # embedding bytes held per sender
         self._ahead: dict[str, set[int]] = {}  # sender -> rounds it sent beyond max_ahead (a few)
-        # (round, sender) -> the latest place (arrival order) of its chunks so far, and of the
-        # last one once the frame is whole
+        # (round, sender) -> the latest place in the arrival order of its chunks held
         self._last: dict[tuple[int, str], int] = {}
-        self._arrived: dict[tuple[int, str], int] = {}
-        self._seq = 0  # the place of the message being offered
 
     # -- counting ---------------------------------------------------------------------------
 
@@ -149,7 +146,7 @@ class Inbox:
         ``arrived`` is its place in the order messages came to the agent (default: the order
         they are offered in), what :meth:`arrival` tells."""
         self.frames_in += 1
-        self._seq = self.frames_in if arrived is None else arrived
+        place = self.frames_in if arrived is None else arrived
         self.bytes_in += len(payload) if isinstance(payload, (bytes, bytearray)) else 0
         parsed = topics.parse_inbox(topic) if isinstance(topic, str) else None
         if parsed is None or parsed[1] != self.me:
@@ -173,9 +170,9 @@ class Inbox:
             return self.reject("topic", f"frame from {frame.source!r} on {sender!r}'s topic")
         if frame.context != self.context:
             return self.reject("context", f"frame for context {frame.context!r} on {topic}")
-        return self._add(frame, current_round)
+        return self._add(frame, current_round, place)
 
-    def _add(self, frame: Frame, current_round: int) -> str | None:
+    def _add(self, frame: Frame, current_round: int, place: int) -> str | None:
         src, rnd = frame.source, frame.round
         if rnd < current_round:
             return self.reject("late", f"{src} round {rnd} < current {current_round}")
@@ -218,10 +215,7 @@ class Inbox:
             return self.reject("flood", f"all senders have {self.pending_bytes} bytes waiting")
         self._chunks.setdefault((rnd, src), parts)[frame.chunk] = frame
         self._pending[src] += size
-        key = (rnd, src)
-        self._last[key] = max(self._last.get(key, self._seq), self._seq)
-        if len(parts) == frame.n_chunks:
-            self._arrived[key] = self._last[key]
+        self._last[(rnd, src)] = max(self._last.get((rnd, src), place), place)
         return None
 
     def catch_up(self, current_round: int) -> int | None:
@@ -296,7 +290,10 @@ class Inbox:
         order messages came), or None if it has not. A copy of
         a neighbour's frame of this round can only be made once that frame has come, so it
         comes after it (see :meth:`osml.core.screening.CopyDetector.copies`)."""
-        return self._arrived.get((rnd, src))
+        parts = self._chunks.get((rnd, src))
+        if not parts or len(parts) < next(iter(parts.values())).n_chunks:
+            return None
+        return self._last.get((rnd, src))
 
     def forget_before(self, rnd: int) -> None:
         """Drop everything held for rounds before ``rnd``."""
@@ -304,7 +301,6 @@ class Inbox:
             self._drop(key)
 
     def _drop(self, key: tuple[int, str]) -> None:
-        self._arrived.pop(key, None)
         self._last.pop(key, None)
         parts = self._chunks.pop(key, {})
         self._pending[key[1]] -= sum(_held_size(p) for p in parts.values())
