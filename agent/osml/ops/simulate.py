@@ -222,7 +222,7 @@ def simulate(
         for ag in agents.values():
             ag.begin(r)
         honest = {a: ag.own for a, ag in agents.items() if ag.own is not None}
-        queued = {a: len(q) for a, q in hub.queues.items()}
+        queued = {a: len(q) for a, q in hub.queues.items()} if settings.adversary_first else {}
         for a, behave in adversaries.items():
             for dst in links[a]:
                 _send_hostile(
