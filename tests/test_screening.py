@@ -280,6 +280,26 @@ def test_after_the_warm_up_a_member_that_varies_against_the_agent_gets_no_vote(
             assert off.weights["x"] > 0.2 and off.screened == {}
 
 
+def test_members_that_vary_across_the_agent_lose_their_vote_only_next_to_one_that_votes() -> None:
+    """b and c send a's embeddings turned (by 90 and 180 degrees, noise 0.3): members whose
+    spaces are not in line with a's. With no member in line with it, leaving them all out would
+    leave a to train alone, and it could never come into line with anyone (honest partners on
+    sparse links can still be under the bar after the warm-up): they vote. Once c agrees (an
+    honest encoder of the same signal), b gets no vote."""
+    learner = OsmoticLearner("a", ["b", "c"])
+    for rnd in range(7):
+        a, h = honest_pair()
+        b = turned(a, 90, 0.3, seed=rnd)
+        c = turned(a, 180, 0.3, seed=100 + rnd) if rnd < 4 else h
+        got = learner.step(a, {"b": b, "c": c})
+        assert {"b", "c"} <= set(got.subcontext)
+        if rnd < 4:  # the warm-up, then no member in line with a: both vote
+            assert got.screened == {} and min(got.weights["b"], got.weights["c"]) > 0.2
+        else:
+            assert got.screened == {"b": "opposed"} and got.weights["b"] == 0.0
+            assert got.weights["c"] > 0.4
+
+
 def restarted(learner: OsmoticLearner, screening: bool = True) -> OsmoticLearner:
     """A new learner from what an agent saves in state.json (through JSON, as on disk)."""
     again = OsmoticLearner(learner.agent_id, learner.neighbours, learner.settings)

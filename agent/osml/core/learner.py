@@ -12,8 +12,9 @@ embeddings its neighbours sent for the same steps, it
 2. computes the osmosis weights and target (:mod:`osml.core.osmosis`): members that are
    near-duplicates of each other (twins) share one vote (their mean), whichever agrees better,
    a member that varies against the agent's own embeddings once it has been a member for
-   longer than the warm-up is left out, and with four votes or more the largest and
-   smallest value of each coordinate are dropped (:func:`~osml.core.osmosis.trimmed_target`);
+   longer than the warm-up is left out (next to one that votes), and with four votes or more
+   the largest and smallest value of each coordinate are dropped
+   (:func:`~osml.core.osmosis.trimmed_target`);
 3. tracks its own equilibrium (:mod:`osml.core.equilibrium`).
 
 It sees only what this agent received: there is no global view anywhere.
@@ -69,9 +70,11 @@ class LearnerSettings:
     shared_dims: int = 0
     # A member whose embeddings vary against or across the agent's own (mean same-step centred
     # cosine below min_agreement) gets no vote in that round (its affinity stands) once it has
-    # been a member for more than policy.warmup_rounds rounds in a row: pulled toward a turned
-    # or reflected version of itself, an agent loses what it shares with its honest members.
-    # Honest members agree far more by then. -1 turns the rule off.
+    # been a member for more than policy.warmup_rounds rounds in a row, next to a member that
+    # votes: pulled toward a turned or reflected version of itself, an agent loses what it
+    # shares with its honest members. Honest members agree far more by then. When every member
+    # would be left out, none is: the agent has no member in line with it yet. -1 turns the
+    # rule off.
     min_agreement: float = 0.5
 
     def __post_init__(self) -> None:
@@ -221,6 +224,13 @@ class OsmoticLearner:
                 and centred_agreement(own[masks[nb]], kept[nb][masks[nb]])
                 < self.settings.min_agreement
             ]
+            # Only next to a member that votes: an agent whose members all vary across it yet
+            # would otherwise train alone and never come into line with any of them (on sparse
+            # links a slow warm-up leaves honest partners under min_agreement: generated complex
+            # on a ring, seed 2, agents 2 and 3 left each other out from round 2 on). Its
+            # members then vote as in the warm-up.
+            if set(opposed) >= set(members):
+                opposed = []
             screened.update({nb: "opposed" for nb in opposed})
             members = [nb for nb in members if nb not in opposed]
         groups = share_votes(members, copies.twins)
