@@ -280,21 +280,25 @@ def test_after_the_warm_up_a_member_that_varies_against_the_agent_gets_no_vote(
             assert off.weights["x"] > 0.2 and off.screened == {}
 
 
-def test_members_that_vary_across_the_agent_lose_their_vote_only_next_to_one_that_votes() -> None:
-    """b and c send a's embeddings turned (by 90 and 180 degrees, noise 0.3): members whose
-    spaces are not in line with a's. With no member in line with it, leaving them all out would
-    leave a to train alone, and it could never come into line with anyone (honest partners on
-    sparse links can still be under the bar after the warm-up): they vote. Once c agrees (an
-    honest encoder of the same signal), b gets no vote."""
+def test_with_no_member_in_line_only_members_that_vary_against_the_agent_lose_their_vote() -> None:
+    """b sends a's embeddings turned by 90 degrees, c by 180 (noise 0.3): members whose spaces
+    are not in line with a's. With no member in line with it, leaving out every member under
+    the bar would leave a to train alone, never to come into line with anyone (honest partners
+    on sparse links can still be across each other after the warm-up): b, across a, votes;
+    c, against it, does not. Once c agrees (an honest encoder of the same signal), b gets no
+    vote either."""
     learner = OsmoticLearner("a", ["b", "c"])
     for rnd in range(7):
         a, h = honest_pair()
         b = turned(a, 90, 0.3, seed=rnd)
         c = turned(a, 180, 0.3, seed=100 + rnd) if rnd < 4 else h
+        assert 0.0 < centred_agreement(a, b) < 0.5
         got = learner.step(a, {"b": b, "c": c})
         assert {"b", "c"} <= set(got.subcontext)
-        if rnd < 4:  # the warm-up, then no member in line with a: both vote
+        if rnd < 2:  # the warm-up: every member votes
             assert got.screened == {} and min(got.weights["b"], got.weights["c"]) > 0.2
+        elif rnd < 4:  # no member in line with a: the one across it votes
+            assert got.screened == {"c": "opposed"} and got.weights["b"] > 0.3
         else:
             assert got.screened == {"b": "opposed"} and got.weights["b"] == 0.0
             assert got.weights["c"] > 0.4
@@ -583,40 +587,46 @@ def no_attack(needs_torch: None):  # -> RunResult
 
 
 @pytest.mark.parametrize(
-    ("attack", "aligned"),
+    ("attack", "aligned", "most"),
     [
-        ("constant", True),
-        ("scaled:0:1e6", True),
-        ("replay:0:3", True),
-        ("copy", True),
-        ("rotate-copy:angle=90:noise=1e-3", True),
-        ("rotate-copy:angle=90:noise=1e-1", True),
-        ("echo:noise=1e-1", True),
-        ("noisy-replay:noise=1e-1", True),
+        ("constant", True, 0.4),
+        ("scaled:0:1e6", True, 0.4),
+        ("replay:0:3", True, 0.4),
+        ("copy", True, 0.4),
+        ("rotate-copy:angle=90:noise=1e-3", True, 0.4),
+        ("rotate-copy:angle=90:noise=1e-1", True, 0.4),
+        ("echo:noise=1e-1", True, 0.4),
+        ("noisy-replay:noise=1e-1", True, 0.4),
         # A copy turned toward each victim's own embeddings agrees better than its original:
         # only a vote shared whichever agrees better keeps the original's pull.
-        ("aligned-copy:noise=1e-3", True),
-        ("aligned-copy:against=1:noise=1e-2", True),
-        # Too noisy for an echo or a twin, and turned: opposed once the warm-up is over.
-        ("echo:angle=180:noise=0.3", True),
-        # The same for a reflected copy of the pair's other member; but in this short run the
-        # pair has not come into line by the end of the warm-up (centred 0.22), so each opposes
-        # the other as well and the pair stalls (0.16; 0.58 without the rule): docs/security.md.
-        ("rotate-copy:angle=180:noise=0.3", False),
+        ("aligned-copy:noise=1e-3", True, 0.4),
+        ("aligned-copy:against=1:noise=1e-2", True, 0.4),
+        # Too noisy for an echo or a twin, and turned by 180 degrees: opposed once the warm-up
+        # is over at the pair's agents. M0 has no other member; in 5 dimensions the turn keeps
+        # one axis, and pulled toward x in the warm-up M0 comes to vary mostly along it, so
+        # that x is across M0 rather than against it (0.07 in round 2): one vote of two there.
+        ("echo:angle=180:noise=0.3", True, 0.5),
+        # A reflected copy of the pair's other member, beyond the twin bar: the pair starts
+        # against each other (-0.26), so the copy agrees better with each victim than its
+        # partner does, and comes into line first (0.51 at agent 1 in round 4, the partner at
+        # 0.37): the partner is then opposed there and x has one vote of two. The pair ends at
+        # 0.22 (0.99 without x): bounded, not aligned (docs/security.md).
+        ("rotate-copy:angle=180:noise=0.3", False, 0.5),
         # A reflected copy of a pair's only other member: nothing in the content tells the
         # original from the copy (each is an affine map of the other), and their shared vote
         # would stall the pair; the copy comes in after its original and is outvoted.
-        ("rotate-copy:angle=180:noise=1e-3", True),
-        ("reflect:noise=1e-3", True),  # every direction reflected, not all but one
+        ("rotate-copy:angle=180:noise=1e-3", True, 0.4),
+        ("reflect:noise=1e-3", True, 0.4),  # every direction reflected, not all but one
     ],
 )
 def test_honest_agents_keep_their_subcontext_next_to_an_adversary(
-    attack: str, aligned: bool, no_attack
+    attack: str, aligned: bool, most: float, no_attack
 ) -> None:
     """Generated simple context, agents 0 and 1 (correlated) and M0 (not), adversary x linked to
     all: the honest sub-contexts are those of the run without x, x never holds much more than a
-    third of an agent's blend, and the pair's centred alignment is within 0.01 of the run without
-    x (where the copy can be told from the original)."""
+    third of an agent's blend (half, where it is the only member in line with the agent), and
+    the pair's centred alignment is within 0.01 of the run without x (where the copy can be told
+    from the original)."""
     rep = _drill_run(attack)
 
     final = rep.final
@@ -629,8 +639,8 @@ def test_honest_agents_keep_their_subcontext_next_to_an_adversary(
     assert rep.adversaries == {"x": attack}
     for row in rep.rounds[:-1]:
         assert row.osmosis_weights is not None
-        for w in row.osmosis_weights.values():  # at most one vote of three (or a shared one)
-            assert w.get("x", 0.0) <= 0.4
+        for w in row.osmosis_weights.values():  # one vote of three (or a shared one), or two
+            assert w.get("x", 0.0) <= most
     base = no_attack.final.centered_alignment["0"]["1"]
     if aligned:
         assert final.centered_alignment["0"]["1"] >= base - 0.01

@@ -70,12 +70,14 @@ class LearnerSettings:
     shared_dims: int = 0
     # A member whose embeddings vary against or across the agent's own (mean same-step centred
     # cosine below min_agreement) gets no vote in that round (its affinity stands) once it has
-    # been a member for more than policy.warmup_rounds rounds in a row, next to a member that
-    # votes: pulled toward a turned or reflected version of itself, an agent loses what it
-    # shares with its honest members. Honest members agree far more by then. When every member
-    # would be left out, none is: the agent has no member in line with it yet. -1 turns the
-    # rule off.
+    # been a member for more than policy.warmup_rounds rounds in a row: pulled toward a turned
+    # or reflected version of itself, an agent loses what it shares with its honest members.
+    # Honest members agree far more by then. -1 turns the rule off. When no member agrees by
+    # min_agreement, only those under min_agreement_alone (that vary against the agent) are
+    # left out: the agent has no member in line with it yet, and leaving out every member that
+    # is still across it would leave it to train alone, never to come into line with any.
     min_agreement: float = 0.5
+    min_agreement_alone: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -84,6 +86,8 @@ class LearnerSettings:
             raise ValueError("trim must be >= 0")
         if not -1.0 <= self.min_agreement < 1.0:
             raise ValueError("min_agreement must be in [-1, 1) (-1: off)")
+        if not -1.0 <= self.min_agreement_alone < 1.0:
+            raise ValueError("min_agreement_alone must be in [-1, 1)")
         if self.shared_dims < 0:
             raise ValueError("shared_dims must be >= 0 (0: all dimensions)")
         if self.keep_spread not in ("warmup", "always", "never"):
@@ -217,20 +221,22 @@ class OsmoticLearner:
             # A member in its first warmup_rounds rounds (all of them in the agent's warm-up, and
             # one that joins later, after a drift or a late start) votes whatever it agrees:
             # that is how two latent spaces come to agree at all.
-            opposed = [
-                nb
+            agree = {
+                nb: centred_agreement(own[masks[nb]], kept[nb][masks[nb]])
                 for nb in members
                 if self._member_rounds[nb] > self.settings.policy.warmup_rounds
-                and centred_agreement(own[masks[nb]], kept[nb][masks[nb]])
-                < self.settings.min_agreement
-            ]
-            # Only next to a member that votes: an agent whose members all vary across it yet
-            # would otherwise train alone and never come into line with any of them (on sparse
-            # links a slow warm-up leaves honest partners under min_agreement: generated complex
-            # on a ring, seed 2, agents 2 and 3 left each other out from round 2 on). Its
-            # members then vote as in the warm-up.
-            if set(opposed) >= set(members):
-                opposed = []
+            }
+            # With no member in line with it, an agent leaves out only members that vary
+            # against it: on sparse links a slow warm-up can leave honest partners across each
+            # other (generated complex on a ring, seed 2: agents 2 and 3 at 0.36, which left
+            # each other out from round 2 on and never came into line).
+            graced = len(agree) < len(members)
+            bar = (
+                self.settings.min_agreement
+                if graced or any(a >= self.settings.min_agreement for a in agree.values())
+                else min(self.settings.min_agreement_alone, self.settings.min_agreement)
+            )
+            opposed = [nb for nb, a in agree.items() if a < bar]
             screened.update({nb: "opposed" for nb in opposed})
             members = [nb for nb in members if nb not in opposed]
         groups = share_votes(members, copies.twins)
