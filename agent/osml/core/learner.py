@@ -228,7 +228,7 @@ class OsmoticLearner:
             }
             # With no member in line with it, an agent leaves out only members that vary
             # against it: on sparse links a slow warm-up can leave honest partners across each
-            # other (generated complex on a ring, seed 2: agents 2 and 3 at 0.36, which left
+            # other (generated complex on a ring, seed 2: agents 2 and 3 at 0.46, which left
             # each other out from round 2 on and never came into line).
             graced = len(agree) < len(members)
             bar = (
